@@ -1,0 +1,127 @@
+"""cserver: a compiled, drop-in ``socketserver`` with fast extras.
+
+``import cserver as socketserver`` gives the running interpreter's
+``socketserver`` surface (same ``__all__``, classes, attributes, hooks and
+behaviour), compiled by Cython.  ``cserver.install()`` makes the stdlib's own
+users (``http.server``, ``xmlrpc.server``, ``wsgiref``, ``logging.config``)
+run on it.  See the README for the extras: the bounded thread pool, the
+framing layer and the multiplexing server.
+
+Set ``CSERVER_PURE=1`` in the environment before the first import to run the
+same code from its Python source instead of the compiled modules (for
+debugging and as the oracle of the compiled build).
+"""
+
+import os as _os
+import sys as _sys
+import types as _types
+
+__version__ = "0.1.0"
+
+# Modules compiled by Cython from .py sources; in pure mode their sources are
+# loaded instead, in this order (a later one may import an earlier one).
+_COMPILED_PY = ("socketserver",)
+
+PURE = _os.environ.get("CSERVER_PURE", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _load_pure_sources():
+    import importlib.util
+    here = _os.path.dirname(__file__)
+    for name in _COMPILED_PY:
+        full = __name__ + "." + name
+        if full in _sys.modules:
+            continue
+        spec = importlib.util.spec_from_file_location(full, _os.path.join(here, name + ".py"))
+        module = importlib.util.module_from_spec(spec)
+        _sys.modules[full] = module
+        spec.loader.exec_module(module)
+
+
+if PURE:
+    _load_pure_sources()
+
+from . import socketserver as _compat  # noqa: E402
+from .socketserver import *  # noqa: E402,F401,F403
+from .socketserver import (  # noqa: E402,F401
+    __version__ as _stdlib_version, _ServerSelector, _SocketWriter, _Threads,
+    _NoThreads, socket, selectors, threading, os, sys,
+)
+for _name in _compat.EXTRA_NAMES:
+    globals()[_name] = getattr(_compat, _name)
+del _name
+
+# Exactly the stdlib's list: CPython's test_all compares it with the names
+# whose __module__ is "socketserver".  cserver's additions are attributes.
+__all__ = list(_compat.__all__)
+
+
+class _Package(_types.ModuleType):
+    """Forwards assignments of the compat module's globals to it.
+
+    The servers look up ``socket``, ``selectors``, ``threading`` and
+    ``_ServerSelector`` in their own module's globals, late, as the stdlib
+    does.  ``cserver._ServerSelector = X`` (or the same through
+    ``sys.modules["socketserver"]`` after ``install()``) must reach them.
+    """
+
+    def __setattr__(self, name, value):
+        if name in _FORWARDED:
+            setattr(_compat, name, value)
+        super().__setattr__(name, value)
+
+    def __delattr__(self, name):
+        if name in _FORWARDED and hasattr(_compat, name):
+            delattr(_compat, name)
+        super().__delattr__(name)
+
+
+_FORWARDED = frozenset(("socket", "selectors", "threading", "os", "sys",
+                        "_ServerSelector", "time", "BufferedIOBase"))
+
+
+def install(force=False):
+    """Make ``import socketserver`` give cserver in this process.
+
+    Call it before importing the stdlib's users of socketserver
+    (``http.server``, ``xmlrpc.server``, ``wsgiref.simple_server``,
+    ``logging.config``, ``idlelib.rpc``): they bind the module's classes when
+    they are imported.  Raises RuntimeError if one of them (or the stdlib
+    ``socketserver`` itself) was imported before, unless ``force=True``.
+    Returns the cserver package.  Idempotent.
+    """
+    current = _sys.modules.get("socketserver")
+    if current is _sys.modules[__name__]:
+        return current
+    if not force:
+        early = [name for name in _DEPENDENTS if name in _sys.modules]
+        if current is not None:
+            early.insert(0, "socketserver")
+        if early:
+            raise RuntimeError(
+                "cserver.install() must run before these modules are imported, "
+                "they already bound the stdlib socketserver: %s (call install() "
+                "earlier, first thing in your main module, or put "
+                "cserver.shadow_path() first on PYTHONPATH)"
+                % ", ".join(early))
+    _sys.modules["socketserver"] = _sys.modules[__name__]
+    return _sys.modules[__name__]
+
+
+_DEPENDENTS = ("http.server", "xmlrpc.server", "wsgiref.simple_server",
+               "logging.config", "idlelib.rpc")
+
+
+def shadow_path():
+    """Return a directory that, first on ``PYTHONPATH``, makes ``import
+    socketserver`` load cserver in subprocesses too.
+
+    Example::
+
+        env = dict(os.environ, PYTHONPATH=cserver.shadow_path())
+        subprocess.run([sys.executable, "-m", "http.server"], env=env)
+    """
+    return _os.path.join(_os.path.dirname(__file__), "_shadow")
+
+
+_sys.modules[__name__].__class__ = _Package

@@ -1,0 +1,1092 @@
+# cython: language_level=3, annotation_typing=False, binding=True
+"""The stdlib-compatible servers, compiled.
+
+This module is a reimplementation of the running interpreter's
+``socketserver`` (3.9 to 3.13): same public names, ``__all__``, classes, MRO,
+class attributes, hooks and behaviour, plus what no contract forbids:
+
+* ``shutdown()`` stops ``serve_forever()`` at once (a wake-up socket is part
+  of the poll set) instead of after up to ``poll_interval`` (gh-88932);
+* ``ThreadPoolMixIn``: a bounded pool of worker threads with a bounded queue;
+  when both are full the server stops accepting and the kernel backlog holds
+  the rest.
+
+Every class users subclass is a plain Python class (compiled by Cython from
+this ``.py`` file), so multiple inheritance, class attribute overrides,
+``super()``, ``vars(self)`` and name mangling work as in the stdlib.  Module
+globals (``socket``, ``selectors``, ``threading``, ``_ServerSelector``) are
+looked up when used, so monkeypatching them works as it does in the stdlib.
+
+The stdlib classes report ``__module__ == "socketserver"``, the way the C
+accelerators of the stdlib present their classes under the public module's
+name (``collections.deque``); cserver's own additions report ``cserver``.
+
+Methods for the caller (BaseServer):
+
+- __init__(server_address, RequestHandlerClass)
+- serve_forever(poll_interval=0.5)
+- shutdown()
+- handle_request()  # if you do not use serve_forever()
+- fileno() -> int   # for selector
+
+Methods that may be overridden:
+
+- server_bind()
+- server_activate()
+- get_request() -> request, client_address
+- handle_timeout()
+- verify_request(request, client_address)
+- server_close()
+- process_request(request, client_address)
+- shutdown_request(request)
+- close_request(request)
+- service_actions()
+- handle_error()
+
+Class variables that may be overridden by derived classes or instances:
+
+- timeout
+- address_family
+- socket_type
+- allow_reuse_address
+- allow_reuse_port (3.11+)
+- request_queue_size (the listen backlog: 5, as in the stdlib; raise it for
+  servers under load, e.g. ``request_queue_size = socket.SOMAXCONN``)
+"""
+
+__version__ = "0.4"
+
+import os
+import selectors
+import socket
+import sys
+import threading
+from collections import deque
+from io import BufferedIOBase
+from time import monotonic as time
+
+_PY311 = sys.version_info >= (3, 11)
+_PY312 = sys.version_info >= (3, 12)
+
+__all__ = ["BaseServer", "TCPServer", "UDPServer",
+           "ThreadingUDPServer", "ThreadingTCPServer",
+           "BaseRequestHandler", "StreamRequestHandler",
+           "DatagramRequestHandler", "ThreadingMixIn"]
+if hasattr(os, "fork"):
+    __all__.extend(["ForkingUDPServer", "ForkingTCPServer", "ForkingMixIn"])
+if hasattr(socket, "AF_UNIX"):
+    __all__.extend(["UnixStreamServer", "UnixDatagramServer",
+                    "ThreadingUnixStreamServer",
+                    "ThreadingUnixDatagramServer"])
+    if _PY312 and hasattr(os, "fork"):
+        __all__.extend(["ForkingUnixStreamServer", "ForkingUnixDatagramServer"])
+
+#: cserver's additions to the stdlib surface (not in ``__all__``, which must
+#: stay identical to the stdlib's).
+EXTRA_NAMES = ["ThreadPoolMixIn", "ThreadPoolTCPServer", "ThreadPoolUDPServer"]
+if hasattr(socket, "AF_UNIX"):
+    EXTRA_NAMES.extend(["ThreadPoolUnixStreamServer", "ThreadPoolUnixDatagramServer"])
+
+# Poll is preferred over select because it has no FD_SETSIZE limit; it is
+# looked up by name at each use so that tests and users can replace it.
+if hasattr(selectors, "PollSelector"):
+    _ServerSelector = selectors.PollSelector
+else:
+    _ServerSelector = selectors.SelectSelector
+
+
+class _Waker:
+    """A socket pair that interrupts a selector wait from another thread.
+
+    ``wake()`` may race with ``close()``: both take the lock, so a send never
+    reaches a descriptor number that was closed and reused meanwhile.
+    """
+
+    __module__ = "socketserver"
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._reader, self._writer = socket.socketpair()
+        self._reader.setblocking(False)
+        self._writer.setblocking(False)
+
+    def fileno(self):
+        return self._reader.fileno()
+
+    def wake(self):
+        with self._lock:
+            if self._writer is None:
+                return
+            try:
+                self._writer.send(b"\0")
+            except OSError:
+                # BlockingIOError: the pipe is full, a wake-up is pending
+                # anyway; anything else: closed under us, nothing to wake.
+                pass
+
+    def drain(self):
+        try:
+            while self._reader.recv(4096):
+                pass
+        except OSError:
+            pass
+
+    def close(self):
+        with self._lock:
+            writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()
+            self._reader.close()
+
+
+class BaseServer:
+    """Base class for server classes.
+
+    Methods for the caller:
+
+    - __init__(server_address, RequestHandlerClass)
+    - serve_forever(poll_interval=0.5)
+    - shutdown()
+    - handle_request()  # if you do not use serve_forever()
+    - fileno() -> int   # for selector
+
+    Methods that may be overridden:
+
+    - server_bind()
+    - server_activate()
+    - get_request() -> request, client_address
+    - handle_timeout()
+    - verify_request(request, client_address)
+    - server_close()
+    - process_request(request, client_address)
+    - shutdown_request(request)
+    - close_request(request)
+    - service_actions()
+    - handle_error()
+
+    Methods for derived classes:
+
+    - finish_request(request, client_address)
+
+    Class variables that may be overridden by derived classes or
+    instances:
+
+    - timeout
+    - address_family
+    - socket_type
+    - allow_reuse_address
+    - allow_reuse_port
+
+    Instance variables:
+
+    - RequestHandlerClass
+    - socket
+    """
+
+    __module__ = "socketserver"
+
+    timeout = None
+    # The wake-up socket of a running serve_forever(), or None.
+    __waker = None
+
+    def __init__(self, server_address, RequestHandlerClass):
+        """Constructor.  May be extended, do not override."""
+        self.server_address = server_address
+        self.RequestHandlerClass = RequestHandlerClass
+        self.__is_shut_down = threading.Event()
+        self.__shutdown_request = False
+
+    def server_activate(self):
+        """Called by constructor to activate the server.
+
+        May be overridden.
+        """
+        pass
+
+    def serve_forever(self, poll_interval=0.5):
+        """Handle one request at a time until shutdown.
+
+        Polls for shutdown every poll_interval seconds (service_actions()
+        runs at that pace), but shutdown() interrupts the wait at once: it
+        does not have to wait for the poll to time out.  Ignores
+        self.timeout.  If you need to do periodic tasks, do them in
+        service_actions() or another thread.
+        """
+        self.__is_shut_down.clear()
+        try:
+            # A shutdown() issued before this point is still honoured: the
+            # flag is only cleared in the finally clause below.
+            with _ServerSelector() as selector:
+                selector.register(self, selectors.EVENT_READ)
+                waker = _Waker()
+                try:
+                    selector.register(waker, selectors.EVENT_READ)
+                    self.__waker = waker
+                    while not self.__shutdown_request:
+                        ready = selector.select(poll_interval)
+                        # bpo-35017: shutdown() called during select(), exit
+                        # immediately.
+                        if self.__shutdown_request:
+                            break
+                        for key, _events in ready:
+                            if key.fileobj is self:
+                                self._handle_request_noblock()
+                            else:
+                                waker.drain()
+                        self.service_actions()
+                finally:
+                    self.__waker = None
+                    waker.close()
+        finally:
+            self.__shutdown_request = False
+            self.__is_shut_down.set()
+
+    def shutdown(self):
+        """Stops the serve_forever loop.
+
+        Blocks until the loop has finished. This must be called while
+        serve_forever() is running in another thread, or it will
+        deadlock.
+        """
+        self.__shutdown_request = True
+        waker = self.__waker
+        if waker is not None:
+            waker.wake()
+        self.__is_shut_down.wait()
+
+    def service_actions(self):
+        """Called by the serve_forever() loop.
+
+        May be overridden by a subclass / Mixin to implement any code that
+        needs to be run during the loop.
+        """
+        pass
+
+    # The distinction between handling, getting, processing and finishing a
+    # request is fairly arbitrary.  Remember:
+    #
+    # - handle_request() is the top-level call.  It calls selector.select(),
+    #   get_request(), verify_request() and process_request()
+    # - get_request() is different for stream or datagram sockets
+    # - process_request() is the place that may fork a new process or create
+    #   a new thread to finish the request
+    # - finish_request() instantiates the request handler class; this
+    #   constructor will handle the request all by itself
+
+    def handle_request(self):
+        """Handle one request, possibly blocking.
+
+        Respects self.timeout.
+        """
+        # Support people who used socket.settimeout() to escape
+        # handle_request before self.timeout was available.
+        timeout = self.socket.gettimeout()
+        if timeout is None:
+            timeout = self.timeout
+        elif self.timeout is not None:
+            timeout = min(timeout, self.timeout)
+        if timeout is not None:
+            deadline = time() + timeout
+
+        # Wait until a request arrives or the timeout expires - the loop is
+        # necessary to accommodate early wakeups due to EINTR.
+        with _ServerSelector() as selector:
+            selector.register(self, selectors.EVENT_READ)
+
+            while True:
+                if selector.select(timeout):
+                    return self._handle_request_noblock()
+                else:
+                    if timeout is not None:
+                        timeout = deadline - time()
+                        if timeout < 0:
+                            return self.handle_timeout()
+
+    def _handle_request_noblock(self):
+        """Handle one request, without blocking.
+
+        I assume that selector.select() has returned that the socket is
+        readable before this function was called, so there should be no risk of
+        blocking in get_request().
+        """
+        try:
+            request, client_address = self.get_request()
+        except OSError:
+            return
+        if self.verify_request(request, client_address):
+            try:
+                self.process_request(request, client_address)
+            except Exception:
+                self.handle_error(request, client_address)
+                self.shutdown_request(request)
+            except:
+                self.shutdown_request(request)
+                raise
+        else:
+            self.shutdown_request(request)
+
+    def handle_timeout(self):
+        """Called if no new request arrives within self.timeout.
+
+        Overridden by ForkingMixIn.
+        """
+        pass
+
+    def verify_request(self, request, client_address):
+        """Verify the request.  May be overridden.
+
+        Return True if we should proceed with this request.
+        """
+        return True
+
+    def process_request(self, request, client_address):
+        """Call finish_request.
+
+        Overridden by ForkingMixIn and ThreadingMixIn.
+        """
+        self.finish_request(request, client_address)
+        self.shutdown_request(request)
+
+    def server_close(self):
+        """Called to clean-up the server.
+
+        May be overridden.
+        """
+        pass
+
+    def finish_request(self, request, client_address):
+        """Finish one request by instantiating RequestHandlerClass."""
+        self.RequestHandlerClass(request, client_address, self)
+
+    def shutdown_request(self, request):
+        """Called to shutdown and close an individual request."""
+        self.close_request(request)
+
+    def close_request(self, request):
+        """Called to clean up an individual request."""
+        pass
+
+    def handle_error(self, request, client_address):
+        """Handle an error gracefully.  May be overridden.
+
+        The default is to print a traceback and continue.
+        """
+        print('-' * 40, file=sys.stderr)
+        print('Exception occurred during processing of request from',
+              client_address, file=sys.stderr)
+        import traceback
+        traceback.print_exc()  # runs inside the caller's except block
+        print('-' * 40, file=sys.stderr)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *args):
+        self.server_close()
+
+
+class TCPServer(BaseServer):
+    """Base class for various socket-based server classes.
+
+    Defaults to synchronous IP stream (i.e., TCP).
+
+    Methods for the caller:
+
+    - __init__(server_address, RequestHandlerClass, bind_and_activate=True)
+    - serve_forever(poll_interval=0.5)
+    - shutdown()
+    - handle_request()  # if you don't use serve_forever()
+    - fileno() -> int   # for selector
+
+    Methods that may be overridden:
+
+    - server_bind()
+    - server_activate()
+    - get_request() -> request, client_address
+    - handle_timeout()
+    - verify_request(request, client_address)
+    - process_request(request, client_address)
+    - shutdown_request(request)
+    - close_request(request)
+    - handle_error()
+
+    Methods for derived classes:
+
+    - finish_request(request, client_address)
+
+    Class variables that may be overridden by derived classes or
+    instances:
+
+    - timeout
+    - address_family
+    - socket_type
+    - request_queue_size (only for stream sockets; the listen backlog,
+      5 as in the stdlib: raise it for servers under load)
+    - allow_reuse_address
+    - allow_reuse_port (3.11+)
+
+    Instance variables:
+
+    - server_address
+    - RequestHandlerClass
+    - socket
+    """
+
+    __module__ = "socketserver"
+
+    address_family = socket.AF_INET
+
+    socket_type = socket.SOCK_STREAM
+
+    request_queue_size = 5
+
+    allow_reuse_address = False
+
+    if _PY311:
+        allow_reuse_port = False
+
+    def __init__(self, server_address, RequestHandlerClass, bind_and_activate=True):
+        """Constructor.  May be extended, do not override."""
+        BaseServer.__init__(self, server_address, RequestHandlerClass)
+        self.socket = socket.socket(self.address_family,
+                                    self.socket_type)
+        if bind_and_activate:
+            try:
+                self.server_bind()
+                self.server_activate()
+            except:
+                self.server_close()
+                raise
+
+    if _PY311:
+        def server_bind(self):
+            """Called by constructor to bind the socket.
+
+            May be overridden.
+            """
+            if self.allow_reuse_address and hasattr(socket, "SO_REUSEADDR"):
+                self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if self.allow_reuse_port and hasattr(socket, "SO_REUSEPORT"):
+                self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            self.socket.bind(self.server_address)
+            self.server_address = self.socket.getsockname()
+    else:
+        def server_bind(self):
+            """Called by constructor to bind the socket.
+
+            May be overridden.
+            """
+            if self.allow_reuse_address:
+                self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.socket.bind(self.server_address)
+            self.server_address = self.socket.getsockname()
+
+    def server_activate(self):
+        """Called by constructor to activate the server.
+
+        May be overridden.
+        """
+        self.socket.listen(self.request_queue_size)
+
+    def server_close(self):
+        """Called to clean-up the server.
+
+        May be overridden.
+        """
+        self.socket.close()
+
+    def fileno(self):
+        """Return socket file number.
+
+        Interface required by selector.
+        """
+        return self.socket.fileno()
+
+    def get_request(self):
+        """Get the request and client address from the socket.
+
+        May be overridden.
+        """
+        return self.socket.accept()
+
+    def shutdown_request(self, request):
+        """Called to shutdown and close an individual request."""
+        try:
+            # explicitly shutdown.  socket.close() merely releases
+            # the socket and waits for GC to perform the actual close.
+            request.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass  # some platforms may raise ENOTCONN here
+        self.close_request(request)
+
+    def close_request(self, request):
+        """Called to clean up an individual request."""
+        request.close()
+
+
+class UDPServer(TCPServer):
+    """UDP server class."""
+
+    __module__ = "socketserver"
+
+    allow_reuse_address = False
+
+    if _PY311:
+        allow_reuse_port = False
+
+    socket_type = socket.SOCK_DGRAM
+
+    max_packet_size = 8192
+
+    def get_request(self):
+        data, client_addr = self.socket.recvfrom(self.max_packet_size)
+        return (data, self.socket), client_addr
+
+    def server_activate(self):
+        # No need to call listen() for UDP.
+        pass
+
+    def shutdown_request(self, request):
+        # No need to shutdown anything.
+        self.close_request(request)
+
+    def close_request(self, request):
+        # No need to close anything.
+        pass
+
+
+if hasattr(os, "fork"):
+    class ForkingMixIn:
+        """Mix-in class to handle each request in a new process."""
+
+        __module__ = "socketserver"
+
+        timeout = 300
+        active_children = None
+        max_children = 40
+        # If true, server_close() waits until all child processes complete.
+        block_on_close = True
+
+        def collect_children(self, *, blocking=False):
+            """Internal routine to wait for children that have exited."""
+            if self.active_children is None:
+                return
+
+            # If we're above the max number of children, wait and reap them
+            # until we go back below threshold.  Note that we use waitpid(-1)
+            # below only at that point, not otherwise, so that other child
+            # processes of the program are not reaped behind its back.
+            while len(self.active_children) >= self.max_children:
+                try:
+                    pid, _ = os.waitpid(-1, 0)
+                    self.active_children.discard(pid)
+                except ChildProcessError:
+                    # we don't have any children, we're done
+                    self.active_children.clear()
+                except OSError:
+                    break
+
+            # Now reap all defunct children.
+            for pid in self.active_children.copy():
+                try:
+                    flags = 0 if blocking else os.WNOHANG
+                    pid, _ = os.waitpid(pid, flags)
+                    # if the child hasn't exited yet, pid will be 0 and ignored
+                    # by discard() below
+                    self.active_children.discard(pid)
+                except ChildProcessError:
+                    # someone else reaped it
+                    self.active_children.discard(pid)
+                except OSError:
+                    pass
+
+        def handle_timeout(self):
+            """Wait for zombies after self.timeout seconds of inactivity.
+
+            May be extended, do not override.
+            """
+            self.collect_children()
+
+        def service_actions(self):
+            """Collect the zombie child processes regularly in the ForkingMixIn.
+
+            service_actions is called in the BaseServer's serve_forever loop.
+            """
+            self.collect_children()
+
+        def process_request(self, request, client_address):
+            """Fork a new subprocess to process the request."""
+            pid = os.fork()
+            if pid:
+                # Parent process
+                if self.active_children is None:
+                    self.active_children = set()
+                self.active_children.add(pid)
+                self.close_request(request)
+                return
+            else:
+                # Child process.
+                # This must never return, hence os._exit()!
+                status = 1
+                try:
+                    self.finish_request(request, client_address)
+                    status = 0
+                except Exception:
+                    self.handle_error(request, client_address)
+                finally:
+                    try:
+                        self.shutdown_request(request)
+                    finally:
+                        os._exit(status)
+
+        def server_close(self):
+            super().server_close()
+            self.collect_children(blocking=self.block_on_close)
+
+
+class _Threads(list):
+    """Joinable list of all non-daemon threads."""
+
+    __module__ = "socketserver"
+
+    def append(self, thread):
+        self.reap()
+        if thread.daemon:
+            return
+        super().append(thread)
+
+    def pop_all(self):
+        self[:], result = [], self[:]
+        return result
+
+    def join(self):
+        for thread in self.pop_all():
+            thread.join()
+
+    def reap(self):
+        self[:] = (thread for thread in self if thread.is_alive())
+
+
+class _NoThreads:
+    """Degenerate version of _Threads."""
+
+    __module__ = "socketserver"
+
+    def append(self, thread):
+        pass
+
+    def join(self):
+        pass
+
+
+class ThreadingMixIn:
+    """Mix-in class to handle each request in a new thread."""
+
+    __module__ = "socketserver"
+
+    # Decides how threads will act upon termination of the
+    # main process
+    daemon_threads = False
+    # If true, server_close() waits until all non-daemonic threads terminate.
+    block_on_close = True
+    # Threads object
+    # used by server_close() to wait for all threads completion.
+    _threads = _NoThreads()
+
+    def process_request_thread(self, request, client_address):
+        """Same as in BaseServer but as a thread.
+
+        In addition, exception handling is done here.
+        """
+        try:
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+        finally:
+            self.shutdown_request(request)
+
+    def process_request(self, request, client_address):
+        """Start a new thread to process the request."""
+        if self.block_on_close:
+            vars(self).setdefault('_threads', _Threads())
+        t = threading.Thread(target=self.process_request_thread,
+                             args=(request, client_address))
+        t.daemon = self.daemon_threads
+        self._threads.append(t)
+        t.start()
+
+    def server_close(self):
+        super().server_close()
+        self._threads.join()
+
+
+if hasattr(os, "fork"):
+    class ForkingUDPServer(ForkingMixIn, UDPServer):
+        __module__ = "socketserver"
+
+    class ForkingTCPServer(ForkingMixIn, TCPServer):
+        __module__ = "socketserver"
+
+
+class ThreadingUDPServer(ThreadingMixIn, UDPServer):
+    __module__ = "socketserver"
+
+
+class ThreadingTCPServer(ThreadingMixIn, TCPServer):
+    __module__ = "socketserver"
+
+
+if hasattr(socket, 'AF_UNIX'):
+
+    class UnixStreamServer(TCPServer):
+        __module__ = "socketserver"
+        address_family = socket.AF_UNIX
+
+    class UnixDatagramServer(UDPServer):
+        __module__ = "socketserver"
+        address_family = socket.AF_UNIX
+
+    class ThreadingUnixStreamServer(ThreadingMixIn, UnixStreamServer):
+        __module__ = "socketserver"
+
+    class ThreadingUnixDatagramServer(ThreadingMixIn, UnixDatagramServer):
+        __module__ = "socketserver"
+
+    if _PY312 and hasattr(os, "fork"):
+        class ForkingUnixStreamServer(ForkingMixIn, UnixStreamServer):
+            __module__ = "socketserver"
+
+        class ForkingUnixDatagramServer(ForkingMixIn, UnixDatagramServer):
+            __module__ = "socketserver"
+
+
+# ---------------------------------------------------------------------------
+# The bounded thread pool.
+#
+# ThreadingMixIn starts one thread per request, without bound: under a burst
+# it grows until memory or the thread limit runs out.  ThreadPoolMixIn runs
+# requests on at most ``max_workers`` threads, started on demand, with at most
+# ``queue_size`` accepted requests waiting for one.  When both are full, the
+# serve loop stops calling accept() until a worker finishes: connections then
+# wait in the kernel's listen backlog (``request_queue_size``), where TCP's
+# own flow control applies, instead of being dropped or queued without bound.
+# shutdown() interrupts that wait.
+# ---------------------------------------------------------------------------
+
+class _ThreadPool:
+    """The workers and queue of one ThreadPoolMixIn server (internal)."""
+
+    __module__ = "cserver"
+
+    def __init__(self, server, max_workers, queue_size, daemon):
+        self.server = server
+        self.max_workers = max_workers
+        self.capacity = max_workers + queue_size
+        self.daemon = daemon
+        lock = threading.Lock()
+        self.not_empty = threading.Condition(lock)
+        self.slot_free = threading.Condition(lock)
+        self.queue = deque()
+        self.pending = 0       # queued + running requests
+        self.idle = 0          # workers waiting for a request
+        self.workers = []
+        self.closing = False
+
+    def wait_for_slot(self):
+        """Block until a request can be taken; False if shutdown interrupts."""
+        server = self.server
+        with self.slot_free:
+            while self.pending >= self.capacity:
+                if server._BaseServer__shutdown_request or self.closing:
+                    return False
+                self.slot_free.wait()
+        return True
+
+    def interrupt(self):
+        with self.slot_free:
+            self.slot_free.notify_all()
+
+    def submit(self, request, client_address):
+        with self.not_empty:
+            if self.closing:
+                raise RuntimeError("cannot submit a request to a closed thread pool")
+            self.queue.append((request, client_address))
+            self.pending += 1
+            if self.idle < len(self.queue) and len(self.workers) < self.max_workers:
+                worker = threading.Thread(target=self._work,
+                                          name="cserver-pool-%d" % (len(self.workers) + 1))
+                worker.daemon = self.daemon
+                self.workers.append(worker)
+                worker.start()
+            else:
+                self.not_empty.notify()
+
+    def _work(self):
+        server = self.server
+        me = threading.current_thread()
+        try:
+            while True:
+                with self.not_empty:
+                    while not self.queue:
+                        if self.closing:
+                            return
+                        self.idle += 1
+                        try:
+                            self.not_empty.wait()
+                        finally:
+                            self.idle -= 1
+                    request, client_address = self.queue.popleft()
+                try:
+                    server.process_request_thread(request, client_address)
+                finally:
+                    with self.slot_free:
+                        self.pending -= 1
+                        self.slot_free.notify()
+        finally:
+            with self.not_empty:
+                self.workers.remove(me)
+
+    def close(self, join):
+        """Let the workers finish the queue, then stop them."""
+        with self.not_empty:
+            self.closing = True
+            self.not_empty.notify_all()
+            self.slot_free.notify_all()
+            workers = list(self.workers)
+        if join:
+            for worker in workers:
+                worker.join()
+
+
+class ThreadPoolMixIn:
+    """Mix-in class to handle requests on a bounded pool of threads.
+
+    Class variables that may be overridden by derived classes or
+    instances:
+
+    - max_workers: most threads running handlers at once; None means
+      ``min(32, os.cpu_count() + 4)`` (as concurrent.futures does).
+      Threads start on demand and stay until server_close().
+    - queue_size: most accepted requests waiting for a free worker; None
+      means ``max_workers``.  When the workers are busy and the queue is
+      full, the server stops accepting until a worker is free: further
+      clients wait in the listen backlog (``request_queue_size``).
+    - daemon_threads, block_on_close: as in ThreadingMixIn.  server_close()
+      lets the workers finish every queued request and, if block_on_close,
+      joins them.
+
+    Errors raised by handlers go through handle_error(), as in
+    ThreadingMixIn.
+    """
+
+    __module__ = "cserver"
+
+    max_workers = None
+    queue_size = None
+    daemon_threads = False
+    block_on_close = True
+
+    def _cserver_pool(self):
+        pool = vars(self).get("_cserver_thread_pool")
+        if pool is None:
+            max_workers = self.max_workers
+            if max_workers is None:
+                max_workers = min(32, (os.cpu_count() or 1) + 4)
+            queue_size = self.queue_size
+            if queue_size is None:
+                queue_size = max_workers
+            if not isinstance(max_workers, int) or max_workers < 1:
+                raise ValueError("max_workers must be an int >= 1, got %r" % (max_workers,))
+            if not isinstance(queue_size, int) or queue_size < 0:
+                raise ValueError("queue_size must be an int >= 0, got %r" % (queue_size,))
+            pool = _ThreadPool(self, max_workers, queue_size, self.daemon_threads)
+            vars(self)["_cserver_thread_pool"] = pool
+        return pool
+
+    def _handle_request_noblock(self):
+        # Accept only when a worker or a queue slot is free; otherwise wait
+        # here (interruptible by shutdown()) and leave clients in the backlog.
+        if self._cserver_pool().wait_for_slot():
+            super()._handle_request_noblock()
+
+    def process_request_thread(self, request, client_address):
+        """Run one request on a worker thread; errors go to handle_error()."""
+        try:
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+        finally:
+            self.shutdown_request(request)
+
+    def process_request(self, request, client_address):
+        """Queue the request for the next free worker."""
+        self._cserver_pool().submit(request, client_address)
+
+    def shutdown(self):
+        self._BaseServer__shutdown_request = True
+        pool = vars(self).get("_cserver_thread_pool")
+        if pool is not None:
+            pool.interrupt()
+        super().shutdown()
+
+    def server_close(self):
+        super().server_close()
+        pool = vars(self).pop("_cserver_thread_pool", None)
+        if pool is not None:
+            pool.close(join=self.block_on_close)
+
+    def pool_stats(self):
+        """Return a dict: workers, idle, queued, pending and capacity."""
+        pool = vars(self).get("_cserver_thread_pool")
+        if pool is None:
+            return {"workers": 0, "idle": 0, "queued": 0, "pending": 0, "capacity": 0}
+        with pool.not_empty:
+            return {"workers": len(pool.workers), "idle": pool.idle,
+                    "queued": len(pool.queue), "pending": pool.pending,
+                    "capacity": pool.capacity}
+
+
+class ThreadPoolTCPServer(ThreadPoolMixIn, TCPServer):
+    __module__ = "cserver"
+
+
+class ThreadPoolUDPServer(ThreadPoolMixIn, UDPServer):
+    __module__ = "cserver"
+
+
+if hasattr(socket, 'AF_UNIX'):
+    class ThreadPoolUnixStreamServer(ThreadPoolMixIn, UnixStreamServer):
+        __module__ = "cserver"
+
+    class ThreadPoolUnixDatagramServer(ThreadPoolMixIn, UnixDatagramServer):
+        __module__ = "cserver"
+
+
+class BaseRequestHandler:
+    """Base class for request handler classes.
+
+    This class is instantiated for each request to be handled.  The
+    constructor sets the instance variables request, client_address
+    and server, and then calls the handle() method.  To implement a
+    specific service, all you need to do is to derive a class which
+    defines a handle() method.
+
+    The handle() method can find the request as self.request, the
+    client address as self.client_address, and the server (in case it
+    needs access to per-server information) as self.server.  Since a
+    separate instance is created for each request, the handle() method
+    can define other arbitrary instance variables.
+    """
+
+    __module__ = "socketserver"
+
+    def __init__(self, request, client_address, server):
+        self.request = request
+        self.client_address = client_address
+        self.server = server
+        self.setup()
+        try:
+            self.handle()
+        finally:
+            self.finish()
+
+    def setup(self):
+        pass
+
+    def handle(self):
+        pass
+
+    def finish(self):
+        pass
+
+
+# The following two classes make it possible to use the same service
+# class for stream or datagram servers.
+# Each class sets up these instance variables:
+# - rfile: a file object from which receives the request is read
+# - wfile: a file object to which the reply is written
+# When the handle() method returns, wfile is flushed properly
+
+
+class StreamRequestHandler(BaseRequestHandler):
+    """Define self.rfile and self.wfile for stream sockets."""
+
+    __module__ = "socketserver"
+
+    # Default buffer sizes for rfile, wfile.
+    # We default rfile to buffered because otherwise it could be
+    # really slow for large data (a getc() call per byte); we make
+    # wfile unbuffered because (a) often after a write() we want to
+    # read and we need to flush the line; (b) big writes to unbuffered
+    # files are typically optimized by stdio even when big reads
+    # aren't.
+    rbufsize = -1
+    wbufsize = 0
+
+    # A timeout to apply to the request socket, if not None.
+    timeout = None
+
+    # Disable nagle algorithm for this socket, if True.
+    # Use only when wbufsize != 0, to avoid small packets.
+    disable_nagle_algorithm = False
+
+    def setup(self):
+        self.connection = self.request
+        if self.timeout is not None:
+            self.connection.settimeout(self.timeout)
+        if self.disable_nagle_algorithm:
+            self.connection.setsockopt(socket.IPPROTO_TCP,
+                                       socket.TCP_NODELAY, True)
+        self.rfile = self.connection.makefile('rb', self.rbufsize)
+        if self.wbufsize == 0:
+            self.wfile = _SocketWriter(self.connection)
+        else:
+            self.wfile = self.connection.makefile('wb', self.wbufsize)
+
+    def finish(self):
+        if not self.wfile.closed:
+            try:
+                self.wfile.flush()
+            except socket.error:
+                # A final socket error may have occurred here, such as
+                # the local error ECONNABORTED.
+                pass
+        self.wfile.close()
+        self.rfile.close()
+
+
+class _SocketWriter(BufferedIOBase):
+    """Simple writable BufferedIOBase implementation for a socket
+
+    Does not hold data in a buffer, avoiding any need to call flush()."""
+
+    __module__ = "socketserver"
+
+    def __init__(self, sock):
+        self._sock = sock
+
+    def writable(self):
+        return True
+
+    def write(self, b):
+        self._sock.sendall(b)
+        with memoryview(b) as view:
+            return view.nbytes
+
+    def fileno(self):
+        return self._sock.fileno()
+
+
+class DatagramRequestHandler(BaseRequestHandler):
+    """Define self.rfile and self.wfile for datagram sockets."""
+
+    __module__ = "socketserver"
+
+    def setup(self):
+        from io import BytesIO
+        self.packet, self.socket = self.request
+        self.rfile = BytesIO(self.packet)
+        self.wfile = BytesIO()
+
+    def finish(self):
+        self.socket.sendto(self.wfile.getvalue(), self.client_address)
