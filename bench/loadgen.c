@@ -51,7 +51,10 @@ enum { ST_FREE, ST_CONNECTING, ST_OPEN, ST_DONE };
 
 #define RBUF_SIZE (256 * 1024)
 #define PAT_EXTRA 512
-#define MAX_CONNECTING 64 /* connects in progress at once (setup pacing) */
+/* Setup pacing: connections opened but not yet answered, at once.  A
+ * connection is answered only once the server accepted it, so this many never
+ * overflow even the stdlib's listen backlog of 5 (request_queue_size). */
+#define MAX_SETUP 4
 
 struct conn {
     int fd;
@@ -88,8 +91,8 @@ static int ep = -1;
 static struct conn *conns;
 static unsigned char *pat;
 static unsigned char *rbuf;
-static uint64_t t_start, t_measure, t_end; /* ns, CLOCK_MONOTONIC */
-static int running = 1;
+static uint64_t t_begin, t_start, t_measure, t_end; /* ns, CLOCK_MONOTONIC */
+static int running = 1, in_setup = 0;
 static uint64_t n_counted, n_done_total, n_mismatch, n_errors, n_lost, n_late;
 static uint64_t n_connects, n_connecting;
 static uint64_t hist[128 + 57 * 64];
@@ -303,7 +306,7 @@ static void reply_done(struct conn *c, uint64_t t) {
         if (running && t < t_end) start_connection(c);
         return;
     }
-    if (kind == KIND_IDLE) {
+    if (in_setup || kind == KIND_IDLE) { /* the setup request of this connection */
         c->state = ST_DONE;
         return;
     }
@@ -353,7 +356,7 @@ static int start_connection(struct conn *c) {
     if (r < 0) return r;
     if (r > 0) {
         ep_ctl(EPOLL_CTL_ADD, c, EPOLLIN);
-        if (kind == KIND_CHURN || kind == KIND_IDLE) {
+        if (kind != KIND_UDP) {
             queue_request(c, now_ns());
             if (flush_out(c) < 0) { n_errors++; conn_close(c); }
         }
@@ -374,7 +377,7 @@ static void connected(struct conn *c, uint64_t t) {
     n_connecting--;
     c->state = ST_OPEN;
     ep_ctl(EPOLL_CTL_MOD, c, EPOLLIN);
-    if (kind == KIND_CHURN || kind == KIND_IDLE) {
+    if (kind != KIND_UDP) {
         queue_request(c, t);
         if (flush_out(c) < 0) { n_errors++; conn_close(c); }
     }
@@ -510,6 +513,7 @@ static void report(uint64_t t_finish, long held) {
     double cpu_user = (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6;
     double cpu_sys = (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
     double wall = (double)(t_finish - t_start) / 1e9;
+    double life = (double)(t_finish - t_begin) / 1e9; /* setup included, as CPU time is */
     double measured = (double)(t_end - t_measure) / 1e9;
     long starved = 0, open_now = 0;
     for (int i = 0; i < nconns; i++) {
@@ -521,8 +525,9 @@ static void report(uint64_t t_finish, long held) {
            "\"size\":%u,\"warmup\":%.3f,\"duration\":%.3f,\"requests\":%llu,\"rps\":%.1f,"
            "\"mbps\":%.3f,\"replies_total\":%llu,\"mismatches\":%llu,\"errors\":%llu,"
            "\"lost\":%llu,\"late\":%llu,\"connects\":%llu,\"open\":%ld,\"starved\":%ld,"
-           "\"held\":%ld,\"lat_us\":{\"p50\":%.2f,\"p99\":%.2f,\"p999\":%.2f,\"max\":%.2f,"
-           "\"mean\":%.2f},\"cpu_user\":%.4f,\"cpu_sys\":%.4f,\"wall\":%.4f,\"cpu_pct\":%.1f}\n",
+           "\"ready\":%ld,\"lat_us\":{\"p50\":%.2f,\"p99\":%.2f,\"p999\":%.2f,\"max\":%.2f,"
+           "\"mean\":%.2f},\"cpu_user\":%.4f,\"cpu_sys\":%.4f,\"wall\":%.4f,\"life\":%.4f,"
+           "\"cpu_pct\":%.1f}\n",
            kind_name(), kind == KIND_UDP ? "datagram" : mode == MODE_FRAMED ? "framed" : "raw", target_desc, nconns, depth,
            size, warmup, duration, (unsigned long long)n_counted, rps,
            rps * (double)size / 1e6, (unsigned long long)n_done_total,
@@ -531,32 +536,38 @@ static void report(uint64_t t_finish, long held) {
            (unsigned long long)n_connects, open_now, starved, held,
            hist_pct(0.50) / 1e3, hist_pct(0.99) / 1e3, hist_pct(0.999) / 1e3,
            (double)lat_max / 1e3, lat_n ? (double)lat_sum / (double)lat_n / 1e3 : 0.0,
-           cpu_user, cpu_sys, wall, wall > 0 ? 100.0 * (cpu_user + cpu_sys) / wall : 0.0);
+           cpu_user, cpu_sys, wall, life, life > 0 ? 100.0 * (cpu_user + cpu_sys) / life : 0.0);
     fflush(stdout);
 }
 
-/* Open connections, at most MAX_CONNECTING in progress at once; for kinds
- * that send a request at connect (idle), wait for those replies too. */
+/* Open the connections, each answering one request before it counts as
+ * ready (so the server has accepted it), at most MAX_SETUP in progress. */
 static int setup_phase(uint64_t deadline) {
     struct epoll_event evs[256];
     int next = 0;
+    in_setup = 1;
     for (;;) {
         uint64_t t = now_ns();
-        while (next < nconns && n_connecting < MAX_CONNECTING) {
-            if (start_connection(&conns[next]) == -2) break; /* retry after a wait */
-            next++;
-        }
         int ready = 0, pending = 0;
         for (int i = 0; i < next; i++) {
-            int st = conns[i].state;
-            if ((kind == KIND_IDLE && st == ST_DONE) || (kind != KIND_IDLE && st == ST_OPEN)) ready++;
+            if (conns[i].state == ST_DONE) ready++;
             else if (conns[i].fd >= 0) pending++;
         }
-        if (ready == nconns) return ready;
-        if (t >= deadline || (next == nconns && pending == 0)) return ready;
+        while (next < nconns && pending < MAX_SETUP && t < deadline) {
+            if (start_connection(&conns[next]) == -2) break; /* Unix backlog full: wait */
+            if (conns[next].state == ST_DONE) ready++;
+            else if (conns[next].fd >= 0) pending++;
+            next++;
+        }
+        if (ready == nconns || t >= deadline || (next == nconns && pending == 0)) {
+            in_setup = 0;
+            for (int i = 0; i < nconns; i++) /* not ready in time: not used */
+                if (conns[i].state != ST_DONE && conns[i].fd >= 0) conn_close(&conns[i]);
+            return ready;
+        }
         int ms = (int)((deadline - t) / 1000000ull) + 1;
         if (ms > 50) ms = 50;
-        if (next < nconns && n_connecting == 0) ms = 1; /* Unix backlog was full */
+        if (next < nconns && pending == 0) ms = 1; /* Unix backlog was full */
         int n = epoll_wait(ep, evs, 256, ms);
         if (n < 0 && errno != EINTR) die("epoll_wait");
         t = now_ns();
@@ -644,7 +655,7 @@ int main(int argc, char **argv) {
     if (ep < 0) die("epoll_create1");
 
     uint64_t t0 = now_ns();
-    t_start = t0;
+    t_begin = t_start = t0;
     t_measure = t_end = UINT64_MAX; /* nothing counts during setup */
     uint64_t connect_deadline = t0 + (uint64_t)(connect_timeout * 1e9);
 
@@ -684,7 +695,6 @@ int main(int argc, char **argv) {
     } else if (kind == KIND_STREAM) {
         ready = setup_phase(connect_deadline);
     }
-    (void)ready;
 
     t_start = now_ns();
     t_measure = t_start + (uint64_t)(warmup * 1e9);
@@ -698,7 +708,8 @@ int main(int argc, char **argv) {
         } else if (kind == KIND_UDP) {
             if (c->fd >= 0)
                 for (int s = 0; s < depth; s++) udp_send(c, s, t_start);
-        } else if (c->fd >= 0 && c->state == ST_OPEN) {
+        } else if (c->fd >= 0 && c->state == ST_DONE) {
+            c->state = ST_OPEN;
             for (int d = 0; d < depth; d++) queue_request(c, t_start);
             if (flush_out(c) < 0) { n_errors++; conn_close(c); }
         }
@@ -744,7 +755,7 @@ int main(int argc, char **argv) {
     }
     running = 0;
     uint64_t tf = now_ns();
-    report(tf, 0);
+    report(tf, kind == KIND_CHURN ? nconns : ready);
     for (int i = 0; i < nconns; i++) conn_close(&conns[i]);
     close(ep);
     return n_mismatch ? 1 : 0;

@@ -402,10 +402,12 @@ class Runner:
     def _load(self, proc, cmd, rec):
         cpu0 = cpu_seconds(proc.pid)
         limit = self.opts.connect_timeout + self.opts.warmup + self.opts.duration + 15
+        t0 = time.monotonic()
         lg = spawn(cmd, self.loadgen_cpus, self.env, stdin=subprocess.DEVNULL,
                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
             out, err = lg.communicate(timeout=limit)
+            lifetime = time.monotonic() - t0
         except subprocess.TimeoutExpired:
             kill_group(lg)
             rec["status"] = "error"
@@ -428,7 +430,8 @@ class Runner:
         rec["loadgen"] = res
         rec["rps"] = res["rps"]
         rec["server_cpu_s"] = round(cpu1 - cpu0, 3)
-        rec["server_cpu_pct"] = round(100.0 * (cpu1 - cpu0) / res["wall"], 1) if res["wall"] else 0
+        # Over the load generator's life, as its own cpu_pct is.
+        rec["server_cpu_pct"] = round(100.0 * (cpu1 - cpu0) / lifetime, 1) if lifetime else 0
         if proc.poll() is not None:
             rec["note"] = "server died during the round (status %s)" % proc.returncode
 
@@ -457,8 +460,7 @@ class Runner:
             if held is not None:
                 time.sleep(0.5)  # let the server settle (threads started, buffers touched)
                 after = rss_kib(proc.pid)
-            lg.stdin.close()  # tells the load generator to let go
-            try:
+            try:  # closing its stdin tells the load generator to let go
                 out, _ = lg.communicate(timeout=30)
             except subprocess.TimeoutExpired:
                 out = b""
