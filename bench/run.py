@@ -96,9 +96,9 @@ class Server:
         self.workers = workers
         self.is_cserver = cserver_kind
 
-    def command(self, address_args, workers):
+    def command(self, address_args, workers, c_echo):
         if self.script == "c_echo":
-            cmd = [os.path.join(BIN, "c_echo")]
+            cmd = [c_echo]
         else:
             cmd = [sys.executable, os.path.join(SERVERS_DIR, self.script)]
         cmd += self.args + address_args
@@ -170,16 +170,18 @@ def servers():
 # ---------------------------------------------------------------------------
 
 
-def build_binaries(force=False):
-    """Compile loadgen and c_echo into bench/bin/ (cc -O2); return their paths."""
+def build_binaries(dest=None, force=False):
+    """Compile loadgen and c_echo into ``dest`` (default bench/bin/) with
+    ``cc -O2``, when missing or older than their source; return their paths."""
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not cc:
         raise SystemExit("no C compiler (cc) found: the load generator is compiled C")
-    os.makedirs(BIN, exist_ok=True)
+    dest = dest or BIN
+    os.makedirs(dest, exist_ok=True)
     out = {}
     for name in ("loadgen", "c_echo"):
         src = os.path.join(HERE, name + ".c")
-        exe = os.path.join(BIN, name)
+        exe = os.path.join(dest, name)
         if force or not os.path.exists(exe) or os.path.getmtime(exe) < os.path.getmtime(src):
             tmp = exe + ".tmp%d" % os.getpid()
             subprocess.run([cc, "-O2", "-Wall", "-o", tmp, src], check=True)
@@ -334,6 +336,7 @@ class Runner:
     def __init__(self, opts, bins, env):
         self.opts = opts
         self.loadgen = bins["loadgen"]
+        self.c_echo = bins["c_echo"]
         self.env = env
         self.server_cpus, self.workers_cpus, self.loadgen_cpus = cpu_plan()
         if opts.no_pin:
@@ -360,7 +363,7 @@ class Runner:
         errlog = open(os.path.join(self.tmpdir, "server.err"), "w+b")
         proc = None
         try:
-            proc = spawn(server.command(address_args, self.workers), cpus, self.env,
+            proc = spawn(server.command(address_args, self.workers, self.c_echo), cpus, self.env,
                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errlog)
             status, where = wait_ready(proc, opts.ready_timeout)
             if status != "ready":
@@ -837,6 +840,7 @@ def parse_args(argv):
     p.add_argument("--connect-timeout", type=float, default=30.0)
     p.add_argument("--ready-timeout", type=float, default=30.0)
     p.add_argument("--out", help="results directory (default bench/results/<date>)")
+    p.add_argument("--bin", help="where to build loadgen and c_echo (default bench/bin)")
     p.add_argument("--list", action="store_true", help="list servers and workloads and exit")
     opts = p.parse_args(argv)
     opts.rounds = opts.rounds or (1 if opts.quick else 3)
@@ -891,7 +895,7 @@ def main(argv=None):
         for s in all_s:
             print("server   %-22s %s (%s)" % (s.key, s.title, s.transport))
         return 0
-    bins = build_binaries()
+    bins = build_binaries(opts.bin)
     idle = next(w for w in all_w if w.kind == "idle")
     soft = raise_nofile(idle.conns + 1024)
     if soft < idle.conns + 256:
