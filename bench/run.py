@@ -384,7 +384,7 @@ class Runner:
             cmd = [self.loadgen] + target + [
                 "--conns", str(wl.conns), "--depth", str(wl.depth), "--size", str(wl.size),
                 "--warmup", str(opts.warmup), "--duration", str(opts.duration),
-                "--connect-timeout", str(opts.connect_timeout)]
+                "--connect-timeout", str(self.connect_timeout(wl))]
             if wl.kind != "stream" and wl.transport != "udp":
                 cmd += ["--kind", wl.kind]
             if wl.kind == "idle":
@@ -402,9 +402,16 @@ class Runner:
                 proc.stdout.close()
             errlog.close()
 
+    def connect_timeout(self, wl):
+        """Bound on the setup phase: idle connections to threaded servers take longer."""
+        if self.opts.connect_timeout:
+            return self.opts.connect_timeout
+        return 60.0 if wl.kind == "idle" else 10.0
+
     def _load(self, proc, cmd, rec):
         cpu0 = cpu_seconds(proc.pid)
-        limit = self.opts.connect_timeout + self.opts.warmup + self.opts.duration + 15
+        limit = float(cmd[cmd.index("--connect-timeout") + 1]) + self.opts.warmup + \
+            self.opts.duration + 15
         t0 = time.monotonic()
         lg = spawn(cmd, self.loadgen_cpus, self.env, stdin=subprocess.DEVNULL,
                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -432,21 +439,33 @@ class Runner:
         rec["status"] = "ok"
         rec["loadgen"] = res
         rec["rps"] = res["rps"]
+        notes = []
+        if proc.poll() is not None:
+            rec["status"] = "error"
+            notes.append("server died during the round (status %s)" % proc.returncode)
+        elif res["requests"] == 0:
+            rec["status"] = "error"
+            notes.append("no reply in the measured window")
+        if res["kind"] == "stream" and res["ready"] < res["conns"]:
+            notes.append("only %d of %d connections ready" % (res["ready"], res["conns"]))
+        if res["mismatches"]:
+            notes.append("%d MISMATCHED replies" % res["mismatches"])
+        if notes:
+            rec["note"] = "; ".join(notes)
         rec["server_cpu_s"] = round(cpu1 - cpu0, 3)
         # Over the load generator's life, as its own cpu_pct is.
         rec["server_cpu_pct"] = round(100.0 * (cpu1 - cpu0) / lifetime, 1) if lifetime else 0
-        if proc.poll() is not None:
-            rec["note"] = "server died during the round (status %s)" % proc.returncode
 
     def _idle(self, proc, cmd, rec):
-        cmd = cmd + ["--hold", str(self.opts.connect_timeout + 30)]
+        setup = float(cmd[cmd.index("--connect-timeout") + 1])
+        cmd = cmd + ["--hold", str(setup + 30)]
         time.sleep(0.2)
         before = rss_kib(proc.pid)
         lg = spawn(cmd, self.loadgen_cpus, self.env, stdin=subprocess.PIPE,
                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         held = None
         try:
-            deadline = time.monotonic() + self.opts.connect_timeout + 10
+            deadline = time.monotonic() + setup + 10
             buf = b""
             while time.monotonic() < deadline and held is None:
                 r, _, _ = select.select([lg.stderr], [], [], 0.5)
@@ -661,10 +680,13 @@ def markdown(meta, wls, srvs, summ):
     lines.append("")
     notes = []
     for srv in srvs:
+        seen = {}
         for w in wls:
             s = summ.get((srv.key, w.name))
             if s is not None and s.get("note"):
-                notes.append("- %s / %s: %s: %s" % (srv.key, w.name, s.get("status"), s["note"]))
+                seen.setdefault((s.get("status"), s["note"]), []).append(w.name)
+        for (status, note), names in seen.items():
+            notes.append("- %s (%s): %s: %s" % (srv.key, ", ".join(names), status, note))
     if notes:
         lines.append("## Notes")
         lines.append("")
@@ -746,13 +768,19 @@ def chart(path, wls, srvs, summ, meta):
 # ---------------------------------------------------------------------------
 
 
-def cserver_env():
-    """Environment for the servers, and how cserver is found (source tree or installed)."""
+def cserver_env(source=None):
+    """Environment for the servers, and how cserver is found: ``source`` (a
+    tree with cserver/ built in place), else this source tree when it is
+    built in place, else the installed package."""
     env = dict(os.environ)
-    pkg = os.path.join(ROOT, "cserver")
+    tree = os.path.abspath(source) if source else ROOT
+    pkg = os.path.join(tree, "cserver")
     built = [f for f in os.listdir(pkg) if f.endswith(".so")] if os.path.isdir(pkg) else []
-    if built:
-        env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    if source and not os.path.isdir(pkg):
+        raise SystemExit("--cserver-from %s: no cserver/ package there" % source)
+    if built or source:
+        env["PYTHONPATH"] = tree + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
     probe = subprocess.run(
         [sys.executable, "-c",
          "import cserver, cserver.socketserver as m; print(cserver.__version__); "
@@ -761,7 +789,7 @@ def cserver_env():
         return env, "not importable", "-"
     version, where = probe.stdout.split()[:2]
     build = "compiled" if where.endswith((".so", ".pyd")) else "NOT COMPILED (pure Python)"
-    build += ", " + ("source tree" if built else "installed")
+    build += ", " + (("source tree %s" % tree) if (built or source) else "installed")
     return env, version, build
 
 
@@ -837,9 +865,12 @@ def parse_args(argv):
                    help="do not add the C and stdlib servers to a filtered run")
     p.add_argument("--unix", action="store_true", help="Unix sockets instead of TCP loopback")
     p.add_argument("--no-pin", action="store_true", help="do not pin to cores")
-    p.add_argument("--connect-timeout", type=float, default=30.0)
+    p.add_argument("--connect-timeout", type=float, default=0.0,
+                   help="bound on opening the connections (default 10 s, idle 60 s)")
     p.add_argument("--ready-timeout", type=float, default=30.0)
     p.add_argument("--out", help="results directory (default bench/results/<date>)")
+    p.add_argument("--cserver-from", metavar="DIR",
+                   help="run cserver from this source tree (built in place) instead")
     p.add_argument("--bin", help="where to build loadgen and c_echo (default bench/bin)")
     p.add_argument("--list", action="store_true", help="list servers and workloads and exit")
     opts = p.parse_args(argv)
@@ -848,7 +879,7 @@ def parse_args(argv):
     opts.duration = opts.duration or (0.5 if opts.quick else 3.0)
     for name in ("rounds", "warmup", "duration", "connect_timeout", "ready_timeout"):
         v = getattr(opts, name)
-        if not 0 <= v <= 600 or (name != "warmup" and v == 0):
+        if not 0 <= v <= 600 or (name not in ("warmup", "connect_timeout") and v == 0):
             p.error("--%s out of range" % name.replace("_", "-"))
     return opts
 
@@ -902,7 +933,7 @@ def main(argv=None):
         idle.conns = max(100, soft - 256)
         idle.title = "%d idle connections (RLIMIT_NOFILE %d): server RSS per connection" % (
             idle.conns, soft)
-    env, cs_version, cs_build = cserver_env()
+    env, cs_version, cs_build = cserver_env(opts.cserver_from)
     wls, cells = select_cells(opts, all_w, all_s)
     runner = Runner(opts, bins, env)
     meta = machine_info(opts, cs_version, cs_build,

@@ -8,7 +8,6 @@ with status 3; the harness shows the reason as a note.
 """
 import argparse
 import os
-import socket
 import sys
 
 SKIP_STATUS = 3
@@ -41,10 +40,3 @@ def unlink_stale(path):
     except FileNotFoundError:
         pass
 
-
-def free_port(host):
-    """A free TCP port now (for servers whose workers must agree on a port)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]

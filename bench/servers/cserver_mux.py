@@ -6,7 +6,7 @@ Default: framed, ``FrameHandler.frame_received`` answering with
 read).  ``--workers N``: N processes with their own ``SO_REUSEPORT``
 listeners.  ``--udp``: a datagram handler echoing with ``sendto``.
 """
-from _common import free_port, parser, ready, skip
+from _common import parser, ready, skip
 
 p = parser(__doc__.splitlines()[0])
 p.add_argument("--raw", action="store_true")
@@ -43,13 +43,7 @@ else:
         def frame_received(self, frame):
             self.send_frame(frame)
 
-if args.unix:
-    address = args.unix
-else:
-    port = args.port
-    if args.workers and not port:
-        port = free_port(args.host)  # every worker must bind the same port
-    address = (args.host, port)
+address = args.unix if args.unix else (args.host, args.port)
 
 kwargs = {"workers": args.workers} if args.workers else {}
 try:
