@@ -558,7 +558,7 @@ def add_ratios(summaries, wl):
             continue
         if wl.kind != "idle" and c:
             s["x_c"] = s["value"] / c["value"]
-        if std:
+        if std and not (wl.kind == "idle" and s is c):
             s["x_stdlib"] = s["value"] / std["value"]
 
 
@@ -626,17 +626,22 @@ def markdown(meta, wls, srvs, summ):
                  "UDP); higher is better except RSS/conn" % (
                      meta["rounds"], meta["warmup"], meta["duration"]))
     lines.append("")
-    lines.append("## Throughput (requests/s, median) and ratios")
+    lines.append("## Summary: requests/s (median) and ratios; idle: server RSS per connection")
     lines.append("")
-    cols = [w for w in wls]
-    lines.append("| server | " + " | ".join(w.name for w in cols) + " |")
-    lines.append("|---|" + "---|" * len(cols))
-    for srv in srvs:
-        cells = [cell_text(summ.get((srv.key, w.name)), w) for w in cols]
-        if not any(cells):
+    for transport in ("tcp", "udp"):
+        cols = [w for w in wls if w.transport == transport]
+        rows = [srv for srv in srvs if srv.transport == transport]
+        if not cols or not rows:
             continue
-        lines.append("| %s | %s |" % (srv.title, " | ".join(cells)))
-    lines.append("")
+        lines.append("| %s server | " % ("UDP" if transport == "udp" else
+                                        "Unix" if meta["transport"] == "unix" else "TCP")
+                     + " | ".join(w.name for w in cols) + " |")
+        lines.append("|---|" + "---|" * len(cols))
+        for srv in rows:
+            cells = [cell_text(summ.get((srv.key, w.name)), w) for w in cols]
+            if any(cells):
+                lines.append("| %s | %s |" % (srv.title, " | ".join(cells)))
+        lines.append("")
     for w in wls:
         rows = [(srv, summ.get((srv.key, w.name))) for srv in srvs]
         rows = [(srv, s) for srv, s in rows if s is not None]
