@@ -219,9 +219,10 @@ def spawn(cmd, cpus, env, **kw):
             os.sched_setaffinity(0, saved)
 
 
-def kill_group(proc, grace=3.0):
-    """Stop a process we started and its children (its own process group)."""
-    if proc is None:
+def kill_group(proc, grace=3.0, children=True):
+    """Stop a process we started and its children (its own process group).
+    ``children=False``: a process with no children, left alone once reaped."""
+    if proc is None or (not children and proc.poll() is not None):
         return
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
         try:
@@ -233,6 +234,8 @@ def kill_group(proc, grace=3.0):
             break
         except subprocess.TimeoutExpired:
             continue
+    if not children:
+        return
     # A worker that outlived its parent is still in the group.
     try:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -419,12 +422,12 @@ class Runner:
             out, err = lg.communicate(timeout=limit)
             lifetime = time.monotonic() - t0
         except subprocess.TimeoutExpired:
-            kill_group(lg)
+            kill_group(lg, children=False)
             rec["status"] = "error"
             rec["note"] = "load generator timed out after %.0f s" % limit
             return
         finally:
-            kill_group(lg, grace=0.5)
+            kill_group(lg, grace=0.5, children=False)
             for f in (lg.stdout, lg.stderr):
                 if f:
                     f.close()
@@ -487,7 +490,7 @@ class Runner:
             except subprocess.TimeoutExpired:
                 out = b""
         finally:
-            kill_group(lg, grace=0.5)
+            kill_group(lg, grace=0.5, children=False)
             for f in (lg.stdout, lg.stderr):
                 if f:
                     f.close()
