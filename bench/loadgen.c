@@ -387,6 +387,7 @@ static void stream_readable(struct conn *c, uint64_t t) {
     for (int i = 0; i < 4 && c->fd >= 0; i++) {
         ssize_t n = recv(c->fd, rbuf, RBUF_SIZE, 0);
         if (n > 0) {
+            if (i) t = now_ns();
             consume(c, rbuf, (size_t)n, t);
             if (n < RBUF_SIZE) break;
             continue;
@@ -418,6 +419,7 @@ static void udp_send(struct conn *c, int slot, uint64_t t) {
 static void udp_readable(struct conn *c, uint64_t t) {
     for (int i = 0; i < 64; i++) {
         ssize_t n = recv(c->fd, rbuf, RBUF_SIZE, 0);
+        t = now_ns(); /* a reply can answer a request sent earlier in this loop */
         if (n < 0) {
             if (errno == EINTR) continue;
             if (errno != EAGAIN && errno != EWOULDBLOCK) n_errors++;
