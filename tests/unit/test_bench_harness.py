@@ -1,0 +1,288 @@
+"""The benchmark instrument works: bench/loadgen.c and bench/c_echo.c build,
+and short rounds against the C echo server and a Python reference server
+complete with every reply verified.  Behaviour only, never speed.
+
+The C parts are compiled here into a temporary directory with ``cc``; without
+a C compiler these tests are skipped (the harness cannot run either).
+"""
+import importlib.util
+import json
+import os
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BENCH = os.path.join(ROOT, "bench")
+SERVERS = os.path.join(BENCH, "servers")
+
+pytestmark = pytest.mark.skipif(
+    shutil.which(os.environ.get("CC", "cc")) is None and shutil.which("gcc") is None,
+    reason="no C compiler (cc): the load generator and the C echo server are compiled C")
+
+ROUND = ["--warmup", "0.1", "--duration", "0.5", "--connect-timeout", "10"]
+
+
+def load_run_module():
+    spec = importlib.util.spec_from_file_location("cserver_bench_run", os.path.join(BENCH, "run.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def bins(tmp_path_factory):
+    return load_run_module().build_binaries(str(tmp_path_factory.mktemp("bin")))
+
+
+class Server:
+    """A server process started for one test; stopped by its pid."""
+
+    def __init__(self, cmd):
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, start_new_session=True)
+        self.where = None
+        try:
+            self.where = self._wait_ready(20.0)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_ready(self, timeout):
+        deadline = time.monotonic() + timeout
+        buf = b""
+        while time.monotonic() < deadline:
+            r, _, _ = select.select([self.proc.stdout], [], [], 0.2)
+            if r:
+                chunk = os.read(self.proc.stdout.fileno(), 1024)
+                if not chunk:
+                    break
+                buf += chunk
+                if b"\n" in buf:
+                    line = buf.split(b"\n")[0].decode()
+                    assert line.startswith("READY "), line
+                    return line.split()[1]
+            elif self.proc.poll() is not None:
+                break
+        raise AssertionError("server not ready: %r %r" % (buf, self.proc.stderr.read()
+                                                          if self.proc.poll() is not None else b""))
+
+    def stop(self):
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=5)
+        self.proc.stdout.close()
+        self.proc.stderr.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def run_loadgen(bins, *args, timeout=30):
+    proc = subprocess.run([bins["loadgen"], *args], capture_output=True, timeout=timeout)
+    lines = proc.stdout.decode().strip().splitlines()
+    assert lines, "no output; stderr: %s" % proc.stderr.decode()
+    return proc.returncode, json.loads(lines[-1])
+
+
+def assert_clean(res, rc):
+    assert rc == 0, res
+    assert res["mismatches"] == 0, res
+    assert res["errors"] == 0, res
+    assert res["requests"] > 0, res
+    assert res["rps"] > 0, res
+    assert res["lat_us"]["p50"] > 0 and res["lat_us"]["p50"] <= res["lat_us"]["p99"], res
+    assert res["cpu_user"] + res["cpu_sys"] >= 0
+
+
+def python_server(script, *args):
+    return [sys.executable, os.path.join(SERVERS, script), "--port", "0", *args]
+
+
+SERVER_KINDS = {
+    "c_echo": lambda bins, *extra: [bins["c_echo"], "--port", "0", *extra],
+    "asyncio": lambda bins, *extra: python_server("asyncio_echo.py", *extra),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(SERVER_KINDS))
+def test_framed_pipelined_round(bins, kind):
+    with Server(SERVER_KINDS[kind](bins)) as srv:
+        rc, res = run_loadgen(bins, "--tcp", "127.0.0.1:" + srv.where, "--conns", "4",
+                              "--depth", "4", "--size", "100", *ROUND)
+    assert_clean(res, rc)
+    assert res["kind"] == "stream" and res["mode"] == "framed"
+    assert res["ready"] == 4 and res["starved"] == 0
+
+
+@pytest.mark.parametrize("kind", sorted(SERVER_KINDS))
+def test_large_frames_round(bins, kind):
+    with Server(SERVER_KINDS[kind](bins)) as srv:
+        rc, res = run_loadgen(bins, "--tcp", "127.0.0.1:" + srv.where, "--conns", "2",
+                              "--depth", "2", "--size", "65536", *ROUND)
+    assert_clean(res, rc)
+
+
+def test_raw_round_against_c_echo(bins):
+    with Server(SERVER_KINDS["c_echo"](bins)) as srv:
+        rc, res = run_loadgen(bins, "--tcp", "127.0.0.1:" + srv.where, "--mode", "raw",
+                              "--conns", "3", "--depth", "2", "--size", "1000", *ROUND)
+    assert_clean(res, rc)
+    assert res["mode"] == "raw"
+
+
+@pytest.mark.parametrize("kind", sorted(SERVER_KINDS))
+def test_churn_round(bins, kind):
+    with Server(SERVER_KINDS[kind](bins)) as srv:
+        rc, res = run_loadgen(bins, "--tcp", "127.0.0.1:" + srv.where, "--kind", "churn",
+                              "--conns", "2", *ROUND)
+    assert_clean(res, rc)
+    # one connection per request (plus those cut off by the end of the round)
+    assert res["connects"] >= res["replies_total"] >= res["requests"]
+
+
+@pytest.mark.parametrize("kind", sorted(SERVER_KINDS))
+def test_udp_round(bins, kind):
+    with Server(SERVER_KINDS[kind](bins, "--udp")) as srv:
+        rc, res = run_loadgen(bins, "--udp", "127.0.0.1:" + srv.where, "--conns", "2",
+                              "--depth", "2", *ROUND)
+    assert_clean(res, rc)
+    assert res["kind"] == "udp"
+
+
+def test_unix_socket_round(bins):
+    d = tempfile.mkdtemp(prefix="csb", dir="/tmp")
+    try:
+        path = os.path.join(d, "s")
+        with Server([bins["c_echo"], "--unix", path]) as srv:
+            assert srv.where == path
+            rc, res = run_loadgen(bins, "--unix", path, "--conns", "2", "--depth", "2", *ROUND)
+        assert_clean(res, rc)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_idle_connections_held_until_stdin_closes(bins):
+    with Server(SERVER_KINDS["c_echo"](bins)) as srv:
+        lg = subprocess.Popen([bins["loadgen"], "--tcp", "127.0.0.1:" + srv.where, "--kind",
+                               "idle", "--conns", "20", "--hold", "20"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)
+        try:
+            line = b""
+            deadline = time.monotonic() + 10
+            while b"\n" not in line and time.monotonic() < deadline:
+                r, _, _ = select.select([lg.stderr], [], [], 0.2)
+                if r:
+                    chunk = os.read(lg.stderr.fileno(), 100)
+                    if not chunk:
+                        break
+                    line += chunk
+            assert line.startswith(b"HELD 20"), line
+            assert lg.poll() is None  # still holding them
+            t0 = time.monotonic()
+            out, _ = lg.communicate(timeout=10)  # closes stdin: let go
+            assert time.monotonic() - t0 < 10
+        finally:
+            if lg.poll() is None:
+                lg.kill()
+                lg.communicate()
+    res = json.loads(out.decode().strip().splitlines()[-1])
+    assert res["kind"] == "idle" and res["ready"] == 20 and res["mismatches"] == 0
+
+
+def test_corrupted_replies_are_counted(bins):
+    """An echo server that flips one payload byte: every reply is a mismatch."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.settimeout(0.2)
+    stop = threading.Event()
+    conns = []
+
+    def serve():
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except socket.timeout:
+                continue
+            conn.settimeout(0.2)
+            conns.append(conn)
+            data = b""
+            while not stop.is_set():
+                try:
+                    chunk = conn.recv(65536)
+                except socket.timeout:
+                    continue
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                data += chunk
+                while len(data) >= 4 + 64:  # frames of 64 B
+                    frame, data = bytearray(data[:68]), data[68:]
+                    frame[10] ^= 0xFF
+                    conn.sendall(bytes(frame))
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        rc, res = run_loadgen(bins, "--tcp", "127.0.0.1:%d" % listener.getsockname()[1],
+                              "--conns", "1", "--depth", "1", "--size", "64", *ROUND)
+    finally:
+        stop.set()
+        thread.join(10)
+        for conn in conns:
+            conn.close()
+        listener.close()
+    assert rc == 1
+    assert res["replies_total"] > 0
+    assert res["mismatches"] == res["replies_total"]
+
+
+def test_refuses_non_loopback_targets(bins):
+    for target in ("--tcp", "--udp"):
+        proc = subprocess.run([bins["loadgen"], target, "192.0.2.1:9", "--duration", "0.1"],
+                              capture_output=True, timeout=10)
+        assert proc.returncode == 2
+        assert b"loopback" in proc.stderr
+        assert proc.stdout == b""
+
+
+def test_harness_end_to_end(bins, tmp_path):
+    """run.py with one workload: a fresh server per round, a table, JSON lines."""
+    out = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(BENCH, "run.py"), "--quick", "--servers", "asyncio-batched",
+         "--workloads", "1c-d1", "--warmup", "0.1", "--duration", "0.3", "--out", str(out),
+         "--bin", os.path.dirname(bins["loadgen"])],
+        capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert records[0]["type"] == "machine" and records[0]["python"]
+    summaries = {r["server"]: r for r in records if r["type"] == "summary"}
+    # the C and stdlib baselines are added to a filtered run
+    assert set(summaries) == {"c-epoll", "stdlib-threading", "asyncio-batched"}
+    for s in summaries.values():
+        assert s["status"] == "ok", s
+        assert s["mismatches"] == 0 and s["value"] > 0
+    assert summaries["c-epoll"]["x_c"] == 1.0
+    assert summaries["stdlib-threading"]["x_stdlib"] == 1.0
+    table = (out / "table.md").read_text()
+    assert "asyncio Protocol, batched" in table and "x C" in table
+    assert table.strip() in proc.stdout.decode()
