@@ -45,7 +45,7 @@ from . import socketserver as _compat  # noqa: E402
 from .socketserver import *  # noqa: E402,F401,F403
 from .socketserver import (  # noqa: E402,F401
     __version__ as _stdlib_version, _ServerSelector, _SocketWriter, _Threads,
-    _NoThreads, socket, selectors, threading, os, sys,
+    _NoThreads, socket, selectors, threading, os, sys, time, BufferedIOBase,
 )
 for _name in _compat.EXTRA_NAMES:
     globals()[_name] = getattr(_compat, _name)
