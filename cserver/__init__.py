@@ -36,6 +36,8 @@ def _load_pure_sources():
         module = importlib.util.module_from_spec(spec)
         _sys.modules[full] = module
         spec.loader.exec_module(module)
+        # As the import system does for a submodule it loads itself.
+        globals()[name] = module
 
 
 if PURE:
