@@ -82,7 +82,9 @@ def close_all(clients):
 
 
 def test_never_more_than_max_workers(serve, net, wait_until):
-    server = make_server(max_workers=3, queue_size=10)
+    # A backlog above the stdlib's 5: 8 quick connects would otherwise see a
+    # SYN dropped and retried after a second.
+    server = make_server(max_workers=3, queue_size=10, request_queue_size=16)
     serve(server)
     clients = send_lines(net, server.server_address, 8)
     try:
