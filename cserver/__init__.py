@@ -64,7 +64,9 @@ class _Package(_types.ModuleType):
     The servers look up ``socket``, ``selectors``, ``threading`` and
     ``_ServerSelector`` in their own module's globals, late, as the stdlib
     does.  ``cserver._ServerSelector = X`` (or the same through
-    ``sys.modules["socketserver"]`` after ``install()``) must reach them.
+    ``sys.modules["socketserver"]`` after ``install()``) must reach them, and
+    so must any other global of the compat module (``_SocketWriter``,
+    ``_Threads``, the classes).
     """
 
     def __setattr__(self, name, value):
@@ -78,8 +80,11 @@ class _Package(_types.ModuleType):
         super().__delattr__(name)
 
 
-_FORWARDED = frozenset(("socket", "selectors", "threading", "os", "sys",
-                        "_ServerSelector", "time", "BufferedIOBase"))
+# Every global of the compat module: its code looks them all up late, as the
+# stdlib's does (socket, selectors, threading, _ServerSelector, but also
+# _SocketWriter in StreamRequestHandler.setup, _Threads in
+# ThreadingMixIn.process_request, BaseServer in TCPServer.__init__ ...).
+_FORWARDED = frozenset(name for name in vars(_compat) if not name.startswith("__"))
 
 
 def install(force=False):
