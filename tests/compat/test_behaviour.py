@@ -528,3 +528,33 @@ def test_monkeypatched_server_selector(ss, serve, net, monkeypatch):
     assert len(RecordingSelector.instances) == 2
     assert RecordingSelector.instances[1].registered == [server]
     assert selectors.EVENT_READ  # the selectors module stays the real one
+
+
+def test_monkeypatched_internals_socketwriter_and_threads(ss, net, monkeypatch):
+    """StreamRequestHandler.setup and ThreadingMixIn.process_request look up
+    _SocketWriter and _Threads late: patching the module reaches them."""
+    made = []
+
+    class RecordingWriter(ss._SocketWriter):
+        def __init__(self, sock):
+            made.append("writer")
+            super().__init__(sock)
+
+    class RecordingThreads(ss._Threads):
+        def append(self, thread):
+            made.append("thread")
+            super().append(thread)
+
+    monkeypatch.setattr(ss, "_SocketWriter", RecordingWriter)
+    monkeypatch.setattr(ss, "_Threads", RecordingThreads)
+    stream, _ = handlers(ss)
+    server = ss.ThreadingTCPServer(("127.0.0.1", 0), stream)
+    try:
+        with net.connect(server.server_address) as client:
+            client.sendall(b"patched\n")
+            server.handle_request()
+            assert parse_reply(net.recv_all(client))[0] == b"PATCHED"
+        assert isinstance(vars(server)["_threads"], RecordingThreads)
+    finally:
+        server.server_close()
+    assert sorted(made) == ["thread", "writer"]
