@@ -800,6 +800,7 @@ class _ThreadPool:
         self.pending = 0       # queued + running requests
         self.idle = 0          # workers waiting for a request
         self.workers = []
+        self.started = 0       # workers started so far (names them)
         self.closing = False
 
     def wait_for_slot(self):
@@ -823,13 +824,17 @@ class _ThreadPool:
             self.queue.append((request, client_address))
             self.pending += 1
             if self.idle < len(self.queue) and len(self.workers) < self.max_workers:
-                worker = threading.Thread(target=self._work,
-                                          name="cserver-pool-%d" % (len(self.workers) + 1))
-                worker.daemon = self.daemon
-                self.workers.append(worker)
-                worker.start()
+                self._start_worker()
             else:
                 self.not_empty.notify()
+
+    def _start_worker(self):
+        # Called with the lock held.
+        self.started += 1
+        worker = threading.Thread(target=self._work, name="cserver-pool-%d" % self.started)
+        worker.daemon = self.daemon
+        self.workers.append(worker)
+        worker.start()
 
     def _work(self):
         server = self.server
@@ -855,6 +860,13 @@ class _ThreadPool:
         finally:
             with self.not_empty:
                 self.workers.remove(me)
+                # A worker only leaves normally once the queue is empty.  If
+                # a handler killed it (SystemExit, KeyboardInterrupt: what
+                # process_request_thread does not catch, and what ends one
+                # request's thread in ThreadingMixIn), the requests queued
+                # behind it still get a worker.
+                if self.queue and len(self.workers) < self.max_workers:
+                    self._start_worker()
 
     def close(self, join):
         """Let the workers finish the queue, then stop them."""
@@ -862,10 +874,14 @@ class _ThreadPool:
             self.closing = True
             self.not_empty.notify_all()
             self.slot_free.notify_all()
-            workers = list(self.workers)
         if join:
-            for worker in workers:
-                worker.join()
+            while True:
+                with self.not_empty:
+                    workers = list(self.workers)
+                if not workers:
+                    break
+                for worker in workers:
+                    worker.join()
 
 
 class ThreadPoolMixIn:
