@@ -334,3 +334,38 @@ def test_unix_stream_pool(serve, net, short_tmpdir):
     serve(server)
     assert net.stream_exchange(server.server_address, b"unix\n") == b"unix\n"
     assert server.state.threads == {"cserver-pool-1"}
+
+
+def test_a_handler_killing_its_worker_strands_no_request(net, wait_until, monkeypatch):
+    """SystemExit in a handler ends its worker thread (as it ends the
+    request's thread in ThreadingMixIn); the queued requests still run."""
+    died = []
+    monkeypatch.setattr(threading, "excepthook",
+                        lambda args: died.append((args.exc_type, args.thread.name)))
+
+    class Exiting(GatedEcho):
+        def handle(self):
+            super().handle()
+            if self.server.state.handled[0] == b"c0" and len(self.server.state.handled) == 1:
+                raise SystemExit("handler asked to exit its thread")
+
+    server = make_server(handler=Exiting, max_workers=1, queue_size=2)
+    thread = threading.Thread(target=server.serve_forever, args=(5.0,))
+    thread.start()
+    clients = send_lines(net, server.server_address, 3)
+    try:
+        assert wait_until(lambda: server.pool_stats()["pending"] == 3)
+        server.state.release.set()
+        assert [net.recv_all(c) for c in clients] == [b"c0\n", b"c1\n", b"c2\n"]
+        assert server.state.handled == [b"c0", b"c1", b"c2"]
+        assert wait_until(lambda: server.pool_stats()["pending"] == 0)
+        assert server.pool_stats()["workers"] == 1
+    finally:
+        server.state.release.set()
+        close_all(clients)
+        server.shutdown()
+        thread.join(10)
+        server.server_close()
+    assert pool_threads() == []
+    assert server.state.threads == {"cserver-pool-1", "cserver-pool-2"}
+    assert died == [(SystemExit, "cserver-pool-1")]
