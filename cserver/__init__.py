@@ -36,6 +36,8 @@ def _load_pure_sources():
         module = importlib.util.module_from_spec(spec)
         _sys.modules[full] = module
         spec.loader.exec_module(module)
+        # As the import system does for a submodule it loads itself.
+        globals()[name] = module
 
 
 if PURE:
@@ -45,7 +47,7 @@ from . import socketserver as _compat  # noqa: E402
 from .socketserver import *  # noqa: E402,F401,F403
 from .socketserver import (  # noqa: E402,F401
     __version__ as _stdlib_version, _ServerSelector, _SocketWriter, _Threads,
-    _NoThreads, socket, selectors, threading, os, sys,
+    _NoThreads, socket, selectors, threading, os, sys, time, BufferedIOBase,
 )
 for _name in _compat.EXTRA_NAMES:
     globals()[_name] = getattr(_compat, _name)
@@ -62,7 +64,9 @@ class _Package(_types.ModuleType):
     The servers look up ``socket``, ``selectors``, ``threading`` and
     ``_ServerSelector`` in their own module's globals, late, as the stdlib
     does.  ``cserver._ServerSelector = X`` (or the same through
-    ``sys.modules["socketserver"]`` after ``install()``) must reach them.
+    ``sys.modules["socketserver"]`` after ``install()``) must reach them, and
+    so must any other global of the compat module (``_SocketWriter``,
+    ``_Threads``, the classes).
     """
 
     def __setattr__(self, name, value):
@@ -76,8 +80,11 @@ class _Package(_types.ModuleType):
         super().__delattr__(name)
 
 
-_FORWARDED = frozenset(("socket", "selectors", "threading", "os", "sys",
-                        "_ServerSelector", "time", "BufferedIOBase"))
+# Every global of the compat module: its code looks them all up late, as the
+# stdlib's does (socket, selectors, threading, _ServerSelector, but also
+# _SocketWriter in StreamRequestHandler.setup, _Threads in
+# ThreadingMixIn.process_request, BaseServer in TCPServer.__init__ ...).
+_FORWARDED = frozenset(name for name in vars(_compat) if not name.startswith("__"))
 
 
 def install(force=False):

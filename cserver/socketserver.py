@@ -61,6 +61,11 @@ import selectors
 import socket
 import sys
 import threading
+# The wake-up machinery is internal: it uses these private bindings so that
+# monkeypatching the module globals ``socket`` or ``threading`` (which the
+# stdlib-compatible code looks up late, on purpose) cannot break it.
+import socket as _socket_module
+import threading as _threading_module
 from collections import deque
 from io import BufferedIOBase
 from time import monotonic as time
@@ -105,8 +110,8 @@ class _Waker:
     __module__ = "socketserver"
 
     def __init__(self):
-        self._lock = threading.Lock()
-        self._reader, self._writer = socket.socketpair()
+        self._lock = _threading_module.Lock()
+        self._reader, self._writer = _socket_module.socketpair()
         self._reader.setblocking(False)
         self._writer.setblocking(False)
 
@@ -137,6 +142,12 @@ class _Waker:
         if writer is not None:
             writer.close()
             self._reader.close()
+
+
+# The wake-up sockets of the running serve_forever() loops, by id(server).
+# Kept out of the servers' own namespaces so that their classes and vars()
+# look exactly like the stdlib's.
+_wakers = {}
 
 
 class BaseServer:
@@ -186,8 +197,6 @@ class BaseServer:
     __module__ = "socketserver"
 
     timeout = None
-    # The wake-up socket of a running serve_forever(), or None.
-    __waker = None
 
     def __init__(self, server_address, RequestHandlerClass):
         """Constructor.  May be extended, do not override."""
@@ -221,7 +230,7 @@ class BaseServer:
                 waker = _Waker()
                 try:
                     selector.register(waker, selectors.EVENT_READ)
-                    self.__waker = waker
+                    _wakers[id(self)] = waker
                     while not self.__shutdown_request:
                         ready = selector.select(poll_interval)
                         # bpo-35017: shutdown() called during select(), exit
@@ -235,7 +244,8 @@ class BaseServer:
                                 waker.drain()
                         self.service_actions()
                 finally:
-                    self.__waker = None
+                    if _wakers.get(id(self)) is waker:
+                        del _wakers[id(self)]
                     waker.close()
         finally:
             self.__shutdown_request = False
@@ -249,7 +259,7 @@ class BaseServer:
         deadlock.
         """
         self.__shutdown_request = True
-        waker = self.__waker
+        waker = _wakers.get(id(self))
         if waker is not None:
             waker.wake()
         self.__is_shut_down.wait()
@@ -790,6 +800,7 @@ class _ThreadPool:
         self.pending = 0       # queued + running requests
         self.idle = 0          # workers waiting for a request
         self.workers = []
+        self.started = 0       # workers started so far (names them)
         self.closing = False
 
     def wait_for_slot(self):
@@ -813,13 +824,17 @@ class _ThreadPool:
             self.queue.append((request, client_address))
             self.pending += 1
             if self.idle < len(self.queue) and len(self.workers) < self.max_workers:
-                worker = threading.Thread(target=self._work,
-                                          name="cserver-pool-%d" % (len(self.workers) + 1))
-                worker.daemon = self.daemon
-                self.workers.append(worker)
-                worker.start()
+                self._start_worker()
             else:
                 self.not_empty.notify()
+
+    def _start_worker(self):
+        # Called with the lock held.
+        self.started += 1
+        worker = threading.Thread(target=self._work, name="cserver-pool-%d" % self.started)
+        worker.daemon = self.daemon
+        self.workers.append(worker)
+        worker.start()
 
     def _work(self):
         server = self.server
@@ -845,6 +860,13 @@ class _ThreadPool:
         finally:
             with self.not_empty:
                 self.workers.remove(me)
+                # A worker only leaves normally once the queue is empty.  If
+                # a handler killed it (SystemExit, KeyboardInterrupt: what
+                # process_request_thread does not catch, and what ends one
+                # request's thread in ThreadingMixIn), the requests queued
+                # behind it still get a worker.
+                if self.queue and len(self.workers) < self.max_workers:
+                    self._start_worker()
 
     def close(self, join):
         """Let the workers finish the queue, then stop them."""
@@ -852,10 +874,14 @@ class _ThreadPool:
             self.closing = True
             self.not_empty.notify_all()
             self.slot_free.notify_all()
-            workers = list(self.workers)
         if join:
-            for worker in workers:
-                worker.join()
+            while True:
+                with self.not_empty:
+                    workers = list(self.workers)
+                if not workers:
+                    break
+                for worker in workers:
+                    worker.join()
 
 
 class ThreadPoolMixIn:

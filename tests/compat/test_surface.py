@@ -1,0 +1,196 @@
+"""Differential surface test: cserver against the running interpreter's
+stdlib ``socketserver``, name by name.
+
+Every public name of the stdlib module, and the internals real code touches,
+must exist in cserver with the same kind of object: the same module objects
+and functions, and for the classes the same name, MRO shape, class attribute
+names and default values, and method signatures.
+"""
+import inspect
+import os
+import socket
+import sys
+import types
+
+import pytest
+
+import cserver
+
+import socketserver as stdlib  # the running interpreter's own module
+
+assert stdlib is not cserver, "cserver.install() ran in the pytest process"
+
+STDLIB_NAMES = sorted(n for n in dir(stdlib) if not n.startswith("_"))
+INTERNALS = ["_SocketWriter", "_Threads", "_NoThreads", "_ServerSelector"]
+STDLIB_CLASSES = sorted(
+    n for n in dir(stdlib)
+    if isinstance(getattr(stdlib, n), type) and getattr(stdlib, n).__module__ == "socketserver")
+
+# Attributes every class has or that only describe the class itself.
+IGNORED_CLASS_ATTRS = {"__module__", "__doc__", "__dict__", "__weakref__", "__qualname__",
+                       "__firstlineno__", "__static_attributes__"}
+# Per-class state objects that are equal only to themselves (abc caches).
+PER_CLASS_STATE = {"_abc_impl"}
+
+
+def test_stdlib_fixture_is_the_real_stdlib():
+    assert stdlib.__file__.endswith(os.path.join("", "socketserver.py"))
+    assert "cserver" not in stdlib.__file__
+    # The lists below are not empty (a surface test that compares nothing
+    # would pass for anything).
+    assert len(STDLIB_NAMES) > 20 and len(STDLIB_CLASSES) >= 17
+
+
+def test_all_is_identical():
+    assert cserver.__all__ == stdlib.__all__
+    assert cserver.socketserver.__all__ == stdlib.__all__
+
+
+def test_public_names():
+    mine = {n for n in dir(cserver) if not n.startswith("_")}
+    theirs = {n for n in dir(stdlib) if not n.startswith("_")}
+    assert theirs - mine == set()
+    # cserver's additions never pretend to be stdlib names and are not in
+    # __all__ (CPython's test_all checks __module__ == "socketserver").
+    for name in sorted(mine - theirs):
+        value = getattr(cserver, name)
+        assert name not in cserver.__all__
+        module = getattr(value, "__module__", None)
+        if isinstance(value, (type, types.FunctionType)):
+            assert module is not None and module.startswith("cserver"), (name, module)
+        assert module != "socketserver", name
+
+
+@pytest.mark.parametrize("name", STDLIB_NAMES + INTERNALS)
+def test_name(name):
+    theirs = getattr(stdlib, name)
+    mine = getattr(cserver, name)
+    if isinstance(theirs, types.ModuleType) or not (
+            isinstance(theirs, type) and theirs.__module__ == "socketserver"):
+        # socket, selectors, os, sys, threading, time, BufferedIOBase,
+        # _ServerSelector: the very same objects.
+        assert mine is theirs, name
+        return
+    assert isinstance(mine, type)
+    assert mine.__name__ == theirs.__name__
+    assert mine.__qualname__ == theirs.__qualname__
+    assert mine.__module__ == "socketserver"
+    # A plain (heap) class, like the stdlib's: subclassable, attributes
+    # settable, usable in any mixin order.
+    assert type(mine) is type(theirs)
+    assert mine.__flags__ & (1 << 9), "not a heap type"  # Py_TPFLAGS_HEAPTYPE
+    _check_mro(mine, theirs)
+    _check_class_dict(mine, theirs)
+    assert cserver.socketserver.__dict__[name] is mine
+
+
+def _check_mro(mine, theirs):
+    assert len(mine.__mro__) == len(theirs.__mro__), (mine.__mro__, theirs.__mro__)
+    for m, t in zip(mine.__mro__, theirs.__mro__):
+        if t.__module__ == "socketserver":
+            assert m.__name__ == t.__name__
+            assert m is getattr(cserver, t.__name__)
+        else:
+            assert m is t
+    assert [b.__name__ for b in mine.__bases__] == [b.__name__ for b in theirs.__bases__]
+
+
+def _check_class_dict(mine, theirs):
+    their_attrs = {k: v for k, v in vars(theirs).items() if k not in IGNORED_CLASS_ATTRS}
+    my_attrs = {k: v for k, v in vars(mine).items() if k not in IGNORED_CLASS_ATTRS}
+    assert sorted(my_attrs) == sorted(their_attrs)
+    for key, value in their_attrs.items():
+        other = my_attrs[key]
+        if isinstance(value, (types.FunctionType, staticmethod, classmethod)):
+            assert callable(getattr(mine, key)), key
+            assert inspect.signature(getattr(mine, key)) == inspect.signature(
+                getattr(theirs, key)), key
+            assert getattr(mine, key).__name__ == key
+        elif isinstance(value, type(stdlib._NoThreads())):
+            # ThreadingMixIn._threads: a shared degenerate instance.
+            assert type(other).__name__ == type(value).__name__
+            assert type(other) is cserver._NoThreads
+        else:
+            assert type(other) is type(value), key
+            if key not in PER_CLASS_STATE:
+                assert other == value, key
+
+
+def test_inherited_defaults_agree():
+    # The values every concrete class ends up with, inherited or not.
+    names = ["timeout", "address_family", "socket_type", "request_queue_size",
+             "allow_reuse_address", "allow_reuse_port", "max_packet_size",
+             "daemon_threads", "block_on_close", "max_children", "active_children",
+             "rbufsize", "wbufsize", "disable_nagle_algorithm"]
+    checked = 0
+    for cls_name in STDLIB_CLASSES:
+        theirs, mine = getattr(stdlib, cls_name), getattr(cserver, cls_name)
+        for attr in names:
+            assert hasattr(mine, attr) == hasattr(theirs, attr), (cls_name, attr)
+            if hasattr(theirs, attr):
+                assert getattr(mine, attr) == getattr(theirs, attr), (cls_name, attr)
+                checked += 1
+    assert checked > 50
+
+
+def test_forking_unix_servers_exactly_on_312():
+    names = {"ForkingUnixStreamServer", "ForkingUnixDatagramServer"}
+    expected = sys.version_info >= (3, 12)
+    for name in names:
+        assert hasattr(cserver, name) is expected, name
+        assert (name in cserver.__all__) is expected, name
+        assert hasattr(stdlib, name) is expected, name
+    if expected:
+        assert [c.__name__ for c in cserver.ForkingUnixStreamServer.__mro__] == [
+            "ForkingUnixStreamServer", "ForkingMixIn", "UnixStreamServer", "TCPServer",
+            "BaseServer", "object"]
+
+
+def test_allow_reuse_port_exactly_on_311():
+    expected = sys.version_info >= (3, 11)
+    for name in ["TCPServer", "UDPServer"]:
+        assert ("allow_reuse_port" in vars(getattr(cserver, name))) is expected, name
+        assert hasattr(getattr(cserver, name), "allow_reuse_port") is expected, name
+    assert hasattr(cserver.BaseServer, "allow_reuse_port") is False
+
+
+def test_internals_real_code_touches():
+    server = cserver.TCPServer(("127.0.0.1", 0), cserver.BaseRequestHandler,
+                               bind_and_activate=False)
+    try:
+        # Name-mangled private state, as in the stdlib.
+        assert server._BaseServer__shutdown_request is False
+        assert not server._BaseServer__is_shut_down.is_set()
+    finally:
+        server.server_close()
+    assert issubclass(cserver._SocketWriter, cserver.BufferedIOBase)
+    assert issubclass(cserver._Threads, list)
+    assert cserver._ServerSelector is stdlib._ServerSelector
+
+
+def test_vars_of_a_server_match_stdlib():
+    def make(module):
+        return module.TCPServer(("127.0.0.1", 0), module.BaseRequestHandler,
+                                bind_and_activate=False)
+    a, b = make(stdlib), make(cserver)
+    try:
+        assert sorted(vars(a)) == sorted(vars(b))
+    finally:
+        a.server_close()
+        b.server_close()
+
+
+def test_extras_are_cserver_classes():
+    for name in cserver.socketserver.EXTRA_NAMES:
+        cls = getattr(cserver, name)
+        assert cls.__module__ == "cserver", name
+        assert name not in cserver.__all__
+        assert not hasattr(stdlib, name)
+    assert [c.__name__ for c in cserver.ThreadPoolTCPServer.__mro__] == [
+        "ThreadPoolTCPServer", "ThreadPoolMixIn", "TCPServer", "BaseServer", "object"]
+    assert [c.__name__ for c in cserver.ThreadPoolUDPServer.__mro__] == [
+        "ThreadPoolUDPServer", "ThreadPoolMixIn", "UDPServer", "TCPServer", "BaseServer",
+        "object"]
+    if hasattr(socket, "AF_UNIX"):
+        assert cserver.ThreadPoolUnixStreamServer.address_family == socket.AF_UNIX
+        assert cserver.ThreadPoolUnixDatagramServer.socket_type == socket.SOCK_DGRAM
