@@ -124,7 +124,7 @@ def main():
     import socketserver
     import cserver
     print("python %s, cserver %s (%s), %d cores" % (
-        sys.version.split()[0], cserver.__version__,
+        sys.version.split()[0], cserver.version,
         "pure" if cserver.PURE else "compiled", os.cpu_count()))
 
     print("\n(a) shutdown latency, serve_forever(poll_interval=0.5), %d rounds" % (rounds * 4))

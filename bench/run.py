@@ -791,7 +791,7 @@ def cserver_env(source=None):
         env["PYTHONDONTWRITEBYTECODE"] = "1"
     probe = subprocess.run(
         [sys.executable, "-c",
-         "import cserver, cserver.socketserver as m; print(cserver.__version__); "
+         "import cserver, cserver.socketserver as m; print(cserver.version); "
          "print(m.__file__)"], env=env, capture_output=True, text=True, cwd=SERVERS_DIR)
     if probe.returncode != 0:
         return env, "not importable", "-"

@@ -16,7 +16,9 @@ import os as _os
 import sys as _sys
 import types as _types
 
-__version__ = "0.1.0"
+#: cserver's own release.  (``__version__`` is the stdlib socketserver's,
+#: "0.4", because code that does ``import cserver as socketserver`` may read it.)
+version = "0.1.0"
 
 # Modules compiled by Cython from .py sources; in pure mode their sources are
 # loaded instead, in this order (a later one may import an earlier one).
@@ -46,7 +48,7 @@ if PURE:
 from . import socketserver as _compat  # noqa: E402
 from .socketserver import *  # noqa: E402,F401,F403
 from .socketserver import (  # noqa: E402,F401
-    __version__ as _stdlib_version, _ServerSelector, _SocketWriter, _Threads,
+    __version__, _ServerSelector, _SocketWriter, _Threads,
     _NoThreads, socket, selectors, threading, os, sys, time, BufferedIOBase,
 )
 for _name in _compat.EXTRA_NAMES:

@@ -54,7 +54,7 @@ Class variables that may be overridden by derived classes or instances:
   servers under load, e.g. ``request_queue_size = socket.SOMAXCONN``)
 """
 
-__version__ = "0.4"
+__version__ = "0.4"  # the stdlib module's own version string
 
 import os
 import selectors

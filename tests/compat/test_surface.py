@@ -194,3 +194,10 @@ def test_extras_are_cserver_classes():
     if hasattr(socket, "AF_UNIX"):
         assert cserver.ThreadPoolUnixStreamServer.address_family == socket.AF_UNIX
         assert cserver.ThreadPoolUnixDatagramServer.socket_type == socket.SOCK_DGRAM
+
+
+def test_version_string_is_the_stdlib_modules():
+    import socketserver as stdlib
+    import cserver
+    assert cserver.__version__ == stdlib.__version__
+    assert isinstance(cserver.version, str) and cserver.version != stdlib.__version__
