@@ -21,37 +21,9 @@ The stdlib classes report ``__module__ == "socketserver"``, the way the C
 accelerators of the stdlib present their classes under the public module's
 name (``collections.deque``); cserver's own additions report ``cserver``.
 
-Methods for the caller (BaseServer):
-
-- __init__(server_address, RequestHandlerClass)
-- serve_forever(poll_interval=0.5)
-- shutdown()
-- handle_request()  # if you do not use serve_forever()
-- fileno() -> int   # for selector
-
-Methods that may be overridden:
-
-- server_bind()
-- server_activate()
-- get_request() -> request, client_address
-- handle_timeout()
-- verify_request(request, client_address)
-- server_close()
-- process_request(request, client_address)
-- shutdown_request(request)
-- close_request(request)
-- service_actions()
-- handle_error()
-
-Class variables that may be overridden by derived classes or instances:
-
-- timeout
-- address_family
-- socket_type
-- allow_reuse_address
-- allow_reuse_port (3.11+)
-- request_queue_size (the listen backlog: 5, as in the stdlib; raise it for
-  servers under load, e.g. ``request_queue_size = socket.SOMAXCONN``)
+The hooks and class attributes users override are listed on BaseServer and
+TCPServer; the listen backlog (``request_queue_size``) stays 5 as in the
+stdlib: raise it for a server under load.
 """
 
 __version__ = "0.4"  # the stdlib module's own version string
@@ -151,47 +123,25 @@ _wakers = {}
 
 
 class BaseServer:
-    """Base class for server classes.
+    """The loop and the request pipeline, independent of the socket kind.
 
-    Methods for the caller:
+    Called by users: ``serve_forever(poll_interval=0.5)``, ``shutdown()``
+    (from another thread), ``handle_request()`` (one request, honouring
+    ``timeout``), ``server_close()``, ``fileno()``; usable as a context
+    manager (``server_close()`` on exit).
 
-    - __init__(server_address, RequestHandlerClass)
-    - serve_forever(poll_interval=0.5)
-    - shutdown()
-    - handle_request()  # if you do not use serve_forever()
-    - fileno() -> int   # for selector
+    Hooks a subclass or mixin may override, in the order a request meets
+    them: ``get_request()``, ``verify_request()``, ``process_request()``,
+    ``finish_request()`` (builds ``RequestHandlerClass``),
+    ``shutdown_request()``, ``close_request()``; plus ``server_bind()``,
+    ``server_activate()``, ``handle_timeout()``, ``service_actions()``
+    (every loop pass) and ``handle_error()`` (called inside the except
+    block).
 
-    Methods that may be overridden:
-
-    - server_bind()
-    - server_activate()
-    - get_request() -> request, client_address
-    - handle_timeout()
-    - verify_request(request, client_address)
-    - server_close()
-    - process_request(request, client_address)
-    - shutdown_request(request)
-    - close_request(request)
-    - service_actions()
-    - handle_error()
-
-    Methods for derived classes:
-
-    - finish_request(request, client_address)
-
-    Class variables that may be overridden by derived classes or
-    instances:
-
-    - timeout
-    - address_family
-    - socket_type
-    - allow_reuse_address
-    - allow_reuse_port
-
-    Instance variables:
-
-    - RequestHandlerClass
-    - socket
+    Class attributes that a subclass or an instance may override:
+    ``timeout`` (and, on socket servers, ``address_family``,
+    ``socket_type``, ``allow_reuse_address``, ``allow_reuse_port``,
+    ``request_queue_size``).
     """
 
     __module__ = "socketserver"
@@ -199,27 +149,22 @@ class BaseServer:
     timeout = None
 
     def __init__(self, server_address, RequestHandlerClass):
-        """Constructor.  May be extended, do not override."""
+        """Store the address and the handler class; extend, don't replace."""
         self.server_address = server_address
         self.RequestHandlerClass = RequestHandlerClass
         self.__is_shut_down = threading.Event()
         self.__shutdown_request = False
 
     def server_activate(self):
-        """Called by constructor to activate the server.
-
-        May be overridden.
-        """
+        """Hook run by the constructor after binding; nothing here."""
         pass
 
     def serve_forever(self, poll_interval=0.5):
-        """Handle one request at a time until shutdown.
+        """Serve requests, one per ready event, until shutdown() is called.
 
-        Polls for shutdown every poll_interval seconds (service_actions()
-        runs at that pace), but shutdown() interrupts the wait at once: it
-        does not have to wait for the poll to time out.  Ignores
-        self.timeout.  If you need to do periodic tasks, do them in
-        service_actions() or another thread.
+        The wait for a request is cut every ``poll_interval`` seconds to run
+        ``service_actions()``; shutdown() does not wait for that: it wakes the
+        loop at once.  ``self.timeout`` plays no part here.
         """
         self.__is_shut_down.clear()
         try:
@@ -233,8 +178,8 @@ class BaseServer:
                     _wakers[id(self)] = waker
                     while not self.__shutdown_request:
                         ready = selector.select(poll_interval)
-                        # bpo-35017: shutdown() called during select(), exit
-                        # immediately.
+                        # bpo-35017: a shutdown() that arrived during the
+                        # wait wins over a request that arrived with it.
                         if self.__shutdown_request:
                             break
                         for key, _events in ready:
@@ -252,11 +197,11 @@ class BaseServer:
             self.__is_shut_down.set()
 
     def shutdown(self):
-        """Stops the serve_forever loop.
+        """Ask serve_forever() to stop and wait until it has.
 
-        Blocks until the loop has finished. This must be called while
-        serve_forever() is running in another thread, or it will
-        deadlock.
+        Call it from another thread than the loop's (from the loop's own
+        thread it would wait for itself forever).  A call made before the
+        loop starts makes the loop stop as soon as it starts.
         """
         self.__shutdown_request = True
         waker = _wakers.get(id(self))
@@ -265,31 +210,22 @@ class BaseServer:
         self.__is_shut_down.wait()
 
     def service_actions(self):
-        """Called by the serve_forever() loop.
-
-        May be overridden by a subclass / Mixin to implement any code that
-        needs to be run during the loop.
-        """
+        """Hook run on every pass of serve_forever() (at least every
+        ``poll_interval``); ForkingMixIn reaps its children here."""
         pass
 
-    # The distinction between handling, getting, processing and finishing a
-    # request is fairly arbitrary.  Remember:
-    #
-    # - handle_request() is the top-level call.  It calls selector.select(),
-    #   get_request(), verify_request() and process_request()
-    # - get_request() is different for stream or datagram sockets
-    # - process_request() is the place that may fork a new process or create
-    #   a new thread to finish the request
-    # - finish_request() instantiates the request handler class; this
-    #   constructor will handle the request all by itself
+    # One request's path: wait for readiness (serve_forever or
+    # handle_request), get_request() (accept or recvfrom, per socket kind),
+    # verify_request(), process_request() (where the mixins fork or hand the
+    # request to a thread), finish_request() (the handler's constructor does
+    # the work), shutdown_request().
 
     def handle_request(self):
-        """Handle one request, possibly blocking.
+        """Wait for one request and serve it, or call handle_timeout().
 
-        Respects self.timeout.
+        The wait is bounded by the smaller of ``self.timeout`` and the
+        listening socket's own timeout (older code set the latter).
         """
-        # Support people who used socket.settimeout() to escape
-        # handle_request before self.timeout was available.
         timeout = self.socket.gettimeout()
         if timeout is None:
             timeout = self.timeout
@@ -298,8 +234,8 @@ class BaseServer:
         if timeout is not None:
             deadline = time() + timeout
 
-        # Wait until a request arrives or the timeout expires - the loop is
-        # necessary to accommodate early wakeups due to EINTR.
+        # select() may return early with nothing ready (a signal): loop
+        # until the deadline.
         with _ServerSelector() as selector:
             selector.register(self, selectors.EVENT_READ)
 
@@ -313,11 +249,10 @@ class BaseServer:
                             return self.handle_timeout()
 
     def _handle_request_noblock(self):
-        """Handle one request, without blocking.
+        """Take one request that the selector reported ready, and serve it.
 
-        I assume that selector.select() has returned that the socket is
-        readable before this function was called, so there should be no risk of
-        blocking in get_request().
+        A failed get_request() is ignored; a refused request is shut down;
+        an Exception from process_request() goes to handle_error().
         """
         try:
             request, client_address = self.get_request()
@@ -336,50 +271,40 @@ class BaseServer:
             self.shutdown_request(request)
 
     def handle_timeout(self):
-        """Called if no new request arrives within self.timeout.
-
-        Overridden by ForkingMixIn.
-        """
+        """Hook run when handle_request() timed out; nothing here."""
         pass
 
     def verify_request(self, request, client_address):
-        """Verify the request.  May be overridden.
-
-        Return True if we should proceed with this request.
-        """
+        """Return whether to serve this request (True here); on False the
+        request is shut down unserved."""
         return True
 
     def process_request(self, request, client_address):
-        """Call finish_request.
-
-        Overridden by ForkingMixIn and ThreadingMixIn.
-        """
+        """Serve the request in this thread, then shut it down (the mixins
+        replace this to use a process or a thread)."""
         self.finish_request(request, client_address)
         self.shutdown_request(request)
 
     def server_close(self):
-        """Called to clean-up the server.
-
-        May be overridden.
-        """
+        """Release the server's resources; nothing here."""
         pass
 
     def finish_request(self, request, client_address):
-        """Finish one request by instantiating RequestHandlerClass."""
+        """Serve the request: RequestHandlerClass(request, client_address, self)."""
         self.RequestHandlerClass(request, client_address, self)
 
     def shutdown_request(self, request):
-        """Called to shutdown and close an individual request."""
+        """End one request (here: just close_request())."""
         self.close_request(request)
 
     def close_request(self, request):
-        """Called to clean up an individual request."""
+        """Release one request; nothing here."""
         pass
 
     def handle_error(self, request, client_address):
-        """Handle an error gracefully.  May be overridden.
+        """Report a request's exception on stderr and carry on.
 
-        The default is to print a traceback and continue.
+        Runs inside the ``except`` block, so ``sys.exc_info()`` is the error.
         """
         print('-' * 40, file=sys.stderr)
         print('Exception occurred during processing of request from',
@@ -396,50 +321,25 @@ class BaseServer:
 
 
 class TCPServer(BaseServer):
-    """Base class for various socket-based server classes.
+    """A server on one listening socket: TCP by default.
 
-    Defaults to synchronous IP stream (i.e., TCP).
+    ``TCPServer(server_address, RequestHandlerClass, bind_and_activate=True)``
+    creates the socket and, unless told not to, binds it (``server_bind()``)
+    and listens (``server_activate()``); the socket is closed if either
+    fails.  Requests are served one at a time unless a mixin says otherwise.
 
-    Methods for the caller:
+    Class attributes that a subclass or an instance may override:
 
-    - __init__(server_address, RequestHandlerClass, bind_and_activate=True)
-    - serve_forever(poll_interval=0.5)
-    - shutdown()
-    - handle_request()  # if you don't use serve_forever()
-    - fileno() -> int   # for selector
+    - ``address_family``, ``socket_type``: of the listening socket;
+    - ``request_queue_size``: the ``listen()`` backlog, 5 as in the stdlib.
+      Raise it for a server under load (e.g. ``socket.SOMAXCONN``): clients
+      beyond the backlog wait for the kernel to retry their SYN;
+    - ``allow_reuse_address``, ``allow_reuse_port`` (3.11+): set
+      SO_REUSEADDR / SO_REUSEPORT before binding;
+    - ``timeout``: for ``handle_request()``.
 
-    Methods that may be overridden:
-
-    - server_bind()
-    - server_activate()
-    - get_request() -> request, client_address
-    - handle_timeout()
-    - verify_request(request, client_address)
-    - process_request(request, client_address)
-    - shutdown_request(request)
-    - close_request(request)
-    - handle_error()
-
-    Methods for derived classes:
-
-    - finish_request(request, client_address)
-
-    Class variables that may be overridden by derived classes or
-    instances:
-
-    - timeout
-    - address_family
-    - socket_type
-    - request_queue_size (only for stream sockets; the listen backlog,
-      5 as in the stdlib: raise it for servers under load)
-    - allow_reuse_address
-    - allow_reuse_port (3.11+)
-
-    Instance variables:
-
-    - server_address
-    - RequestHandlerClass
-    - socket
+    ``server_address`` is replaced by the bound address (port 0 becomes the
+    port the kernel chose).
     """
 
     __module__ = "socketserver"
@@ -456,7 +356,7 @@ class TCPServer(BaseServer):
         allow_reuse_port = False
 
     def __init__(self, server_address, RequestHandlerClass, bind_and_activate=True):
-        """Constructor.  May be extended, do not override."""
+        """Store the address and the handler class; extend, don't replace."""
         BaseServer.__init__(self, server_address, RequestHandlerClass)
         self.socket = socket.socket(self.address_family,
                                     self.socket_type)
@@ -470,10 +370,7 @@ class TCPServer(BaseServer):
 
     if _PY311:
         def server_bind(self):
-            """Called by constructor to bind the socket.
-
-            May be overridden.
-            """
+            """Apply the reuse options, bind, and record the bound address."""
             if self.allow_reuse_address and hasattr(socket, "SO_REUSEADDR"):
                 self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if self.allow_reuse_port and hasattr(socket, "SO_REUSEPORT"):
@@ -482,60 +379,45 @@ class TCPServer(BaseServer):
             self.server_address = self.socket.getsockname()
     else:
         def server_bind(self):
-            """Called by constructor to bind the socket.
-
-            May be overridden.
-            """
+            """Apply the reuse options, bind, and record the bound address."""
             if self.allow_reuse_address:
                 self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             self.socket.bind(self.server_address)
             self.server_address = self.socket.getsockname()
 
     def server_activate(self):
-        """Called by constructor to activate the server.
-
-        May be overridden.
-        """
+        """Listen, with a backlog of ``request_queue_size``."""
         self.socket.listen(self.request_queue_size)
 
     def server_close(self):
-        """Called to clean-up the server.
-
-        May be overridden.
-        """
+        """Close the listening socket."""
         self.socket.close()
 
     def fileno(self):
-        """Return socket file number.
-
-        Interface required by selector.
-        """
+        """The listening socket's descriptor (what selectors need)."""
         return self.socket.fileno()
 
     def get_request(self):
-        """Get the request and client address from the socket.
-
-        May be overridden.
-        """
+        """Accept a connection: (socket, client_address)."""
         return self.socket.accept()
 
     def shutdown_request(self, request):
-        """Called to shutdown and close an individual request."""
+        """Shut the connection down for writing, then close it."""
         try:
-            # explicitly shutdown.  socket.close() merely releases
-            # the socket and waits for GC to perform the actual close.
+            # close() alone would leave the connection open while another
+            # reference (a forked child, a makefile()) holds the socket.
             request.shutdown(socket.SHUT_WR)
         except OSError:
-            pass  # some platforms may raise ENOTCONN here
+            pass  # ENOTCONN if the peer is already gone, on some systems
         self.close_request(request)
 
     def close_request(self, request):
-        """Called to clean up an individual request."""
+        """Close the connection's socket."""
         request.close()
 
 
 class UDPServer(TCPServer):
-    """UDP server class."""
+    """A datagram server: each datagram is one request ``(data, socket)``."""
 
     __module__ = "socketserver"
 
@@ -553,90 +435,83 @@ class UDPServer(TCPServer):
         return (data, self.socket), client_addr
 
     def server_activate(self):
-        # No need to call listen() for UDP.
+        # datagram sockets do not listen
         pass
 
     def shutdown_request(self, request):
-        # No need to shutdown anything.
+        # nothing to shut down: the socket is the server's
         self.close_request(request)
 
     def close_request(self, request):
-        # No need to close anything.
+        # nothing to close
         pass
 
 
 if hasattr(os, "fork"):
     class ForkingMixIn:
-        """Mix-in class to handle each request in a new process."""
+        """Serve each request in a child process (os.fork)."""
 
         __module__ = "socketserver"
 
         timeout = 300
         active_children = None
         max_children = 40
-        # If true, server_close() waits until all child processes complete.
+        # server_close() waits for the children when true
         block_on_close = True
 
         def collect_children(self, *, blocking=False):
-            """Internal routine to wait for children that have exited."""
+            """Reap exited children; with ``blocking``, wait for all of them."""
             if self.active_children is None:
                 return
 
-            # If we're above the max number of children, wait and reap them
-            # until we go back below threshold.  Note that we use waitpid(-1)
-            # below only at that point, not otherwise, so that other child
-            # processes of the program are not reaped behind its back.
+            # At max_children, block until enough children exit.  Only here is
+            # waitpid(-1) used: elsewhere the program's other children must
+            # not be reaped behind its back.
             while len(self.active_children) >= self.max_children:
                 try:
                     pid, _ = os.waitpid(-1, 0)
                     self.active_children.discard(pid)
                 except ChildProcessError:
-                    # we don't have any children, we're done
+                    # no children left at all
                     self.active_children.clear()
                 except OSError:
                     break
 
-            # Now reap all defunct children.
+            # then reap, without blocking unless asked, those that exited
             for pid in self.active_children.copy():
                 try:
                     flags = 0 if blocking else os.WNOHANG
                     pid, _ = os.waitpid(pid, flags)
-                    # if the child hasn't exited yet, pid will be 0 and ignored
-                    # by discard() below
+                    # a child still running gives pid 0, which discard()
+                    # ignores
                     self.active_children.discard(pid)
                 except ChildProcessError:
-                    # someone else reaped it
+                    # reaped elsewhere already
                     self.active_children.discard(pid)
                 except OSError:
                     pass
 
         def handle_timeout(self):
-            """Wait for zombies after self.timeout seconds of inactivity.
-
-            May be extended, do not override.
-            """
+            """Reap children when handle_request() timed out (extend it,
+            don't replace it)."""
             self.collect_children()
 
         def service_actions(self):
-            """Collect the zombie child processes regularly in the ForkingMixIn.
-
-            service_actions is called in the BaseServer's serve_forever loop.
-            """
+            """Reap children on every pass of serve_forever()."""
             self.collect_children()
 
         def process_request(self, request, client_address):
-            """Fork a new subprocess to process the request."""
+            """Fork; the child serves the request and exits, the parent closes its copy."""
             pid = os.fork()
             if pid:
-                # Parent process
+                # parent
                 if self.active_children is None:
                     self.active_children = set()
                 self.active_children.add(pid)
                 self.close_request(request)
                 return
             else:
-                # Child process.
-                # This must never return, hence os._exit()!
+                # child: it must end here, whatever happens, so os._exit()
                 status = 1
                 try:
                     self.finish_request(request, client_address)
@@ -655,7 +530,7 @@ if hasattr(os, "fork"):
 
 
 class _Threads(list):
-    """Joinable list of all non-daemon threads."""
+    """The non-daemon request threads still to join (dead ones dropped)."""
 
     __module__ = "socketserver"
 
@@ -678,7 +553,7 @@ class _Threads(list):
 
 
 class _NoThreads:
-    """Degenerate version of _Threads."""
+    """Stands in for _Threads when nothing is to be joined."""
 
     __module__ = "socketserver"
 
@@ -690,24 +565,20 @@ class _NoThreads:
 
 
 class ThreadingMixIn:
-    """Mix-in class to handle each request in a new thread."""
+    """Serve each request in a thread of its own."""
 
     __module__ = "socketserver"
 
-    # Decides how threads will act upon termination of the
-    # main process
+    # request threads are daemons (not waited for at exit) when true
     daemon_threads = False
-    # If true, server_close() waits until all non-daemonic threads terminate.
+    # server_close() joins the non-daemon threads when true
     block_on_close = True
-    # Threads object
-    # used by server_close() to wait for all threads completion.
+    # replaced per instance by a _Threads when block_on_close is true
     _threads = _NoThreads()
 
     def process_request_thread(self, request, client_address):
-        """Same as in BaseServer but as a thread.
-
-        In addition, exception handling is done here.
-        """
+        """Body of a request thread: serve, report an Exception through
+        handle_error(), always shut the request down."""
         try:
             self.finish_request(request, client_address)
         except Exception:
@@ -716,7 +587,7 @@ class ThreadingMixIn:
             self.shutdown_request(request)
 
     def process_request(self, request, client_address):
-        """Start a new thread to process the request."""
+        """Serve the request in a new thread."""
         if self.block_on_close:
             vars(self).setdefault('_threads', _Threads())
         t = threading.Thread(target=self.process_request_thread,
@@ -989,19 +860,12 @@ if hasattr(socket, 'AF_UNIX'):
 
 
 class BaseRequestHandler:
-    """Base class for request handler classes.
+    """One instance serves one request, all inside its constructor.
 
-    This class is instantiated for each request to be handled.  The
-    constructor sets the instance variables request, client_address
-    and server, and then calls the handle() method.  To implement a
-    specific service, all you need to do is to derive a class which
-    defines a handle() method.
-
-    The handle() method can find the request as self.request, the
-    client address as self.client_address, and the server (in case it
-    needs access to per-server information) as self.server.  Since a
-    separate instance is created for each request, the handle() method
-    can define other arbitrary instance variables.
+    The constructor stores ``request``, ``client_address`` and ``server`` on
+    the instance, then calls ``setup()``, ``handle()`` and, whatever
+    happens, ``finish()``.  A service overrides ``handle()``; the instance
+    is its own, so it may keep any state it likes.
     """
 
     __module__ = "socketserver"
@@ -1026,34 +890,27 @@ class BaseRequestHandler:
         pass
 
 
-# The following two classes make it possible to use the same service
-# class for stream or datagram servers.
-# Each class sets up these instance variables:
-# - rfile: a file object from which receives the request is read
-# - wfile: a file object to which the reply is written
-# When the handle() method returns, wfile is flushed properly
+# Stream and datagram handlers offer the same two files, so one handle()
+# can serve both kinds of server: ``rfile`` to read the request from and
+# ``wfile`` to write the reply to (sent or flushed by finish()).
 
 
 class StreamRequestHandler(BaseRequestHandler):
-    """Define self.rfile and self.wfile for stream sockets."""
+    """``rfile``/``wfile`` over the connection of a stream server."""
 
     __module__ = "socketserver"
 
-    # Default buffer sizes for rfile, wfile.
-    # We default rfile to buffered because otherwise it could be
-    # really slow for large data (a getc() call per byte); we make
-    # wfile unbuffered because (a) often after a write() we want to
-    # read and we need to flush the line; (b) big writes to unbuffered
-    # files are typically optimized by stdio even when big reads
-    # aren't.
+    # rfile is buffered (reading a line byte by byte would be slow); wfile
+    # is not (0): a reply reaches the peer when write() returns, so a
+    # request/response exchange needs no flush().
     rbufsize = -1
     wbufsize = 0
 
-    # A timeout to apply to the request socket, if not None.
+    # applied to the connection with settimeout() when not None
     timeout = None
 
-    # Disable nagle algorithm for this socket, if True.
-    # Use only when wbufsize != 0, to avoid small packets.
+    # sets TCP_NODELAY when true (sensible with a buffered wfile only,
+    # else every write() becomes a packet)
     disable_nagle_algorithm = False
 
     def setup(self):
@@ -1074,17 +931,15 @@ class StreamRequestHandler(BaseRequestHandler):
             try:
                 self.wfile.flush()
             except socket.error:
-                # A final socket error may have occurred here, such as
-                # the local error ECONNABORTED.
+                # the connection may already be broken (ECONNABORTED, ...)
                 pass
         self.wfile.close()
         self.rfile.close()
 
 
 class _SocketWriter(BufferedIOBase):
-    """Simple writable BufferedIOBase implementation for a socket
-
-    Does not hold data in a buffer, avoiding any need to call flush()."""
+    """An unbuffered writable file over a socket: write() is sendall(),
+    so there is never anything to flush."""
 
     __module__ = "socketserver"
 
@@ -1104,7 +959,7 @@ class _SocketWriter(BufferedIOBase):
 
 
 class DatagramRequestHandler(BaseRequestHandler):
-    """Define self.rfile and self.wfile for datagram sockets."""
+    """``rfile`` over the datagram; ``wfile`` is sent back in one datagram."""
 
     __module__ = "socketserver"
 
