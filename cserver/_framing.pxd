@@ -121,6 +121,9 @@ cdef class FrameDecoder:
     # total size (header included) of the frame in progress, -1 if its
     # header is not complete yet
     cdef Py_ssize_t _need
+    # accepted range of the raw length field (after the limit is clamped)
+    cdef unsigned long long _min_value
+    cdef unsigned long long _max_value
     # message of the error that failed the decoder, or None
     cdef object _error
 
@@ -131,6 +134,13 @@ cdef class FrameDecoder:
     cdef int write_done(self, Py_ssize_t nbytes) except -1
     cdef int check_eof(self) except -1
     cdef void release_buffer(self) noexcept
+    # private
+    cdef int _fail(self, type cls, str message) except -1
+    cdef int _raise_failed(self) except -1
+    cdef Py_ssize_t _frame_total(self, const unsigned char* header) except -1
+    cdef int _reserve(self, Py_ssize_t want) except -1
+    cdef int _append(self, const char* data, Py_ssize_t n) except -1
+    cdef list _drain(self, const char* data, Py_ssize_t length, object source)
 
 
 @cython.final
