@@ -271,9 +271,17 @@ cdef inline unsigned long long _read_length(const unsigned char* p, int size,
     cdef unsigned long long v = 0
     cdef int i
     if big:
+        if size == 4:
+            return ((<unsigned long long>p[0] << 24) | (<unsigned long long>p[1] << 16)
+                    | (<unsigned long long>p[2] << 8) | p[3])
+        if size == 2:
+            return (<unsigned long long>p[0] << 8) | p[1]
         for i in range(size):
             v = (v << 8) | p[i]
     else:
+        if size == 4:
+            return ((<unsigned long long>p[3] << 24) | (<unsigned long long>p[2] << 16)
+                    | (<unsigned long long>p[1] << 8) | p[0])
         i = size - 1
         while i >= 0:
             v = (v << 8) | p[i]
@@ -547,13 +555,34 @@ cdef class FrameDecoder:
         object ``data`` belongs to (for zero-copy views) or None."""
         cdef list out = []
         cdef const char* frame
-        cdef Py_ssize_t frame_size, used, pos = 0
+        cdef const char* p
+        cdef Py_ssize_t frame_size, used, total, pos = 0
+        cdef Py_ssize_t hs = self.header_size, strip = self.initial_bytes_to_strip
+        cdef unsigned long long value
+        cdef bint copy = self.copy or source is None
         cdef object view = None
         try:
-            while self.next_frame(data + pos, length - pos, &used, &frame, &frame_size):
+            while True:
+                if copy and self._end == self._start:
+                    # Hot loop: frames whole inside ``data``, nothing
+                    # buffered.  Any header it does not accept (bad, or a
+                    # frame cut by the end of data) goes to next_frame,
+                    # which reports or buffers it.
+                    while length - pos >= hs:
+                        p = data + pos
+                        value = _read_length(<const unsigned char*>p + self.length_offset,
+                                             self.length_size, self.big_endian)
+                        if value > self._max_value or value < self._min_value:
+                            break
+                        total = hs + <Py_ssize_t>value + self.length_adjustment
+                        if total > length - pos or total < strip:
+                            break
+                        out.append(PyBytes_FromStringAndSize(p + strip, total - strip))
+                        pos += total
+                if not self.next_frame(data + pos, length - pos, &used, &frame, &frame_size):
+                    break
                 pos += used
-                if (not self.copy and source is not None and frame >= data
-                        and frame < data + length):
+                if (not copy and frame >= data and frame < data + length):
                     if view is None:
                         view = memoryview(source)
                         if view.ndim != 1 or view.format != "B":
