@@ -181,7 +181,7 @@ def test_many_connections_no_leak(ctwin):
         decs = [ctwin.FrameDecoder(pool=pool) for _ in range(30)]
         for i, d in enumerate(decs):
             d.feed(b"\x00\x00\x00\x10" + b"z" * (i % 16))
-        del decs
+        del decs, d
         gc.collect()
         assert pool.stats()["in_use"] == 0
     s = pool.stats()
