@@ -250,8 +250,15 @@ class FramedClient:
         return reply
 
     def close(self):
-        """Close the connection (idempotent)."""
+        """Close the connection (idempotent).  The socket is shut down
+        first, so the server sees the end of the stream even if a forked
+        process inherited a copy of the descriptor."""
         self.decoder.close()
+        if self.socket.fileno() >= 0:
+            try:
+                self.socket.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
         self.socket.close()
 
     def __enter__(self):
