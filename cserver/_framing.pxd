@@ -124,8 +124,14 @@ cdef class FrameDecoder:
     # accepted range of the raw length field (after the limit is clamped)
     cdef unsigned long long _min_value
     cdef unsigned long long _max_value
-    # message of the error that failed the decoder, or None
+    # (class, message) of the error that failed the decoder, or None
     cdef object _error
+    # a frame larger than a slab is received straight into the bytes object
+    # that will be delivered: _big (bytes, or None), _big_fill bytes written
+    cdef object _big
+    cdef Py_ssize_t _big_fill
+    # the last big frame delivered by next_frame (kept until the next call)
+    cdef object _last
 
     cdef int next_frame(self, const char* data, Py_ssize_t length,
                         Py_ssize_t* consumed, const char** frame,
@@ -139,6 +145,11 @@ cdef class FrameDecoder:
     cdef int _raise_failed(self) except -1
     cdef Py_ssize_t _frame_total(self, const unsigned char* header) except -1
     cdef int _reserve(self, Py_ssize_t want) except -1
+    cdef void _free_storage(self) noexcept
+    cdef bint _go_big(self, const char* frame_start, Py_ssize_t n) except -1
+    cdef int _big_next(self, const char* data, Py_ssize_t length, Py_ssize_t used,
+                       Py_ssize_t* consumed, const char** frame,
+                       Py_ssize_t* frame_size) except -1
     cdef int _append(self, const char* data, Py_ssize_t n) except -1
     cdef list _drain(self, const char* data, Py_ssize_t length, object source)
 
