@@ -140,6 +140,29 @@ def test_stream_cut_inside_a_frame_is_logged(name, unix, caplog):
     assert "7 of 13" in messages[0]
 
 
+class Chatty(FramedRequestHandler):
+    """Replies by return value and by send_frame(), interleaved."""
+
+    def handle_frame(self, frame):
+        if frame.startswith(b"!"):
+            self.send_frame(b"direct " + frame)
+            return None
+        return b"reply " + frame
+
+
+@pytest.mark.parametrize("name,unix", KINDS[:2])
+def test_many_pipelined_frames_replied_in_order(name, unix):
+    frames = [b"%d" % i if i % 7 else b"!%d" % i for i in range(600)]
+    expected = [(b"direct " if f.startswith(b"!") else b"reply ") + f for f in frames]
+    with running(name, unix, Chatty) as server:
+        with FramedClient(server.server_address, timeout=10) as client:
+            client.socket.sendall(b"".join(cserver.encode_frame(f) for f in frames))
+            assert [client.recv_frame() for _ in frames] == expected
+            big = b"b" * 300000
+            client.socket.sendall(cserver.encode_frame(big) * 5)
+            assert [client.recv_frame() for _ in range(5)] == [b"reply " + big] * 5
+
+
 class SmallFrames(FramedRequestHandler):
     frame_format = "<H"
     max_frame_size = 100
