@@ -454,7 +454,8 @@ cdef class FrameDecoder:
         nothing) if the frame fits a slab or its stripped part has not
         started yet."""
         cdef Py_ssize_t size = self._need - self.initial_bytes_to_strip
-        if size <= self.pool.slab_size or n < self.initial_bytes_to_strip:
+        if (size <= self.pool.slab_size or n < self.initial_bytes_to_strip
+                or n >= self._need):
             return False
         big = PyBytes_FromStringAndSize(NULL, size)
         self._big_fill = n - self.initial_bytes_to_strip
@@ -548,6 +549,10 @@ cdef class FrameDecoder:
         self._need = -1
         consumed[0] = used
         return 1
+
+    cdef object take_frame_object(self):
+        last, self._last = self._last, None
+        return last
 
     cdef Py_ssize_t get_write_buffer(self, Py_ssize_t size_hint, char** ptr) except -1:
         cdef Py_ssize_t buffered, want
@@ -659,8 +664,7 @@ cdef class FrameDecoder:
                     break
                 pos += used
                 if self._last is not None:
-                    out.append(self._last)
-                    self._last = None
+                    out.append(self.take_frame_object())
                 elif (not copy and frame >= data and frame < data + length):
                     if view is None:
                         view = memoryview(source)
