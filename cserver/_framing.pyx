@@ -429,9 +429,7 @@ cdef class FrameDecoder:
                 self.pool.note_bypass()
         if buffered:
             memcpy(newbuf, self._buf + self._start, buffered)
-        need = self._need
-        self.release_buffer()
-        self._need = need
+        self._free_storage()
         self._buf = newbuf
         self._cap = newcap
         self._pooled = pooled

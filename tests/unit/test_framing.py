@@ -451,3 +451,15 @@ def test_public_names():
     assert issubclass(cserver.FrameError, ValueError)
     assert "FrameDecoder" not in cserver.__all__
     assert framing.COMPILED == (not cserver.PURE)
+
+
+@pytest.mark.parametrize("cut", [4, 5, 70000, 100003])
+def test_large_frame_cut_reports_what_was_received(twin, cut):
+    wire = twin.encode_frame(pattern(100000))
+    for step in (cut, 1000):
+        dec = twin.FrameDecoder()
+        for i in range(0, cut, step):
+            assert dec.feed(wire[i:min(i + step, cut)]) == []
+        assert dec.pending == cut
+        with pytest.raises(IncompleteFrame, match="%d of 100004 bytes" % cut):
+            dec.eof()
