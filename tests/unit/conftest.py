@@ -6,11 +6,16 @@ difference shows as a test id.
 """
 import importlib
 import os
+import tempfile
 
 import pytest
 from hypothesis import HealthCheck, settings
+from hypothesis.configuration import set_hypothesis_home_dir
 
-# Modest, deterministic budgets; no example database in the source tree.
+# Modest, deterministic budgets; no example database, and Hypothesis's own
+# caches go to a temporary directory, not into the source tree.
+set_hypothesis_home_dir(os.path.join(tempfile.gettempdir(),
+                                     "cserver-hypothesis-%d" % os.getuid()))
 settings.register_profile(
     "cserver", database=None, deadline=None, max_examples=60, derandomize=True,
     suppress_health_check=[HealthCheck.too_slow])
