@@ -806,14 +806,10 @@ class ThreadPoolMixIn:
         if self._cserver_pool().wait_for_slot():
             super()._handle_request_noblock()
 
-    def process_request_thread(self, request, client_address):
-        """Run one request on a worker thread; errors go to handle_error()."""
-        try:
-            self.finish_request(request, client_address)
-        except Exception:
-            self.handle_error(request, client_address)
-        finally:
-            self.shutdown_request(request)
+    # What a worker runs for one request: the same body as a ThreadingMixIn
+    # request thread (errors go to handle_error(), the request is always
+    # shut down).
+    process_request_thread = ThreadingMixIn.process_request_thread
 
     def process_request(self, request, client_address):
         """Queue the request for the next free worker."""
