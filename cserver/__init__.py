@@ -20,7 +20,7 @@ __version__ = "0.1.0"
 
 # Modules compiled by Cython from .py sources; in pure mode their sources are
 # loaded instead, in this order (a later one may import an earlier one).
-_COMPILED_PY = ("socketserver",)
+_COMPILED_PY = ("socketserver", "selectorserver")
 
 PURE = _os.environ.get("CSERVER_PURE", "").strip().lower() not in ("", "0", "false", "no")
 
@@ -123,5 +123,14 @@ def shadow_path():
     """
     return _os.path.join(_os.path.dirname(__file__), "_shadow")
 
+
+# -- the multiplexing server (issue 4) -----------------------------------------
+from .selectorserver import (  # noqa: E402,F401
+    SelectorServer, SelectorTCPServer, SelectorUDPServer, ConnectionHandler,
+    FrameHandler, DatagramHandler,
+)
+if hasattr(_compat.socket, "AF_UNIX"):
+    from .selectorserver import SelectorUnixStreamServer  # noqa: E402,F401
+# ------------------------------------------------------------------------------
 
 _sys.modules[__name__].__class__ = _Package
