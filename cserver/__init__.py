@@ -20,7 +20,7 @@ __version__ = "0.1.0"
 
 # Modules compiled by Cython from .py sources; in pure mode their sources are
 # loaded instead, in this order (a later one may import an earlier one).
-_COMPILED_PY = ("socketserver", "selectorserver")
+_COMPILED_PY = ("socketserver", "framed", "selectorserver")
 
 PURE = _os.environ.get("CSERVER_PURE", "").strip().lower() not in ("", "0", "false", "no")
 
@@ -123,6 +123,15 @@ def shadow_path():
     """
     return _os.path.join(_os.path.dirname(__file__), "_shadow")
 
+# --- framing layer (issue 3): length-prefix frames, buffer pool, framed
+# handler and client.  Attributes of the package, not in __all__. ---
+from .errors import FrameError, FrameTooLarge, IncompleteFrame  # noqa: E402
+from .framing import (  # noqa: E402
+    DEFAULT_MAX_FRAME_SIZE, BufferPool, FrameDecoder, FrameEncoder, encode_frame,
+)
+from .framed import FramedClient, FramedRequestHandler  # noqa: E402
+from . import errors, framing, framed  # noqa: E402,F401  (attributes in pure mode too)
+# --- end of framing layer ---
 
 # -- the multiplexing server (issue 4) -----------------------------------------
 from .selectorserver import (  # noqa: E402,F401

@@ -1,0 +1,154 @@
+# cython: language_level=3
+#
+# C API of the framing layer: ``from cserver._framing cimport ...``.
+#
+# This interface is stable: the multiplexing server cimports it and decodes
+# frames in place inside its C loop.  Fields below are private (they may be
+# added to, which only needs a rebuild of the cimporting module); the cdef
+# METHODS are the contract.
+#
+# BufferPool -- a bounded, thread-safe pool of fixed-size C slabs.
+#
+#     char* acquire(self) noexcept
+#         A slab of ``self.slab_size`` bytes, or NULL (no exception set) when
+#         ``max_slabs`` slabs are out or memory is short (counted as a miss):
+#         the caller then uses a private allocation of its own and may report
+#         it with ``note_bypass``.  Never returns the same slab to two owners.
+#     int release(self, char* slab) except -1
+#         Give back a slab obtained from ``acquire`` (exactly once).  Surplus
+#         idle slabs beyond ``max_idle`` are freed.  Raises RuntimeError on a
+#         release with no slab out.
+#     void note_bypass(self) noexcept
+#         Count one large buffer that bypassed the pool (in ``stats()``).
+#
+#     Every method holds the GIL and an internal lock; none runs Python code.
+#
+# FrameDecoder -- the sans-IO length-prefix decoder (see _framing.pyx for the
+# header parameters and their Netty/tokio meaning).
+#
+#     int next_frame(self, const char* data, Py_ssize_t length,
+#                    Py_ssize_t* consumed, const char** frame,
+#                    Py_ssize_t* frame_size) except -1
+#         Decode the next frame from what the decoder has buffered followed by
+#         ``data[:length]`` (``data`` may be NULL when ``length`` is 0).
+#         ``consumed[0]`` is set to the number of bytes of ``data`` used.
+#         Returns 1 when a frame is ready: ``frame[0]``/``frame_size[0]`` is
+#         the frame with the header stripped as configured; it points into
+#         ``data`` (zero copy, the common case) or into the decoder's buffer,
+#         and stays valid until the next call on this decoder (or until the
+#         caller reuses ``data``).  Returns 0 when every byte of ``data`` was
+#         consumed (the tail of an incomplete frame is copied into the
+#         decoder's pooled buffer) and no frame is ready.  Raises FrameError /
+#         FrameTooLarge on a bad header, as soon as the header is complete and
+#         before its payload is buffered; afterwards every call raises.
+#         Loop:
+#             pos = 0
+#             while dec.next_frame(buf + pos, n - pos, &used, &f, &flen):
+#                 pos += used
+#                 ... handle f[:flen] ...
+#             # here every byte of buf[:n] is consumed
+#
+#     Py_ssize_t get_write_buffer(self, Py_ssize_t size_hint, char** ptr) except -1
+#         Reading straight into the decoder (asyncio's get_buffer): returns
+#         the number of writable bytes at ``ptr[0]`` (>= 1, at least
+#         ``size_hint`` when ``size_hint`` > 0 and the frame in progress needs
+#         it); the buffer is a pool slab, or a private allocation for a frame
+#         larger than a slab.
+#     int write_done(self, Py_ssize_t nbytes) except -1
+#         ``nbytes`` bytes were written at ``ptr`` (asyncio's buffer_updated).
+#         Then drain with ``next_frame(NULL, 0, ...)`` until it returns 0.
+#     int check_eof(self) except -1
+#         End of stream: raises IncompleteFrame if a partial frame is
+#         buffered, else returns 0.
+#     void release_buffer(self) noexcept
+#         Give the buffer back to the pool now (drops any partial frame).
+#         Called by close() and on deallocation; ``next_frame`` also returns
+#         the slab by itself whenever it returns 0 with nothing buffered, so
+#         an idle connection holds no slab.
+#
+# FrameEncoder -- the header writer for the same header description.
+#
+#     Py_ssize_t write_header(self, Py_ssize_t payload_size, char* out) except -1
+#         Write the header for a payload of ``payload_size`` bytes at ``out``
+#         (which has room for ``self.header_size`` bytes) and return
+#         ``header_size``.  Raises FrameTooLarge if the length does not fit
+#         the header or exceeds ``max_frame_size``.
+
+cimport cython
+from cpython.pythread cimport PyThread_type_lock
+
+
+@cython.final
+cdef class BufferPool:
+    cdef readonly Py_ssize_t slab_size
+    cdef readonly Py_ssize_t max_slabs
+    cdef readonly Py_ssize_t max_idle
+    cdef char** _idle
+    cdef Py_ssize_t _n_idle
+    cdef Py_ssize_t _in_use
+    cdef Py_ssize_t _high_water
+    cdef Py_ssize_t _allocations
+    cdef Py_ssize_t _frees
+    cdef Py_ssize_t _hits
+    cdef Py_ssize_t _misses
+    cdef Py_ssize_t _bypass
+    cdef PyThread_type_lock _lock
+
+    cdef char* acquire(self) noexcept
+    cdef int release(self, char* slab) except -1
+    cdef void note_bypass(self) noexcept
+
+
+@cython.final
+@cython.no_gc_clear
+cdef class FrameDecoder:
+    # configuration, fixed at construction
+    cdef readonly int length_size
+    cdef readonly bint big_endian
+    cdef readonly Py_ssize_t length_offset
+    cdef readonly Py_ssize_t length_adjustment
+    cdef readonly Py_ssize_t initial_bytes_to_strip
+    cdef readonly Py_ssize_t max_frame_size
+    cdef readonly Py_ssize_t header_size
+    cdef readonly bint copy
+    cdef readonly BufferPool pool
+    # buffered bytes are _buf[_start:_end]; _cap bytes are allocated
+    cdef char* _buf
+    cdef Py_ssize_t _cap
+    cdef Py_ssize_t _start
+    cdef Py_ssize_t _end
+    cdef bint _pooled
+    # total size (header included) of the frame in progress, -1 if its
+    # header is not complete yet
+    cdef Py_ssize_t _need
+    # accepted range of the raw length field (after the limit is clamped)
+    cdef unsigned long long _min_value
+    cdef unsigned long long _max_value
+    # message of the error that failed the decoder, or None
+    cdef object _error
+
+    cdef int next_frame(self, const char* data, Py_ssize_t length,
+                        Py_ssize_t* consumed, const char** frame,
+                        Py_ssize_t* frame_size) except -1
+    cdef Py_ssize_t get_write_buffer(self, Py_ssize_t size_hint, char** ptr) except -1
+    cdef int write_done(self, Py_ssize_t nbytes) except -1
+    cdef int check_eof(self) except -1
+    cdef void release_buffer(self) noexcept
+    # private
+    cdef int _fail(self, type cls, str message) except -1
+    cdef int _raise_failed(self) except -1
+    cdef Py_ssize_t _frame_total(self, const unsigned char* header) except -1
+    cdef int _reserve(self, Py_ssize_t want) except -1
+    cdef int _append(self, const char* data, Py_ssize_t n) except -1
+    cdef list _drain(self, const char* data, Py_ssize_t length, object source)
+
+
+@cython.final
+cdef class FrameEncoder:
+    cdef readonly int length_size
+    cdef readonly bint big_endian
+    cdef readonly Py_ssize_t length_offset
+    cdef readonly Py_ssize_t length_adjustment
+    cdef readonly Py_ssize_t max_frame_size
+    cdef readonly Py_ssize_t header_size
+    cdef Py_ssize_t write_header(self, Py_ssize_t payload_size, char* out) except -1

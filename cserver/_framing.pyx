@@ -1,0 +1,746 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""C twin of ``cserver._framing_py``: the length-prefix frame decoder, the
+encoder, and the buffer pool their reads land in.
+
+The C API (for ``cimport``) is documented at the top of ``_framing.pxd``.
+
+Design
+------
+Decoding happens in place.  ``next_frame`` looks at the caller's bytes
+first: a frame that lies whole inside them is handed out as a pointer into
+them, with no copy at all (``feed`` then makes the one ``bytes`` object per
+frame that Python code receives).  Only the tail of an incomplete frame is
+copied into the decoder's own buffer, and completing it takes only the bytes
+that frame still needs, so no byte is ever copied twice and a 64 KiB read of
+1000 small frames costs one pass.
+
+The decoder's buffer is a slab from a BufferPool while the frame in progress
+fits a slab; a larger frame gets a private allocation that grows by doubling
+(bounded by the announced length, itself bounded by ``max_frame_size``) and
+is freed once the frame is delivered.  A partial frame is compacted
+(memmove) to the front of its slab rather than reallocated.  When a call
+ends with nothing buffered, the slab goes back to the pool: an idle
+connection holds no memory.
+
+A header is checked as soon as it is complete, before any of its payload is
+buffered (fail fast), and a failed decoder refuses all further input.
+"""
+
+cimport cython
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBuffer_FillInfo, PyBUF_SIMPLE
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
+from cpython.mem cimport PyMem_Malloc, PyMem_Free
+from cpython.memoryview cimport PyMemoryView_FromMemory
+from cpython.pythread cimport (
+    PyThread_allocate_lock, PyThread_free_lock, PyThread_acquire_lock,
+    PyThread_release_lock, WAIT_LOCK,
+)
+from libc.string cimport memcpy, memmove, memset
+
+from cserver.errors import FrameError, FrameTooLarge, IncompleteFrame
+from cserver._framing_py import (
+    DEFAULT_MAX_FRAME_SIZE, _resolve_layout, _too_large_message,
+    _negative_message, _strip_message, _incomplete_message, _index,
+)
+
+cdef extern from "Python.h":
+    int PyBUF_WRITE
+
+__all__ = ["FrameDecoder", "FrameEncoder", "BufferPool", "encode_frame",
+           "DEFAULT_MAX_FRAME_SIZE", "DEFAULT_POOL", "FrameError",
+           "FrameTooLarge", "IncompleteFrame"]
+
+
+# --------------------------------------------------------------------------
+# Buffer pool
+#
+# Fixed slabs rather than size classes: every decoder read lands in the same
+# kind of buffer (one socket read), frames larger than a slab are rare and
+# bypass the pool, and a single free list is one pop/push under the lock.
+# 64 KiB is the read size at which decoding 64 B frames stops gaining
+# (bench/bench_decode.py --chunks) and a common socket receive size.
+# --------------------------------------------------------------------------
+
+@cython.final
+cdef class BufferPool:
+    """A bounded, thread-safe pool of fixed-size C buffers ("slabs").
+
+    ``slab_size`` bytes per slab; at most ``max_slabs`` out at once (then a
+    request is a miss: ``lease()`` returns None and the decoder falls back
+    to a private allocation); at most ``max_idle`` idle slabs kept for
+    reuse, the surplus is freed on release.  ``stats()`` reports the use.
+    """
+
+    def __cinit__(self, slab_size=65536, max_slabs=1024, max_idle=64):
+        slab_size = _index("slab_size", slab_size)
+        max_slabs = _index("max_slabs", max_slabs)
+        max_idle = _index("max_idle", max_idle)
+        if slab_size < 64:
+            raise ValueError("slab_size must be >= 64, not %d" % slab_size)
+        if max_slabs < 1:
+            raise ValueError("max_slabs must be >= 1, not %d" % max_slabs)
+        if not 0 <= max_idle <= max_slabs:
+            raise ValueError("max_idle must be between 0 and max_slabs (%d), not %d"
+                             % (max_slabs, max_idle))
+        self.slab_size = slab_size
+        self.max_slabs = max_slabs
+        self.max_idle = max_idle
+        self._idle = <char**>PyMem_Malloc((max_idle + 1) * sizeof(char*))
+        if self._idle == NULL:
+            raise MemoryError()
+        self._lock = PyThread_allocate_lock()
+        if self._lock == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        cdef Py_ssize_t i
+        if self._idle != NULL:
+            for i in range(self._n_idle):
+                PyMem_Free(self._idle[i])
+            PyMem_Free(self._idle)
+            self._idle = NULL
+        if self._lock != NULL:
+            PyThread_free_lock(self._lock)
+            self._lock = NULL
+
+    cdef char* acquire(self) noexcept:
+        cdef char* slab = NULL
+        PyThread_acquire_lock(self._lock, WAIT_LOCK)
+        if self._n_idle > 0:
+            self._n_idle -= 1
+            slab = self._idle[self._n_idle]
+            self._hits += 1
+        elif self._in_use < self.max_slabs:
+            slab = <char*>PyMem_Malloc(self.slab_size)
+            if slab != NULL:
+                self._allocations += 1
+        if slab == NULL:
+            self._misses += 1
+        else:
+            self._in_use += 1
+            if self._in_use > self._high_water:
+                self._high_water = self._in_use
+        PyThread_release_lock(self._lock)
+        return slab
+
+    cdef int release(self, char* slab) except -1:
+        cdef bint over = False
+        PyThread_acquire_lock(self._lock, WAIT_LOCK)
+        if self._in_use <= 0:
+            over = True
+        else:
+            self._in_use -= 1
+            if self._n_idle < self.max_idle:
+                self._idle[self._n_idle] = slab
+                self._n_idle += 1
+            else:
+                PyMem_Free(slab)
+                self._frees += 1
+        PyThread_release_lock(self._lock)
+        if over:
+            raise RuntimeError("BufferPool.release: no slab is out (double release)")
+        return 0
+
+    cdef void note_bypass(self) noexcept:
+        PyThread_acquire_lock(self._lock, WAIT_LOCK)
+        self._bypass += 1
+        PyThread_release_lock(self._lock)
+
+    def lease(self):
+        """Take a slab: a ``PooledBuffer`` (writable buffer of ``slab_size``
+        bytes; ``release()`` it or use it as a context manager), or None
+        when ``max_slabs`` slabs are out (counted in ``stats()['misses']``)."""
+        cdef char* slab = self.acquire()
+        if slab == NULL:
+            return None
+        cdef PooledBuffer buf = PooledBuffer.__new__(PooledBuffer)
+        buf._pool = self
+        buf._ptr = slab
+        buf._size = self.slab_size
+        return buf
+
+    def trim(self):
+        """Free every idle slab now; return how many were freed."""
+        cdef Py_ssize_t n
+        PyThread_acquire_lock(self._lock, WAIT_LOCK)
+        n = self._n_idle
+        while self._n_idle > 0:
+            self._n_idle -= 1
+            PyMem_Free(self._idle[self._n_idle])
+        self._frees += n
+        PyThread_release_lock(self._lock)
+        return n
+
+    def stats(self):
+        """A dict: slab_size, max_slabs, max_idle, in_use, idle, high_water,
+        allocations, frees, hits, misses, bypass."""
+        PyThread_acquire_lock(self._lock, WAIT_LOCK)
+        values = (self._in_use, self._n_idle, self._high_water, self._allocations,
+                  self._frees, self._hits, self._misses, self._bypass)
+        PyThread_release_lock(self._lock)
+        return {"slab_size": self.slab_size, "max_slabs": self.max_slabs,
+                "max_idle": self.max_idle, "in_use": values[0], "idle": values[1],
+                "high_water": values[2], "allocations": values[3],
+                "frees": values[4], "hits": values[5], "misses": values[6],
+                "bypass": values[7]}
+
+    def __repr__(self):
+        s = self.stats()
+        return ("<BufferPool slab_size=%d in_use=%d idle=%d max_slabs=%d>"
+                % (s["slab_size"], s["in_use"], s["idle"], s["max_slabs"]))
+
+
+@cython.final
+@cython.no_gc_clear
+cdef class PooledBuffer:
+    """A slab leased from a BufferPool (made by ``BufferPool.lease()`` only).
+
+    Supports the buffer protocol (writable); ``release()`` returns the slab
+    and fails with BufferError while a memoryview of it is alive."""
+
+    cdef BufferPool _pool
+    cdef char* _ptr
+    cdef Py_ssize_t _size
+    cdef Py_ssize_t _exports
+
+    def __init__(self, *args, **kwargs):
+        raise TypeError("PooledBuffer objects are made by BufferPool.lease()")
+
+    def __dealloc__(self):
+        if self._ptr != NULL and self._pool is not None:
+            self._pool.release(self._ptr)
+            self._ptr = NULL
+
+    def __getbuffer__(self, Py_buffer* view, int flags):
+        if self._ptr == NULL:
+            raise ValueError("buffer released")
+        PyBuffer_FillInfo(view, self, self._ptr, self._size, 0, flags)
+        self._exports += 1
+
+    def __releasebuffer__(self, Py_buffer* view):
+        self._exports -= 1
+
+    def memoryview(self):
+        """A writable memoryview of the slab (valid until release())."""
+        return memoryview(self)
+
+    @property
+    def address(self):
+        """The slab's C address (an int)."""
+        if self._ptr == NULL:
+            raise ValueError("buffer released")
+        return <size_t>self._ptr
+
+    @property
+    def released(self):
+        return self._ptr == NULL
+
+    def __len__(self):
+        if self._ptr == NULL:
+            raise ValueError("buffer released")
+        return self._size
+
+    def release(self):
+        """Give the slab back to the pool (idempotent)."""
+        if self._ptr == NULL:
+            return
+        if self._exports:
+            raise BufferError("cannot release a PooledBuffer while %d memoryview(s) "
+                              "of it are alive" % self._exports)
+        cdef char* ptr = self._ptr
+        self._ptr = NULL
+        self._pool.release(ptr)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+#: The pool decoders use when none is given.
+DEFAULT_POOL = BufferPool()
+
+
+# --------------------------------------------------------------------------
+# Decoder
+# --------------------------------------------------------------------------
+
+cdef inline unsigned long long _read_length(const unsigned char* p, int size,
+                                            bint big) noexcept nogil:
+    cdef unsigned long long v = 0
+    cdef int i
+    if big:
+        if size == 4:
+            return ((<unsigned long long>p[0] << 24) | (<unsigned long long>p[1] << 16)
+                    | (<unsigned long long>p[2] << 8) | p[3])
+        if size == 2:
+            return (<unsigned long long>p[0] << 8) | p[1]
+        for i in range(size):
+            v = (v << 8) | p[i]
+    else:
+        if size == 4:
+            return ((<unsigned long long>p[3] << 24) | (<unsigned long long>p[2] << 16)
+                    | (<unsigned long long>p[1] << 8) | p[0])
+        i = size - 1
+        while i >= 0:
+            v = (v << 8) | p[i]
+            i -= 1
+    return v
+
+
+cdef inline void _write_length(unsigned char* p, unsigned long long v, int size,
+                               bint big) noexcept nogil:
+    cdef int i
+    if big:
+        i = size - 1
+        while i >= 0:
+            p[i] = <unsigned char>(v & 0xff)
+            v >>= 8
+            i -= 1
+    else:
+        for i in range(size):
+            p[i] = <unsigned char>(v & 0xff)
+            v >>= 8
+
+
+@cython.final
+@cython.no_gc_clear
+cdef class FrameDecoder:
+    """Sans-IO length-prefix frame decoder (C).
+
+    ``FrameDecoder(fmt=None, *, length_size=None, byteorder=None,
+    length_offset=0, length_adjustment=0, initial_bytes_to_strip=None,
+    max_frame_size=DEFAULT_MAX_FRAME_SIZE, pool=None, copy=True)``
+
+    The header is a struct format of one unsigned integer (``"!I"``, the
+    default, ``"!H"``, ``"<Q"`` ...) or explicit parameters with Netty's
+    meaning.  ``feed(data)`` returns every frame completed by ``data``.
+    One decoder per connection; not thread-safe.
+    """
+
+    def __cinit__(self):
+        self._need = -1
+
+    def __init__(self, fmt=None, *, length_size=None, byteorder=None,
+                 length_offset=0, length_adjustment=0,
+                 initial_bytes_to_strip=None,
+                 max_frame_size=DEFAULT_MAX_FRAME_SIZE, pool=None, copy=True):
+        if self._buf != NULL:
+            raise RuntimeError("FrameDecoder.__init__ called twice")
+        (self.length_size, self.big_endian, self.length_offset,
+         self.length_adjustment, self.initial_bytes_to_strip,
+         self.max_frame_size, self.header_size) = _resolve_layout(
+            fmt, length_size, byteorder, length_offset, length_adjustment,
+            initial_bytes_to_strip, max_frame_size)
+        if pool is None:
+            pool = DEFAULT_POOL
+        elif not isinstance(pool, BufferPool):
+            raise TypeError("pool must be a BufferPool of the same twin, not %s"
+                            % type(pool).__name__)
+        self.pool = pool
+        self.copy = bool(copy)
+        # body = value + adjustment must lie in [0, max_frame_size]
+        self._min_value = <unsigned long long>(-self.length_adjustment) \
+            if self.length_adjustment < 0 else 0
+        self._max_value = <unsigned long long>(self.max_frame_size - self.length_adjustment)
+
+    def __dealloc__(self):
+        self.release_buffer()
+
+    # -- C API ------------------------------------------------------------
+
+    cdef void release_buffer(self) noexcept:
+        if self._buf != NULL:
+            if self._pooled and self.pool is not None:
+                try:
+                    self.pool.release(self._buf)
+                except RuntimeError:
+                    pass
+            else:
+                PyMem_Free(self._buf)
+        self._buf = NULL
+        self._cap = self._start = self._end = 0
+        self._pooled = False
+        self._need = -1
+
+    cdef int _fail(self, type cls, str message) except -1:
+        self._error = (cls, message)
+        self.release_buffer()
+        raise cls(message)
+
+    cdef int _raise_failed(self) except -1:
+        cls, message = self._error
+        raise cls(message)
+
+    cdef Py_ssize_t _frame_total(self, const unsigned char* header) except -1:
+        """Total size of the frame whose header starts at ``header``."""
+        cdef unsigned long long value = _read_length(
+            header + self.length_offset, self.length_size, self.big_endian)
+        cdef Py_ssize_t total
+        if value > self._max_value:
+            self._fail(FrameTooLarge, _too_large_message(
+                value, self.length_adjustment, <object>value + self.length_adjustment,
+                self.max_frame_size))
+        if value < self._min_value:
+            self._fail(FrameError, _negative_message(
+                value, self.length_adjustment, <object>value + self.length_adjustment))
+        total = self.header_size + <Py_ssize_t>value + self.length_adjustment
+        if total < self.initial_bytes_to_strip:
+            self._fail(FrameError, _strip_message(total, self.initial_bytes_to_strip))
+        return total
+
+    cdef int _reserve(self, Py_ssize_t want) except -1:
+        """Make room for ``want`` bytes from ``_start`` (buffered ones
+        included): reuse the slab, compact, or move to a bigger buffer."""
+        cdef Py_ssize_t buffered = self._end - self._start
+        cdef Py_ssize_t newcap
+        cdef char* newbuf = NULL
+        cdef bint pooled = False
+        if self._buf != NULL:
+            if self._start + want <= self._cap:
+                return 0
+            if want <= self._cap:
+                memmove(self._buf, self._buf + self._start, buffered)
+                self._start = 0
+                self._end = buffered
+                return 0
+        if want <= self.pool.slab_size and self._buf == NULL:
+            newbuf = self.pool.acquire()
+            if newbuf != NULL:
+                pooled = True
+                newcap = self.pool.slab_size
+        if newbuf == NULL:
+            # grow by doubling, never past the frame in progress
+            newcap = max(want, 2 * self._cap, self.pool.slab_size)
+            if self._need > 0:
+                newcap = min(newcap, max(self._need, want))
+            newbuf = <char*>PyMem_Malloc(newcap)
+            if newbuf == NULL:
+                raise MemoryError()
+            if newcap > self.pool.slab_size:
+                self.pool.note_bypass()
+        if buffered:
+            memcpy(newbuf, self._buf + self._start, buffered)
+        need = self._need
+        self.release_buffer()
+        self._need = need
+        self._buf = newbuf
+        self._cap = newcap
+        self._pooled = pooled
+        self._start = 0
+        self._end = buffered
+        return 0
+
+    cdef int _append(self, const char* data, Py_ssize_t n) except -1:
+        if n <= 0:
+            return 0
+        self._reserve(self._end - self._start + n)
+        memcpy(self._buf + self._end, data, n)
+        self._end += n
+        return 0
+
+    cdef int next_frame(self, const char* data, Py_ssize_t length,
+                        Py_ssize_t* consumed, const char** frame,
+                        Py_ssize_t* frame_size) except -1:
+        cdef Py_ssize_t buffered, take, total, used = 0
+        consumed[0] = 0
+        if self._error is not None:
+            self._raise_failed()
+        buffered = self._end - self._start
+        if buffered == 0:
+            # Fast path: decode in place in the caller's bytes.
+            self._start = self._end = 0
+            if length >= self.header_size:
+                total = self._frame_total(<const unsigned char*>data)
+                if length >= total:
+                    consumed[0] = total
+                    frame[0] = data + self.initial_bytes_to_strip
+                    frame_size[0] = total - self.initial_bytes_to_strip
+                    return 1
+                self._need = total
+            else:
+                self._need = -1
+            if length == 0:
+                self.release_buffer()
+                return 0
+            self._append(data, length)
+            consumed[0] = length
+            return 0
+        # A frame is in progress in our buffer: complete it with only the
+        # bytes it still needs.
+        if self._need < 0:
+            if buffered < self.header_size:
+                take = min(self.header_size - buffered, length)
+                self._append(data, take)
+                used = take
+                buffered += take
+                if buffered < self.header_size:
+                    consumed[0] = used
+                    return 0
+            self._need = self._frame_total(<const unsigned char*>self._buf + self._start)
+        if buffered < self._need:
+            take = min(self._need - buffered, length - used)
+            self._append(data + used, take)
+            used += take
+            buffered += take
+            if buffered < self._need:
+                consumed[0] = used
+                return 0
+        frame[0] = self._buf + self._start + self.initial_bytes_to_strip
+        frame_size[0] = self._need - self.initial_bytes_to_strip
+        self._start += self._need
+        self._need = -1
+        consumed[0] = used
+        return 1
+
+    cdef Py_ssize_t get_write_buffer(self, Py_ssize_t size_hint, char** ptr) except -1:
+        cdef Py_ssize_t buffered, want
+        if self._error is not None:
+            self._raise_failed()
+        if size_hint < 1:
+            size_hint = 1
+        buffered = self._end - self._start
+        if buffered == 0:
+            self._start = self._end = 0
+        elif self._start and self._cap - self._end < (self._cap >> 2):
+            memmove(self._buf, self._buf + self._start, buffered)
+            self._start = 0
+            self._end = buffered
+        want = buffered + size_hint
+        if self._need > want:
+            want = self._need
+        self._reserve(want)
+        ptr[0] = self._buf + self._end
+        return self._cap - self._end
+
+    cdef int write_done(self, Py_ssize_t nbytes) except -1:
+        if self._error is not None:
+            self._raise_failed()
+        if nbytes < 0 or self._buf == NULL or nbytes > self._cap - self._end:
+            raise ValueError("buffer_updated(%d): not within the buffer from "
+                             "get_buffer() (%d bytes)" % (nbytes, self._cap - self._end))
+        self._end += nbytes
+        return 0
+
+    cdef int check_eof(self) except -1:
+        cdef Py_ssize_t pending
+        if self._error is not None:
+            self._raise_failed()
+        pending = self._end - self._start
+        if pending:
+            self._fail(IncompleteFrame, _incomplete_message(
+                pending, self._need, self.header_size))
+        self.release_buffer()
+        return 0
+
+    # -- Python API -------------------------------------------------------
+
+    @property
+    def byteorder(self):
+        return "big" if self.big_endian else "little"
+
+    @property
+    def pending(self):
+        """Bytes buffered for the frame in progress."""
+        return self._end - self._start
+
+    @property
+    def failed(self):
+        """True once a bad header was seen (every call then raises)."""
+        return self._error is not None
+
+    cdef list _drain(self, const char* data, Py_ssize_t length, object source):
+        """Every frame from the buffer then ``data``; ``source`` is the
+        object ``data`` belongs to (for zero-copy views) or None."""
+        cdef list out = []
+        cdef const char* frame
+        cdef const char* p
+        cdef Py_ssize_t frame_size, used, total, pos = 0
+        cdef Py_ssize_t hs = self.header_size, strip = self.initial_bytes_to_strip
+        cdef unsigned long long value
+        cdef bint copy = self.copy or source is None
+        cdef object view = None
+        try:
+            while True:
+                if copy and self._end == self._start:
+                    # Hot loop: frames whole inside ``data``, nothing
+                    # buffered.  Any header it does not accept (bad, or a
+                    # frame cut by the end of data) goes to next_frame,
+                    # which reports or buffers it.
+                    while length - pos >= hs:
+                        p = data + pos
+                        value = _read_length(<const unsigned char*>p + self.length_offset,
+                                             self.length_size, self.big_endian)
+                        if value > self._max_value or value < self._min_value:
+                            break
+                        total = hs + <Py_ssize_t>value + self.length_adjustment
+                        if total > length - pos or total < strip:
+                            break
+                        out.append(PyBytes_FromStringAndSize(p + strip, total - strip))
+                        pos += total
+                if not self.next_frame(data + pos, length - pos, &used, &frame, &frame_size):
+                    break
+                pos += used
+                if (not copy and frame >= data and frame < data + length):
+                    if view is None:
+                        view = memoryview(source)
+                        if view.ndim != 1 or view.format != "B":
+                            view = view.cast("B")
+                    out.append(view[frame - data:frame - data + frame_size])
+                else:
+                    out.append(PyBytes_FromStringAndSize(frame, frame_size))
+        except FrameError:
+            if out:
+                return out
+            raise
+        return out
+
+    def feed(self, data):
+        """Add ``data`` (any bytes-like object) to the stream; return the list
+        of frames it completed (``bytes``; with ``copy=False`` the frames that
+        lie whole inside ``data`` are memoryviews of it, valid as long as
+        ``data`` is unchanged).  A bad header raises FrameError /
+        FrameTooLarge; frames completed earlier in the same ``data`` are
+        returned first and the error is raised by the next call."""
+        cdef Py_buffer view
+        if self._error is not None:
+            self._raise_failed()
+        PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+        try:
+            return self._drain(<const char*>view.buf, view.len, data)
+        finally:
+            PyBuffer_Release(&view)
+
+    def get_buffer(self, Py_ssize_t sizehint=-1):
+        """A writable memoryview to read the stream into (asyncio's
+        ``BufferedProtocol.get_buffer``): a pooled slab, or a larger buffer
+        for a frame bigger than a slab.  It is valid only until the next
+        call on this decoder; do not keep it."""
+        cdef char* ptr
+        cdef Py_ssize_t n = self.get_write_buffer(sizehint, &ptr)
+        return PyMemoryView_FromMemory(ptr, n, PyBUF_WRITE)
+
+    def buffer_updated(self, Py_ssize_t nbytes):
+        """``nbytes`` were written into ``get_buffer()``; return the frames
+        they completed."""
+        self.write_done(nbytes)
+        return self._drain(NULL, 0, None)
+
+    def read_from(self, sock):
+        """Receive once from ``sock`` straight into the decoder's pooled
+        buffer (``sock.recv_into``); return the frames completed, or None at
+        end of stream (IncompleteFrame if it ended inside a frame).  Socket
+        errors and timeouts propagate."""
+        cdef char* ptr
+        cdef Py_ssize_t n = self.get_write_buffer(0, &ptr)
+        view = PyMemoryView_FromMemory(ptr, n, PyBUF_WRITE)
+        try:
+            n = sock.recv_into(view)
+        finally:
+            view.release()
+        if n == 0:
+            self.check_eof()
+            return None
+        self.write_done(n)
+        return self._drain(NULL, 0, None)
+
+    def eof(self):
+        """End of stream: raise IncompleteFrame if a partial frame is
+        buffered."""
+        self.check_eof()
+
+    def close(self):
+        """Drop any buffered bytes and give the buffer back to the pool."""
+        self.release_buffer()
+
+    def __repr__(self):
+        return ("<FrameDecoder length_size=%d byteorder=%s max_frame_size=%d pending=%d>"
+                % (self.length_size, self.byteorder, self.max_frame_size, self.pending))
+
+
+# --------------------------------------------------------------------------
+# Encoder
+# --------------------------------------------------------------------------
+
+@cython.final
+cdef class FrameEncoder:
+    """Writes the header described as for FrameDecoder (without
+    ``initial_bytes_to_strip``: the payload is the body)."""
+
+    def __init__(self, fmt=None, *, length_size=None, byteorder=None,
+                 length_offset=0, length_adjustment=0,
+                 max_frame_size=DEFAULT_MAX_FRAME_SIZE):
+        (self.length_size, self.big_endian, self.length_offset,
+         self.length_adjustment, _strip, self.max_frame_size,
+         self.header_size) = _resolve_layout(
+            fmt, length_size, byteorder, length_offset, length_adjustment,
+            None, max_frame_size)
+
+    @property
+    def byteorder(self):
+        return "big" if self.big_endian else "little"
+
+    cdef Py_ssize_t write_header(self, Py_ssize_t payload_size, char* out) except -1:
+        cdef long long value
+        if payload_size < 0:
+            raise ValueError("payload_size must be >= 0, not %d" % payload_size)
+        if payload_size > self.max_frame_size:
+            raise FrameTooLarge("payload of %d bytes exceeds max_frame_size %d"
+                                % (payload_size, self.max_frame_size))
+        value = <long long>payload_size - self.length_adjustment
+        if value < 0:
+            raise FrameError("payload of %d bytes is shorter than length_adjustment "
+                             "%d allows (length field would be %d)"
+                             % (payload_size, self.length_adjustment, value))
+        if self.length_size < 8 and (<unsigned long long>value >> (8 * self.length_size)):
+            raise FrameTooLarge("length field value %d does not fit %d bytes (max %d)"
+                                % (value, self.length_size,
+                                   (1 << (8 * self.length_size)) - 1))
+        if self.length_offset:
+            memset(out, 0, self.length_offset)
+        _write_length(<unsigned char*>out + self.length_offset,
+                      <unsigned long long>value, self.length_size, self.big_endian)
+        return self.header_size
+
+    def header(self, payload_size, prefix=None):
+        """The header for a payload of ``payload_size`` bytes; ``prefix`` is
+        the ``length_offset`` bytes before the length field (zeros if None)."""
+        payload_size = _index("payload_size", payload_size)
+        if prefix is not None and len(prefix) != self.length_offset:
+            raise ValueError("prefix must be length_offset (%d) bytes, not %d"
+                             % (self.length_offset, len(prefix)))
+        out = PyBytes_FromStringAndSize(NULL, self.header_size)
+        self.write_header(payload_size, PyBytes_AS_STRING(out))
+        if prefix:
+            return bytes(prefix) + out[self.length_offset:]
+        return out
+
+    def encode(self, payload, prefix=None):
+        """Header + payload as one ``bytes``."""
+        cdef Py_buffer view
+        cdef char* p
+        if prefix is not None:
+            with memoryview(payload) as v:
+                return self.header(v.nbytes, prefix) + v.tobytes()
+        PyObject_GetBuffer(payload, &view, PyBUF_SIMPLE)
+        try:
+            out = PyBytes_FromStringAndSize(NULL, self.header_size + view.len)
+            p = PyBytes_AS_STRING(out)
+            self.write_header(view.len, p)
+            memcpy(p + self.header_size, view.buf, view.len)
+            return out
+        finally:
+            PyBuffer_Release(&view)
+
+
+cdef FrameEncoder _DEFAULT_ENCODER = FrameEncoder()
+
+
+def encode_frame(payload, fmt=None, **layout):
+    """``payload`` (bytes-like) with a length header: ``"!I"`` by default,
+    or the header described by ``fmt``/``layout`` as for FrameEncoder.
+    Raises FrameTooLarge if the header cannot express the length."""
+    if fmt is None and not layout:
+        return _DEFAULT_ENCODER.encode(payload)
+    return FrameEncoder(fmt, **layout).encode(payload)

@@ -1,0 +1,505 @@
+"""Pure-Python twin of ``cserver._framing``: the same public API and errors.
+
+It is the fallback when ``CSERVER_PURE`` is set and the oracle the compiled
+decoder is tested against, so it is written for obviousness, not speed: one
+``bytearray`` and an offset, frames cut with slices.
+
+Header description (Netty's ``LengthFieldBasedFrameDecoder`` and tokio's
+``LengthDelimitedCodec`` meaning)::
+
+    | length_offset bytes | length field (length_size) | body ... |
+    |<------------- header_size --------------------->|
+
+    body size   = value of the length field + length_adjustment
+    frame       = header + body           (header_size + body size bytes)
+    delivered   = frame[initial_bytes_to_strip:]   (default: the body)
+
+``max_frame_size`` bounds the body size (after adjustment) and is clamped to
+what the length field can express.
+"""
+
+import socket as _socket
+import struct as _struct
+import sys as _sys
+import threading as _threading
+
+from .errors import FrameError, FrameTooLarge, IncompleteFrame
+
+__all__ = ["FrameDecoder", "FrameEncoder", "BufferPool", "encode_frame",
+           "DEFAULT_MAX_FRAME_SIZE", "DEFAULT_POOL", "FrameError",
+           "FrameTooLarge", "IncompleteFrame"]
+
+#: Default bound on a frame's body: 1 MiB (see docs/framing.md: it bounds
+#: the memory one slow or hostile peer can pin, it is the default of the
+#: ``websockets`` library and in the range of Kafka's and gRPC's limits, and
+#: protocols with larger messages raise it explicitly).
+DEFAULT_MAX_FRAME_SIZE = 1 << 20
+
+_SSIZE_MAX = _sys.maxsize
+_FORMAT_CODES = "BHILQ"
+_ORDERS = {"<": False, ">": True, "!": True, "=": _sys.byteorder == "big",
+           "@": _sys.byteorder == "big"}
+
+
+def _resolve_layout(fmt, length_size, byteorder, length_offset,
+                    length_adjustment, initial_bytes_to_strip, max_frame_size):
+    """Validate a header description; return
+    ``(length_size, big_endian, length_offset, length_adjustment,
+    initial_bytes_to_strip, max_frame_size, header_size)`` with the limit
+    clamped to what the header can express.  Shared by both twins."""
+    if fmt is not None:
+        if length_size is not None or byteorder is not None:
+            raise ValueError("give either a struct format or length_size/byteorder, "
+                             "not both (format %r)" % (fmt,))
+        if not isinstance(fmt, str):
+            raise TypeError("format must be a str such as '!I', not %s"
+                            % type(fmt).__name__)
+        order = fmt[0] if fmt[:1] in _ORDERS else "@"
+        code = fmt[1:] if fmt[:1] in _ORDERS else fmt
+        if len(code) != 1 or code not in _FORMAT_CODES:
+            raise ValueError("format must be one unsigned integer code (B, H, I, L "
+                             "or Q) with an optional byte order (<, >, !, =, @); "
+                             "got %r" % (fmt,))
+        length_size = _struct.calcsize(order + code)
+        big_endian = _ORDERS[order]
+    else:
+        if length_size is None:
+            length_size = 4
+        if byteorder is None:
+            byteorder = "big"
+        if byteorder not in ("big", "little"):
+            raise ValueError("byteorder must be 'big' or 'little', not %r" % (byteorder,))
+        big_endian = byteorder == "big"
+    length_size = _index("length_size", length_size)
+    if length_size not in (1, 2, 3, 4, 8):
+        raise ValueError("length_size must be 1, 2, 3, 4 or 8 bytes, not %d" % length_size)
+    length_offset = _index("length_offset", length_offset)
+    length_adjustment = _index("length_adjustment", length_adjustment)
+    max_frame_size = _index("max_frame_size", max_frame_size)
+    if length_offset < 0 or length_offset > (1 << 20):
+        raise ValueError("length_offset must be between 0 and %d, not %d"
+                         % (1 << 20, length_offset))
+    if abs(length_adjustment) > (1 << 62):
+        raise ValueError("length_adjustment must be within +-2**62, not %d"
+                         % length_adjustment)
+    if max_frame_size < 0:
+        raise ValueError("max_frame_size must be >= 0, not %d" % max_frame_size)
+    header_size = length_offset + length_size
+    if initial_bytes_to_strip is None:
+        initial_bytes_to_strip = header_size
+    initial_bytes_to_strip = _index("initial_bytes_to_strip", initial_bytes_to_strip)
+    if initial_bytes_to_strip < 0:
+        raise ValueError("initial_bytes_to_strip must be >= 0, not %d"
+                         % initial_bytes_to_strip)
+    # Clamp the limit to the largest body the header can announce, and to
+    # what a buffer can hold (tokio#5101-style: a limit wider than the
+    # header must not let an encoder truncate, nor a decoder wrap).
+    expressible = (1 << (8 * length_size)) - 1 + length_adjustment
+    if expressible < 0:
+        raise ValueError("length_adjustment %d makes every length of a %d-byte "
+                         "field negative" % (length_adjustment, length_size))
+    max_frame_size = min(max_frame_size, expressible, _SSIZE_MAX - header_size - 1)
+    if length_adjustment > max_frame_size:
+        raise ValueError("length_adjustment %d exceeds max_frame_size %d: no "
+                         "frame could be valid" % (length_adjustment, max_frame_size))
+    if initial_bytes_to_strip > header_size + max_frame_size:
+        raise ValueError("initial_bytes_to_strip %d exceeds the largest frame "
+                         "(%d bytes)" % (initial_bytes_to_strip,
+                                         header_size + max_frame_size))
+    return (length_size, big_endian, length_offset, length_adjustment,
+            initial_bytes_to_strip, max_frame_size, header_size)
+
+
+def _index(name, value):
+    try:
+        return value.__index__()
+    except AttributeError:
+        raise TypeError("%s must be an int, not %s"
+                        % (name, type(value).__name__)) from None
+
+
+def _too_large_message(value, adjustment, body, limit):
+    if adjustment:
+        return ("frame length %d (length field %d, length_adjustment %+d) exceeds "
+                "max_frame_size %d" % (body, value, adjustment, limit))
+    return "frame length %d exceeds max_frame_size %d" % (body, limit)
+
+
+def _negative_message(value, adjustment, body):
+    return ("frame length %d is negative (length field %d, length_adjustment %+d)"
+            % (body, value, adjustment))
+
+
+def _strip_message(total, strip):
+    return ("frame of %d bytes is shorter than initial_bytes_to_strip %d"
+            % (total, strip))
+
+
+def _incomplete_message(pending, need, header_size):
+    if need < 0:
+        return ("stream ended inside a frame header: %d of %d header bytes "
+                "received" % (pending, header_size))
+    return ("stream ended inside a frame: %d of %d bytes received"
+            % (pending, need))
+
+
+class BufferPool:
+    """A bounded pool of fixed-size buffers (pure twin: ``bytearray`` slabs).
+
+    ``slab_size`` bytes per slab; at most ``max_slabs`` out at once (then
+    ``lease()`` returns None and counts a miss); at most ``max_idle`` idle
+    slabs kept for reuse, the surplus is freed.  Thread-safe.
+    """
+
+    def __init__(self, slab_size=65536, max_slabs=1024, max_idle=64):
+        slab_size = _index("slab_size", slab_size)
+        max_slabs = _index("max_slabs", max_slabs)
+        max_idle = _index("max_idle", max_idle)
+        if slab_size < 64:
+            raise ValueError("slab_size must be >= 64, not %d" % slab_size)
+        if max_slabs < 1:
+            raise ValueError("max_slabs must be >= 1, not %d" % max_slabs)
+        if not 0 <= max_idle <= max_slabs:
+            raise ValueError("max_idle must be between 0 and max_slabs (%d), not %d"
+                             % (max_slabs, max_idle))
+        self.slab_size = slab_size
+        self.max_slabs = max_slabs
+        self.max_idle = max_idle
+        self._lock = _threading.Lock()
+        self._idle = []
+        self._in_use = self._high_water = self._allocations = 0
+        self._frees = self._hits = self._misses = self._bypass = 0
+
+    def _acquire(self):
+        with self._lock:
+            if self._idle:
+                slab = self._idle.pop()
+                self._hits += 1
+            elif self._in_use < self.max_slabs:
+                slab = bytearray(self.slab_size)
+                self._allocations += 1
+            else:
+                self._misses += 1
+                return None
+            self._in_use += 1
+            if self._in_use > self._high_water:
+                self._high_water = self._in_use
+            return slab
+
+    def _release(self, slab):
+        with self._lock:
+            if self._in_use <= 0:
+                raise RuntimeError("BufferPool.release: no slab is out (double release)")
+            self._in_use -= 1
+            if len(self._idle) < self.max_idle:
+                self._idle.append(slab)
+            else:
+                self._frees += 1
+
+    def _note_bypass(self):
+        with self._lock:
+            self._bypass += 1
+
+    def lease(self):
+        """Take a slab: a ``PooledBuffer`` (writable buffer of ``slab_size``
+        bytes; ``release()`` it or use it as a context manager), or None
+        when ``max_slabs`` slabs are out (counted in ``stats()['misses']``)."""
+        slab = self._acquire()
+        if slab is None:
+            return None
+        return PooledBuffer(self, slab)
+
+    def trim(self):
+        """Free every idle slab now; return how many were freed."""
+        with self._lock:
+            n = len(self._idle)
+            self._idle.clear()
+            self._frees += n
+            return n
+
+    def stats(self):
+        """A dict: slab_size, max_slabs, max_idle, in_use, idle, high_water,
+        allocations, frees, hits, misses, bypass."""
+        with self._lock:
+            return {"slab_size": self.slab_size, "max_slabs": self.max_slabs,
+                    "max_idle": self.max_idle, "in_use": self._in_use,
+                    "idle": len(self._idle), "high_water": self._high_water,
+                    "allocations": self._allocations, "frees": self._frees,
+                    "hits": self._hits, "misses": self._misses,
+                    "bypass": self._bypass}
+
+    def __repr__(self):
+        s = self.stats()
+        return ("<BufferPool slab_size=%d in_use=%d idle=%d max_slabs=%d>"
+                % (s["slab_size"], s["in_use"], s["idle"], s["max_slabs"]))
+
+
+class PooledBuffer:
+    """A slab leased from a BufferPool (not constructible by users)."""
+
+    def __init__(self, pool, slab):
+        self._pool = pool
+        self._slab = slab
+        self._view = memoryview(slab)
+
+    @property
+    def address(self):
+        """An identity of the slab (its id here; its C address in the C twin)."""
+        if self._slab is None:
+            raise ValueError("buffer released")
+        return id(self._slab)
+
+    def __len__(self):
+        if self._slab is None:
+            raise ValueError("buffer released")
+        return len(self._slab)
+
+    def __buffer__(self, flags):  # 3.12+ buffer protocol for Python classes
+        if self._slab is None:
+            raise ValueError("buffer released")
+        return memoryview(self._slab)
+
+    def memoryview(self):
+        """A writable memoryview of the slab (valid until release())."""
+        if self._slab is None:
+            raise ValueError("buffer released")
+        return memoryview(self._slab)
+
+    @property
+    def released(self):
+        return self._slab is None
+
+    def release(self):
+        """Give the slab back to the pool (idempotent)."""
+        if self._slab is not None:
+            slab, self._slab = self._slab, None
+            self._view.release()
+            self._pool._release(slab)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+    def __del__(self):
+        self.release()
+
+
+#: The pool decoders use when none is given.
+DEFAULT_POOL = BufferPool()
+
+
+class FrameDecoder:
+    """Sans-IO length-prefix frame decoder.
+
+    ``FrameDecoder("!I")`` (the default) reads a 4-byte big-endian length
+    before each frame.  ``feed(data)`` returns every frame completed by
+    ``data``.  See the module docstring for the header parameters.  One
+    decoder per connection; not thread-safe.
+    """
+
+    def __init__(self, fmt=None, *, length_size=None, byteorder=None,
+                 length_offset=0, length_adjustment=0,
+                 initial_bytes_to_strip=None,
+                 max_frame_size=DEFAULT_MAX_FRAME_SIZE, pool=None, copy=True):
+        (self.length_size, self.big_endian, self.length_offset,
+         self.length_adjustment, self.initial_bytes_to_strip,
+         self.max_frame_size, self.header_size) = _resolve_layout(
+            fmt, length_size, byteorder, length_offset, length_adjustment,
+            initial_bytes_to_strip, max_frame_size)
+        if pool is not None and not isinstance(pool, BufferPool):
+            raise TypeError("pool must be a BufferPool of the same twin, not %s"
+                            % type(pool).__name__)
+        self.pool = DEFAULT_POOL if pool is None else pool
+        self.copy = bool(copy)
+        self._buf = bytearray()
+        self._pos = 0
+        self._need = -1
+        self._error = None
+        self._scratch = None
+
+    @property
+    def byteorder(self):
+        return "big" if self.big_endian else "little"
+
+    @property
+    def pending(self):
+        """Bytes buffered for the frame in progress."""
+        return len(self._buf) - self._pos
+
+    @property
+    def failed(self):
+        """True once a bad header was seen (every call then raises)."""
+        return self._error is not None
+
+    def _check(self):
+        if self._error is not None:
+            cls, message = self._error
+            raise cls(message)
+
+    def _fail(self, cls, message):
+        self._error = (cls, message)
+        self._buf = bytearray()
+        self._pos = 0
+        self._need = -1
+        raise cls(message)
+
+    def _frame_total(self, pos):
+        start = pos + self.length_offset
+        raw = bytes(self._buf[start:start + self.length_size])
+        value = int.from_bytes(raw, "big" if self.big_endian else "little")
+        body = value + self.length_adjustment
+        if body < 0:
+            self._fail(FrameError, _negative_message(value, self.length_adjustment, body))
+        if body > self.max_frame_size:
+            self._fail(FrameTooLarge, _too_large_message(
+                value, self.length_adjustment, body, self.max_frame_size))
+        total = self.header_size + body
+        if total < self.initial_bytes_to_strip:
+            self._fail(FrameError, _strip_message(total, self.initial_bytes_to_strip))
+        return total
+
+    def feed(self, data):
+        """Add ``data`` (any bytes-like object) to the stream; return the list
+        of frames it completed (``bytes``, or with ``copy=False`` possibly
+        memoryviews valid until the next call).  A bad header raises
+        FrameError/FrameTooLarge; frames completed earlier in the same
+        ``data`` are returned first and the error is raised by the next
+        call."""
+        self._check()
+        with memoryview(data) as view:
+            self._buf += view.cast("B") if view.format != "B" or view.ndim != 1 else view
+        out = []
+        try:
+            while True:
+                avail = len(self._buf) - self._pos
+                if self._need < 0:
+                    if avail < self.header_size:
+                        break
+                    self._need = self._frame_total(self._pos)
+                if avail < self._need:
+                    break
+                out.append(bytes(self._buf[self._pos + self.initial_bytes_to_strip:
+                                           self._pos + self._need]))
+                self._pos += self._need
+                self._need = -1
+        except FrameError:
+            if out:
+                return out
+            raise
+        del self._buf[:self._pos]
+        self._pos = 0
+        return out
+
+    def get_buffer(self, sizehint=-1):
+        """A writable buffer to read the stream into (asyncio's
+        ``BufferedProtocol.get_buffer``); valid until ``buffer_updated``."""
+        self._check()
+        size = max(sizehint, 65536)
+        if self._scratch is None or len(self._scratch) < size:
+            self._scratch = bytearray(size)
+        return memoryview(self._scratch)
+
+    def buffer_updated(self, nbytes):
+        """``nbytes`` were written into ``get_buffer()``; return the frames
+        they completed."""
+        self._check()
+        if self._scratch is None or not 0 <= nbytes <= len(self._scratch):
+            raise ValueError("buffer_updated(%d): not within the buffer from get_buffer()"
+                             % nbytes)
+        return self.feed(self._scratch[:nbytes])
+
+    def read_from(self, sock):
+        """Receive once from ``sock`` into the decoder; return the frames
+        completed, or None at end of stream (IncompleteFrame if it ended
+        inside a frame).  Socket errors and timeouts propagate."""
+        self._check()
+        data = sock.recv(self.pool.slab_size)
+        if not data:
+            self.eof()
+            return None
+        return self.feed(data)
+
+    def eof(self):
+        """End of stream: raise IncompleteFrame if a partial frame is
+        buffered."""
+        self._check()
+        pending = len(self._buf) - self._pos
+        if pending:
+            need = self._need
+            self._fail(IncompleteFrame, _incomplete_message(pending, need, self.header_size))
+
+    def close(self):
+        """Drop any buffered bytes and give the buffer back to the pool."""
+        self._buf = bytearray()
+        self._pos = 0
+        self._need = -1
+
+    def __repr__(self):
+        return ("<FrameDecoder length_size=%d byteorder=%s max_frame_size=%d pending=%d>"
+                % (self.length_size, self.byteorder, self.max_frame_size, self.pending))
+
+
+class FrameEncoder:
+    """Writes the header described as for FrameDecoder (without
+    ``initial_bytes_to_strip``: the payload is the body)."""
+
+    def __init__(self, fmt=None, *, length_size=None, byteorder=None,
+                 length_offset=0, length_adjustment=0,
+                 max_frame_size=DEFAULT_MAX_FRAME_SIZE):
+        (self.length_size, self.big_endian, self.length_offset,
+         self.length_adjustment, _strip, self.max_frame_size,
+         self.header_size) = _resolve_layout(
+            fmt, length_size, byteorder, length_offset, length_adjustment,
+            None, max_frame_size)
+
+    @property
+    def byteorder(self):
+        return "big" if self.big_endian else "little"
+
+    def _value(self, payload_size):
+        if payload_size > self.max_frame_size:
+            raise FrameTooLarge("payload of %d bytes exceeds max_frame_size %d"
+                                % (payload_size, self.max_frame_size))
+        value = payload_size - self.length_adjustment
+        if value < 0:
+            raise FrameError("payload of %d bytes is shorter than length_adjustment "
+                             "%d allows (length field would be %d)"
+                             % (payload_size, self.length_adjustment, value))
+        if value >= 1 << (8 * self.length_size):
+            raise FrameTooLarge("length field value %d does not fit %d bytes (max %d)"
+                                % (value, self.length_size,
+                                   (1 << (8 * self.length_size)) - 1))
+        return value
+
+    def header(self, payload_size, prefix=None):
+        """The header for a payload of ``payload_size`` bytes; ``prefix`` is
+        the ``length_offset`` bytes before the length field (zeros if None)."""
+        payload_size = _index("payload_size", payload_size)
+        if payload_size < 0:
+            raise ValueError("payload_size must be >= 0, not %d" % payload_size)
+        value = self._value(payload_size)
+        if prefix is None:
+            prefix = bytes(self.length_offset)
+        elif len(prefix) != self.length_offset:
+            raise ValueError("prefix must be length_offset (%d) bytes, not %d"
+                             % (self.length_offset, len(prefix)))
+        return bytes(prefix) + value.to_bytes(self.length_size, self.byteorder)
+
+    def encode(self, payload, prefix=None):
+        """Header + payload as one ``bytes``."""
+        with memoryview(payload) as view:
+            return self.header(view.nbytes, prefix) + view.tobytes()
+
+
+_DEFAULT_ENCODER = FrameEncoder()
+
+
+def encode_frame(payload, fmt=None, **layout):
+    """``payload`` (bytes-like) with a length header: ``"!I"`` by default,
+    or the header described by ``fmt``/``layout`` as for FrameEncoder.
+    Raises FrameTooLarge if the header cannot express the length."""
+    if fmt is None and not layout:
+        return _DEFAULT_ENCODER.encode(payload)
+    return FrameEncoder(fmt, **layout).encode(payload)

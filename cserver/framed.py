@@ -1,0 +1,264 @@
+# cython: language_level=3, annotation_typing=False, binding=True
+"""Blocking framed I/O on the length-prefix framing layer.
+
+``FramedRequestHandler`` runs on every stdlib-style server of cserver
+(``TCPServer``, ``UnixStreamServer``, the ``Threading*``, ``Forking*`` and
+``ThreadPool*`` variants): each frame a client sends is passed to
+``handle_frame(frame)``; a non-None return value is sent back as a frame.
+A peer that breaks the framing (oversized or impossible length, stream cut
+inside a frame) gets its connection closed, with the reason logged on the
+``cserver.framing`` logger.
+
+``FramedClient`` is the other side: a blocking client over TCP or a Unix
+socket with ``send_frame``, ``recv_frame`` and ``request``.
+
+Frames are read with ``recv_into`` straight into a pooled C buffer and
+decoded in place; a header and its payload are sent with one ``sendmsg``
+(scatter/gather), so a large payload is never copied.
+"""
+
+import logging
+import os
+import socket
+from collections import deque
+
+from .errors import FrameError
+from .framing import DEFAULT_MAX_FRAME_SIZE, FrameDecoder, FrameEncoder
+from .socketserver import BaseRequestHandler
+
+__all__ = ["FramedRequestHandler", "FramedClient", "send_frame"]
+
+logger = logging.getLogger("cserver.framing")
+
+# Up to this size a payload is copied once behind its header and sent with
+# one send(); beyond it the header and the payload go out together with
+# sendmsg() (scatter/gather) and the payload is not copied.
+_COALESCE_LIMIT = 16384
+
+
+def send_frame(sock, payload, encoder):
+    """Send ``payload`` (bytes-like) as one frame on the blocking socket
+    ``sock``, its header written by ``encoder`` (a FrameEncoder)."""
+    view = memoryview(payload)
+    if view.ndim != 1 or view.format != "B":
+        view = view.cast("B")
+    with view:
+        size = view.nbytes
+        header = encoder.header(size)
+        if size <= _COALESCE_LIMIT or not hasattr(sock, "sendmsg"):
+            if size <= _COALESCE_LIMIT:
+                sock.sendall(b"".join((header, view)))
+            else:
+                sock.sendall(header)
+                sock.sendall(view)
+            return
+        sent = sock.sendmsg((header, view))
+        hsize = len(header)
+        if sent < hsize:
+            sock.sendall(header[sent:])
+            sock.sendall(view)
+        elif sent < hsize + size:
+            sock.sendall(view[sent - hsize:])
+
+
+def _layout_kwargs(obj):
+    """The FrameDecoder/FrameEncoder arguments from ``obj``'s attributes."""
+    length_size = getattr(obj, "length_size", None)
+    byteorder = getattr(obj, "byteorder", None)
+    fmt = getattr(obj, "frame_format", None)
+    if length_size is not None or byteorder is not None:
+        fmt = None
+    return fmt, dict(length_size=length_size, byteorder=byteorder,
+                     length_offset=getattr(obj, "length_offset", 0),
+                     length_adjustment=getattr(obj, "length_adjustment", 0),
+                     max_frame_size=getattr(obj, "max_frame_size",
+                                            DEFAULT_MAX_FRAME_SIZE))
+
+
+class FramedRequestHandler(BaseRequestHandler):
+    """Request handler for length-prefixed frames on a stream socket.
+
+    Methods that may be overridden:
+
+    - handle_frame(frame) -> reply or None   # called once per frame
+    - frame_error(exc)                        # a peer broke the framing
+    - setup(), handle(), finish()             # as for BaseRequestHandler
+
+    Methods for use in handlers:
+
+    - recv_frame() -> bytes, or None at end of stream
+    - send_frame(payload)
+
+    Class variables that may be overridden (the header description, as for
+    ``FrameDecoder``; the same description is used for replies):
+
+    - frame_format = "!I"
+    - length_size, byteorder (instead of frame_format)
+    - length_offset, length_adjustment, initial_bytes_to_strip
+    - max_frame_size (incoming and outgoing)
+    - buffer_pool (None: the shared default pool)
+    - timeout (socket timeout, None for blocking)
+    - disable_nagle_algorithm (True: every frame is one send; TCP only)
+    """
+
+    __module__ = "cserver"
+
+    frame_format = "!I"
+    length_size = None
+    byteorder = None
+    length_offset = 0
+    length_adjustment = 0
+    initial_bytes_to_strip = None
+    max_frame_size = DEFAULT_MAX_FRAME_SIZE
+    buffer_pool = None
+    timeout = None
+    disable_nagle_algorithm = True
+
+    def setup(self):
+        self.connection = self.request
+        if self.timeout is not None:
+            self.connection.settimeout(self.timeout)
+        if (self.disable_nagle_algorithm
+                and self.connection.family in (socket.AF_INET, socket.AF_INET6)):
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+        fmt, layout = _layout_kwargs(self)
+        self.encoder = FrameEncoder(fmt, **layout)
+        self.decoder = FrameDecoder(
+            fmt, initial_bytes_to_strip=self.initial_bytes_to_strip,
+            pool=self.buffer_pool, **layout)
+        self._frames = deque()
+
+    def handle(self):
+        """Read frames until the peer closes; pass each to handle_frame()
+        and send back any non-None result."""
+        try:
+            while True:
+                frame = self.recv_frame()
+                if frame is None:
+                    return
+                reply = self.handle_frame(frame)
+                if reply is not None:
+                    self.send_frame(reply)
+        except FrameError as exc:
+            self.frame_error(exc)
+
+    def handle_frame(self, frame):
+        """Handle one frame (``bytes``); return a reply payload to send it,
+        or None.  Override this."""
+        raise NotImplementedError(
+            "%s must override handle_frame() or handle()" % type(self).__name__)
+
+    def frame_error(self, exc):
+        """The peer sent a bad frame (``exc`` is a FrameError): log it.  The
+        connection is closed when the handler returns."""
+        logger.warning("closing connection from %r: %s: %s",
+                       self.client_address, type(exc).__name__, exc)
+
+    def recv_frame(self):
+        """The next frame (``bytes``), or None when the peer closed the
+        connection between frames.  Raises FrameError (IncompleteFrame when
+        the stream ended inside a frame)."""
+        frames = self._frames
+        while not frames:
+            got = self.decoder.read_from(self.connection)
+            if got is None:
+                return None
+            frames.extend(got)
+        return frames.popleft()
+
+    def send_frame(self, payload):
+        """Send ``payload`` (bytes-like) as one frame."""
+        send_frame(self.connection, payload, self.encoder)
+
+    def finish(self):
+        self.decoder.close()
+
+
+class FramedClient:
+    """A blocking client for length-prefixed frames.
+
+    ``FramedClient(address, timeout=None, *, frame_format="!I", ...)``
+    connects to ``address``: a ``(host, port)`` tuple for TCP, or a path
+    (str, bytes or path-like) for a Unix stream socket.  ``timeout`` applies
+    to the connect and to every later operation.  The header description
+    keywords are those of FrameDecoder.  Use as a context manager, or call
+    ``close()``.
+    """
+
+    __module__ = "cserver"
+
+    def __init__(self, address, timeout=None, *, frame_format="!I",
+                 length_size=None, byteorder=None, length_offset=0,
+                 length_adjustment=0, initial_bytes_to_strip=None,
+                 max_frame_size=DEFAULT_MAX_FRAME_SIZE, buffer_pool=None,
+                 source_address=None):
+        self.frame_format = frame_format
+        self.length_size = length_size
+        self.byteorder = byteorder
+        self.length_offset = length_offset
+        self.length_adjustment = length_adjustment
+        self.max_frame_size = max_frame_size
+        fmt, layout = _layout_kwargs(self)
+        self.encoder = FrameEncoder(fmt, **layout)
+        self.decoder = FrameDecoder(fmt, initial_bytes_to_strip=initial_bytes_to_strip,
+                                    pool=buffer_pool, **layout)
+        self._frames = deque()
+        self.address = address
+        if isinstance(address, (str, bytes, os.PathLike)):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.settimeout(timeout)
+                sock.connect(os.fspath(address))
+            except BaseException:
+                sock.close()
+                raise
+        else:
+            sock = socket.create_connection(address, timeout, source_address)
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+            except BaseException:
+                sock.close()
+                raise
+        self.socket = sock
+
+    def fileno(self):
+        return self.socket.fileno()
+
+    def send_frame(self, payload):
+        """Send ``payload`` (bytes-like) as one frame."""
+        send_frame(self.socket, payload, self.encoder)
+
+    def recv_frame(self):
+        """The next frame (``bytes``), or None when the server closed the
+        connection between frames.  Raises FrameError on a bad frame,
+        IncompleteFrame when the stream ended inside one."""
+        frames = self._frames
+        while not frames:
+            got = self.decoder.read_from(self.socket)
+            if got is None:
+                return None
+            frames.extend(got)
+        return frames.popleft()
+
+    def request(self, payload):
+        """Send ``payload`` as a frame and return the reply frame.  Raises
+        EOFError if the server closes the connection instead of replying."""
+        self.send_frame(payload)
+        reply = self.recv_frame()
+        if reply is None:
+            raise EOFError("connection closed by %r before a reply" % (self.address,))
+        return reply
+
+    def close(self):
+        """Close the connection (idempotent)."""
+        self.decoder.close()
+        self.socket.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        return "<FramedClient %r fd=%d>" % (self.address, self.socket.fileno())

@@ -1,0 +1,29 @@
+"""The framing layer: length-prefix frames over a byte stream.
+
+Chooses the compiled twin (``cserver._framing``) unless ``CSERVER_PURE`` is
+set, in which case the pure-Python twin (``cserver._framing_py``) is used.
+Both twins are always importable under their own names (the tests run one
+body over both).
+"""
+
+import os as _os
+
+from .errors import FrameError, FrameTooLarge, IncompleteFrame
+
+if _os.environ.get("CSERVER_PURE", "").strip().lower() not in ("", "0", "false", "no"):
+    from . import _framing_py as _impl
+else:
+    from . import _framing as _impl
+
+FrameDecoder = _impl.FrameDecoder
+FrameEncoder = _impl.FrameEncoder
+BufferPool = _impl.BufferPool
+encode_frame = _impl.encode_frame
+DEFAULT_MAX_FRAME_SIZE = _impl.DEFAULT_MAX_FRAME_SIZE
+DEFAULT_POOL = _impl.DEFAULT_POOL
+#: True when the compiled twin is in use.
+COMPILED = _impl.__name__.endswith("._framing")
+
+__all__ = ["FrameDecoder", "FrameEncoder", "BufferPool", "encode_frame",
+           "DEFAULT_MAX_FRAME_SIZE", "DEFAULT_POOL", "COMPILED",
+           "FrameError", "FrameTooLarge", "IncompleteFrame"]
