@@ -8,6 +8,7 @@ extension types with no user hooks: the plain-class shell in
 """
 cimport cython
 from libc.stdint cimport uint32_t, int64_t
+from cserver._framing cimport FrameDecoder, FrameEncoder, BufferPool
 
 
 cdef enum:
@@ -34,8 +35,9 @@ cdef class Transport:
     cdef uint32_t events
     cdef char *wbuf
     cdef Py_ssize_t wstart, wend, wcap
-    cdef char *rbuf
-    cdef Py_ssize_t rlen, rcap
+    cdef FrameDecoder dec     # framed mode: the framing layer's C decoder
+    cdef bint partial         # dec holds the start of a frame
+    cdef object held          # bytes received but not delivered (paused)
     cdef double last_active
     cdef Py_ssize_t high_water, low_water
     cdef object close_exc
@@ -108,22 +110,16 @@ cdef class Loop:
     cdef Py_ssize_t high_water, low_water
     cdef double drain_timeout
     cdef int accept_batch
-    # framing parameters
-    cdef int hdr_w
-    cdef bint hdr_le
-    cdef Py_ssize_t len_off
-    cdef int64_t len_adj
-    cdef Py_ssize_t strip
-    cdef int64_t max_frame
-    cdef object encoder        # framing-layer encoder for layouts C does not write
-    cdef object frame_error
-    cdef object frame_too_large
+    # framing: a decoder per connection from dec_factory, one encoder
+    cdef object dec_factory
+    cdef FrameEncoder enc
+    cdef BufferPool pool
     # stats
     cdef readonly Py_ssize_t nconn
     cdef Py_ssize_t total_conn, rejected, bytes_in, bytes_out
     cdef Py_ssize_t frames_in, frames_out, handler_errors, frame_errors
     cdef Py_ssize_t accept_errors, peak_conn
-    cdef Py_ssize_t rbuf_bytes, wbuf_bytes, rbuf_peak, wbuf_peak
+    cdef Py_ssize_t wbuf_bytes, wbuf_peak
 
     cdef int _ctl(self, int fd, uint32_t old, uint32_t new) except -1
     cdef int _update(self, Transport t) except -1
@@ -132,10 +128,8 @@ cdef class Loop:
     cdef int _accept(self, Listener ls) except -1
     cdef int _read(self, Transport t) except -1
     cdef int _read_eof(self, Transport t) except -1
-    cdef Py_ssize_t _deliver(self, Transport t, char *buf, Py_ssize_t n) except -1
-    cdef int _stash(self, Transport t, const char *p, Py_ssize_t n) except -1
-    cdef int _compact(self, Transport t, Py_ssize_t used) except -1
-    cdef int _ensure_rbuf(self, Transport t) except -1
+    cdef int _deliver(self, Transport t, const char *data, Py_ssize_t n,
+                      bint buffered) except -1
     cdef int _flush(self, Transport t) except -1
     cdef int _flush_all(self) except -1
     cdef int _finish_close(self, Transport t, object exc) except -1
@@ -147,4 +141,3 @@ cdef class Loop:
     cdef int _check_idle(self) except -1
     cdef int _poll(self, int timeout_ms) except -1
     cdef int _timeout_ms(self)
-    cdef int _encode_header(self, Py_ssize_t n, char *out) except -1

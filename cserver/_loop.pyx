@@ -37,6 +37,9 @@ from libc.errno cimport (errno, EAGAIN, EINTR, EMFILE, ENFILE,
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 from posix.unistd cimport close as c_close, read as c_read, write as c_write
 
+from cserver._framing cimport FrameDecoder, FrameEncoder, BufferPool
+from cserver.errors import FrameError
+
 import collections
 import heapq
 import logging
@@ -189,32 +192,10 @@ cdef int DGRAM_BATCH = 64
 cdef object _log = logging.getLogger("cserver.selectorserver")
 
 
-class _FrameError(ValueError):
-    pass
-
-
-class _FrameTooLarge(_FrameError):
-    pass
-
-
 cdef inline double _monotonic() noexcept:
     cdef timespec ts
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return <double>ts.tv_sec + <double>ts.tv_nsec * 1e-9
-
-
-cdef inline uint64_t _read_uint(const uint8_t *p, int w, bint le) noexcept:
-    cdef uint64_t v = 0
-    cdef int i
-    if le:
-        i = w - 1
-        while i >= 0:
-            v = (v << 8) | p[i]
-            i -= 1
-    else:
-        for i in range(w):
-            v = (v << 8) | p[i]
-    return v
 
 
 cdef object _oserror(int err):
@@ -234,15 +215,11 @@ cdef class Transport:
     def __cinit__(self):
         self.fd = -1
         self.wbuf = NULL
-        self.rbuf = NULL
 
     def __dealloc__(self):
         if self.wbuf != NULL:
             PyMem_Free(self.wbuf)
             self.wbuf = NULL
-        if self.rbuf != NULL:
-            PyMem_Free(self.rbuf)
-            self.rbuf = NULL
 
     def __init__(self):
         raise TypeError("Transport objects are created by the event loop")
@@ -366,24 +343,29 @@ cdef class Transport:
             self.write(data)
 
     def send_frame(self, payload):
-        """Queue ``payload`` with the length header of the server's framing."""
-        cdef char hdr[16]
-        cdef int hn
+        """Queue ``payload`` with the length header of the server's framing
+        (written in C by the framing layer's encoder; a payload of 64 KiB
+        or more is not copied)."""
+        cdef char hdr[64]
+        cdef Py_ssize_t hn
         cdef Py_buffer view
+        cdef FrameEncoder enc = self.loop.enc
         if self.flags & (T_CLOSING | T_CLOSED):
             return
+        if enc is None:
+            raise RuntimeError("send_frame() needs a FrameHandler server")
+        if enc.header_size > 64:
+            self.write(enc.encode(payload))
+            self.loop.frames_out += 1
+            return
         if type(payload) is bytes:
-            hn = self.loop._encode_header(PyBytes_GET_SIZE(payload), hdr)
-            if hn < 0:
-                return self.write(self.loop.encoder(payload))
+            hn = enc.write_header(PyBytes_GET_SIZE(payload), hdr)
             self._send_parts(hdr, hn, PyBytes_AS_STRING(payload), PyBytes_GET_SIZE(payload))
             self.loop.frames_out += 1
             return
         PyObject_GetBuffer(payload, &view, PyBUF_SIMPLE)
         try:
-            hn = self.loop._encode_header(view.len, hdr)
-            if hn < 0:
-                return self.write(self.loop.encoder(bytes(payload)))
+            hn = enc.write_header(view.len, hdr)
             self._send_parts(hdr, hn, <const char *>view.buf, view.len)
             self.loop.frames_out += 1
         finally:
@@ -419,7 +401,7 @@ cdef class Transport:
         if not (self.flags & T_PAUSED_USER) or self.flags & T_CLOSED:
             return
         self.flags &= ~T_PAUSED_USER
-        if self.rlen and not (self.flags & T_RESUMED):
+        if (self.held is not None or self.partial) and not (self.flags & T_RESUMED):
             self.flags |= T_RESUMED
             self.loop.resumed.append(self)
         self.loop._update(self)
@@ -583,13 +565,6 @@ cdef class Loop:
         self.low_water = 16384
         self.drain_timeout = 5.0
         self.accept_batch = 128
-        self.hdr_w = 4
-        self.len_off = 0
-        self.len_adj = 0
-        self.strip = 4
-        self.max_frame = 8 * 1024 * 1024
-        self.frame_error = _FrameError
-        self.frame_too_large = _FrameTooLarge
         self.accept_backoff = 0.0
         self.now = _monotonic()
 
@@ -609,28 +584,33 @@ cdef class Loop:
     def kind(self):
         return "epoll" if self.use_epoll else "selectors"
 
-    def configure(self, factory, on_error, *, bint framed=False, bint nodelay=True,
-                  max_connections=None, idle_timeout=None,
+    def configure(self, factory, on_error, *, decoder_factory=None, encoder=None,
+                  pool=None, bint nodelay=True, max_connections=None, idle_timeout=None,
                   Py_ssize_t high_water=65536, low_water=None,
-                  double drain_timeout=5.0, int accept_batch=128,
-                  int header_size=4, str byteorder="big", Py_ssize_t length_offset=0,
-                  int64_t length_adjustment=0, strip=None, max_frame_size=None,
-                  encoder=None, frame_error=None, frame_too_large=None, logger=None):
-        """Set the knobs, once, before ``run()``."""
-        if header_size not in (1, 2, 3, 4, 8):
-            raise ValueError("header_size must be 1, 2, 3, 4 or 8, not %r" % (header_size,))
-        if byteorder not in ("big", "little"):
-            raise ValueError("byteorder must be 'big' or 'little', not %r" % (byteorder,))
-        if length_offset < 0:
-            raise ValueError("length_offset must be >= 0, not %r" % (length_offset,))
+                  double drain_timeout=5.0, int accept_batch=128, logger=None):
+        """Set the knobs, once, before ``run()``.
+
+        ``factory(transport, client_address)`` returns the handler of a new
+        connection (or None to refuse it); ``on_error(request, address)``
+        is called inside ``except`` blocks.  Framed mode: give
+        ``decoder_factory()`` (returns a new ``cserver._framing.FrameDecoder``),
+        ``encoder`` (a ``cserver._framing.FrameEncoder``) and the decoders'
+        ``pool`` (a ``cserver._framing.BufferPool``, for ``stats()``)."""
         self.factory = factory
         self.on_error = on_error
-        self.framed = framed
+        self.framed = decoder_factory is not None
+        self.dec_factory = decoder_factory
+        if encoder is not None and not isinstance(encoder, FrameEncoder):
+            raise TypeError("encoder must be a cserver._framing.FrameEncoder")
+        self.enc = encoder
+        self.pool = pool
         self.nodelay = nodelay
         self.max_connections = max_connections or 0
         self.idle_timeout = idle_timeout or 0.0
         if self.idle_timeout < 0:
-            raise ValueError("idle_timeout must be >= 0")
+            raise ValueError("idle_timeout must be >= 0, not %r" % (idle_timeout,))
+        if self.max_connections < 0:
+            raise ValueError("max_connections must be >= 0, not %r" % (max_connections,))
         self.high_water = high_water
         self.low_water = high_water // 4 if low_water is None else low_water
         if not self.high_water >= self.low_water >= 0:
@@ -638,50 +618,9 @@ cdef class Loop:
                              % (self.high_water, self.low_water))
         self.drain_timeout = drain_timeout
         self.accept_batch = max(accept_batch, 1)
-        self.hdr_w = header_size
-        self.hdr_le = byteorder == "little"
-        self.len_off = length_offset
-        self.len_adj = length_adjustment
-        self.strip = length_offset + header_size if strip is None else strip
-        if self.strip < 0:
-            raise ValueError("strip must be >= 0")
-        cdef int64_t limit = INT64_MAX if header_size == 8 else (
-            (<int64_t>1 << (8 * header_size)) - 1 + length_adjustment)
-        if max_frame_size is None:
-            max_frame_size = 8 * 1024 * 1024
-        if max_frame_size < 0:
-            raise ValueError("max_frame_size must be >= 0, not %r" % (max_frame_size,))
-        self.max_frame = min(<int64_t>max_frame_size, limit)
-        self.encoder = encoder
-        if frame_error is not None:
-            self.frame_error = frame_error
-        if frame_too_large is not None:
-            self.frame_too_large = frame_too_large
         if logger is not None:
             self.logger = logger
         self.next_idle_check = _monotonic() + self._idle_period()
-
-    cdef int _encode_header(self, Py_ssize_t n, char *out) except -1:
-        """Write the length header for an n-byte payload; -1 means the layout
-        is one C does not write (the framing layer's encoder does)."""
-        cdef int64_t v
-        cdef int i
-        if self.len_off != 0 or self.strip != self.hdr_w:
-            if self.encoder is None:
-                raise ValueError("this framing layout needs an encoder")
-            return -1
-        v = <int64_t>n - self.len_adj
-        if v < 0 or (self.hdr_w < 8 and v >= (<int64_t>1 << (8 * self.hdr_w))):
-            raise self.frame_too_large(
-                "payload of %d bytes cannot be expressed by a %d-byte length header"
-                " (adjustment %d)" % (n, self.hdr_w, self.len_adj))
-        if self.hdr_le:
-            for i in range(self.hdr_w):
-                out[i] = <char>((v >> (8 * i)) & 0xff)
-        else:
-            for i in range(self.hdr_w):
-                out[self.hdr_w - 1 - i] = <char>((v >> (8 * i)) & 0xff)
-        return self.hdr_w
 
     def _idle_period(self):
         if self.idle_timeout <= 0:
@@ -1023,8 +962,13 @@ cdef class Loop:
             for obj in lst:
                 t = <Transport>obj
                 t.flags &= ~T_RESUMED
-                if t.rlen and not (t.flags & (T_CLOSING | T_CLOSED | T_PAUSED_USER)):
-                    self._compact(t, self._deliver(t, t.rbuf, t.rlen))
+                if not (t.flags & (T_CLOSING | T_CLOSED | T_PAUSED_USER)):
+                    if t.held is not None:
+                        data = t.held
+                        t.held = None
+                        self._deliver(t, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), False)
+                    elif t.partial:
+                        self._deliver(t, NULL, 0, True)
         if self.ready:
             self._run_ready()
         if self.timers:
@@ -1137,7 +1081,11 @@ cdef class Loop:
                     c_close(fd)
                     continue
                 t.handler = handler
-                t.on_data = handler.frame_received if self.framed else handler.data_received
+                if self.framed:
+                    t.dec = self.dec_factory()
+                    t.on_data = handler.frame_received
+                else:
+                    t.on_data = handler.data_received
                 self._ctl(fd, 0, EPOLLIN)
                 t.events = EPOLLIN
                 handler.connection_made()
@@ -1166,7 +1114,8 @@ cdef class Loop:
     cdef int _read(self, Transport t) except -1:
         cdef ssize_t n
         cdef int err
-        cdef Py_ssize_t used
+        cdef char *ptr
+        cdef Py_ssize_t room
         if not self.framed:
             n = recv(t.fd, self.slab, self.slab_size, 0)
             if n > 0:
@@ -1177,23 +1126,29 @@ cdef class Loop:
                 except Exception:
                     self._handler_failed(t)
                 return 0
-        elif t.rlen == 0:
+        elif not t.partial:
+            # common case: frames decoded in place in the shared slab; the
+            # tail of an incomplete frame goes to the decoder's pooled buffer
             n = recv(t.fd, self.slab, self.slab_size, 0)
             if n > 0:
                 self.bytes_in += n
                 t.last_active = self.now
-                used = self._deliver(t, self.slab, n)
-                if used < n and not (t.flags & (T_CLOSING | T_CLOSED)):
-                    self._stash(t, self.slab + used, n - used)
+                self._deliver(t, self.slab, n, False)
                 return 0
         else:
-            self._ensure_rbuf(t)
-            n = recv(t.fd, t.rbuf + t.rlen, t.rcap - t.rlen, 0)
+            # a frame is in progress: read straight into the decoder's
+            # buffer (sized by the framing layer for the announced frame)
+            try:
+                room = t.dec.get_write_buffer(0, &ptr)
+            except FrameError as exc:
+                self._bad_frame(t, exc)
+                return 0
+            n = recv(t.fd, ptr, room, 0)
             if n > 0:
                 self.bytes_in += n
                 t.last_active = self.now
-                t.rlen += n
-                self._compact(t, self._deliver(t, t.rbuf, t.rlen))
+                t.dec.write_done(n)
+                self._deliver(t, NULL, 0, True)
                 return 0
         if n == 0:
             return self._read_eof(t)
@@ -1205,16 +1160,13 @@ cdef class Loop:
 
     cdef int _read_eof(self, Transport t) except -1:
         cdef bint keep_open = False
-        if self.framed and t.rlen:
-            self.frame_errors += 1
-            self.logger.warning(
-                "connection from %r closed in the middle of a frame (%d bytes buffered)",
-                t.client_address, t.rlen)
-            t.flags |= T_CLOSING | T_EOF
-            t.close_exc = None
-            self._update(t)
-            t._schedule_flush()
-            return 0
+        if self.framed:
+            try:
+                t.dec.check_eof()
+            except FrameError as exc:
+                t.flags |= T_EOF
+                self._bad_frame(t, exc)
+                return 0
         t.flags |= T_EOF
         try:
             keep_open = bool(t.handler.eof_received())
@@ -1227,48 +1179,42 @@ cdef class Loop:
         self._update(t)
         return 0
 
-    cdef Py_ssize_t _deliver(self, Transport t, char *buf, Py_ssize_t n) except -1:
-        """Call ``frame_received`` for every complete frame of buf[:n];
-        return the number of bytes consumed.  Stops at the first incomplete
-        frame, or when the handler paused reading or closed."""
-        cdef Py_ssize_t pos = 0
-        cdef Py_ssize_t hdr_end = self.len_off + self.hdr_w
-        cdef Py_ssize_t total
-        cdef uint64_t raw
-        cdef int64_t plen
-        while n - pos >= hdr_end:
-            if t.flags & (T_CLOSING | T_CLOSED | T_PAUSED_USER):
-                break
-            raw = _read_uint(<const uint8_t *>buf + pos + self.len_off, self.hdr_w, self.hdr_le)
-            if raw > <uint64_t>INT64_MAX or \
-                    <int64_t>raw + self.len_adj > self.max_frame:
-                self._bad_frame(t, self.frame_too_large(
-                    "frame of %d bytes (header %d, adjustment %d) exceeds max_frame_size %d"
-                    % (<object>raw + self.len_adj, raw, self.len_adj, self.max_frame)))
-                return pos
-            plen = <int64_t>raw + self.len_adj
-            if plen < 0:
-                self._bad_frame(t, self.frame_error(
-                    "negative frame length %d (header %d, adjustment %d)"
-                    % (plen, raw, self.len_adj)))
-                return pos
-            total = hdr_end + <Py_ssize_t>plen
-            if total < self.strip:
-                self._bad_frame(t, self.frame_error(
-                    "frame of %d bytes is shorter than the %d bytes to strip"
-                    % (total, self.strip)))
-                return pos
-            if n - pos < total:
-                break
-            frame = PyBytes_FromStringAndSize(buf + pos + self.strip, total - self.strip)
-            pos += total
-            self.frames_in += 1
-            try:
-                t.on_data(frame)
-            except Exception:
-                self._handler_failed(t)
-                break
-        return pos
+    cdef int _deliver(self, Transport t, const char *data, Py_ssize_t n,
+                      bint buffered) except -1:
+        """Call ``frame_received`` once per complete frame decoded (by the
+        framing layer's C decoder) from what it buffered and ``data[:n]``.
+        Stops early when the handler paused reading or closed: the rest of
+        ``data`` is kept (``held``) for ``resume_reading()``."""
+        cdef FrameDecoder dec = t.dec
+        cdef const char *frame
+        cdef Py_ssize_t frame_size, used = 0, pos = 0
+        cdef int r
+        try:
+            while True:
+                if t.flags & (T_CLOSING | T_CLOSED | T_PAUSED_USER):
+                    if pos < n and not (t.flags & (T_CLOSING | T_CLOSED)):
+                        t.held = PyBytes_FromStringAndSize(data + pos, n - pos)
+                    t.partial = buffered
+                    return 0
+                r = dec.next_frame(data + pos if pos < n else NULL, n - pos,
+                                   &used, &frame, &frame_size)
+                pos += used
+                if r == 0:
+                    break
+                self.frames_in += 1
+                try:
+                    t.on_data(PyBytes_FromStringAndSize(frame, frame_size))
+                except Exception:
+                    self._handler_failed(t)
+                    return 0
+        except FrameError as exc:
+            self._bad_frame(t, exc)
+            return 0
+        # next_frame returned 0: every byte is consumed.  Decoding in place,
+        # the decoder holds a partial frame iff it took bytes in that call;
+        # reading into its buffer, ask it.
+        t.partial = used > 0 if not buffered else dec.pending > 0
+        return 0
 
     def _bad_frame(self, Transport t, exc):
         self.frame_errors += 1
@@ -1276,58 +1222,6 @@ cdef class Loop:
         t.flags |= T_CLOSING | T_ABORT
         t.close_exc = exc
         t._schedule_flush()
-
-    cdef int _stash(self, Transport t, const char *p, Py_ssize_t n) except -1:
-        """Keep the start of an incomplete frame in the connection's buffer."""
-        t.rlen = 0
-        self._ensure_rbuf_for(t, n)
-        memcpy(t.rbuf, p, n)
-        t.rlen = n
-        return 0
-
-    def _ensure_rbuf_for(self, Transport t, Py_ssize_t have):
-        # capacity: the whole announced frame if its header is here, and at
-        # least MIN_READ free bytes for the next recv
-        cdef Py_ssize_t hdr_end = self.len_off + self.hdr_w
-        cdef Py_ssize_t want = have + MIN_READ
-        cdef uint64_t raw
-        cdef int64_t plen
-        cdef char *nb
-        if have >= hdr_end and t.rbuf != NULL and t.rlen >= hdr_end:
-            raw = _read_uint(<const uint8_t *>t.rbuf + self.len_off, self.hdr_w, self.hdr_le)
-            if raw <= <uint64_t>INT64_MAX:
-                plen = <int64_t>raw + self.len_adj
-                if 0 <= plen <= self.max_frame and hdr_end + plen > want:
-                    want = hdr_end + <Py_ssize_t>plen
-        if t.rcap >= want:
-            return
-        nb = <char *>PyMem_Realloc(t.rbuf, want)
-        if nb == NULL:
-            raise MemoryError()
-        self.rbuf_bytes += want - t.rcap
-        if self.rbuf_bytes > self.rbuf_peak:
-            self.rbuf_peak = self.rbuf_bytes
-        t.rbuf = nb
-        t.rcap = want
-
-    cdef int _ensure_rbuf(self, Transport t) except -1:
-        self._ensure_rbuf_for(t, t.rlen)
-        return 0
-
-    cdef int _compact(self, Transport t, Py_ssize_t used) except -1:
-        if t.flags & T_CLOSED:
-            return 0
-        if used >= t.rlen:
-            t.rlen = 0
-            if t.rcap > KEEP_RBUF:
-                PyMem_Free(t.rbuf)
-                self.rbuf_bytes -= t.rcap
-                t.rbuf = NULL
-                t.rcap = 0
-        elif used > 0:
-            memmove(t.rbuf, t.rbuf + used, t.rlen - used)
-            t.rlen -= used
-        return 0
 
     # -- writing ---------------------------------------------------------------
 
@@ -1405,11 +1299,11 @@ cdef class Loop:
         if t.fd < len(self.objs) and self.objs[t.fd] is t:
             self.objs[t.fd] = None
         self.nconn -= 1
-        if t.rbuf != NULL:
-            PyMem_Free(t.rbuf)
-            self.rbuf_bytes -= t.rcap
-            t.rbuf = NULL
-            t.rcap = t.rlen = 0
+        if t.dec is not None:
+            t.dec.release_buffer()
+            t.dec = None
+        t.held = None
+        t.partial = False
         if t.wbuf != NULL:
             PyMem_Free(t.wbuf)
             self.wbuf_bytes -= t.wcap
@@ -1509,8 +1403,7 @@ cdef class Loop:
             "timers": len(self.timers),
             "pool": {
                 "read_slab_bytes": self.slab_size,
-                "partial_frame_bytes": self.rbuf_bytes,
-                "partial_frame_bytes_peak": self.rbuf_peak,
+                "framing": self.pool.stats() if self.pool is not None else None,
                 "write_buffer_bytes": self.wbuf_bytes,
                 "write_buffer_bytes_peak": self.wbuf_peak,
             },

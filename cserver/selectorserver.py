@@ -54,17 +54,12 @@ import sys
 import threading
 import time
 
-from . import _loop
-
-try:  # the framing layer's error hierarchy, when it is there
-    from .errors import FrameError, FrameTooLarge
-except ImportError:  # pragma: no cover - before the framing layer is merged
-    FrameError = _loop._FrameError
-    FrameTooLarge = _loop._FrameTooLarge
+from . import _framing, _loop
+from .errors import FrameError, FrameTooLarge, IncompleteFrame
 
 __all__ = ["SelectorServer", "SelectorTCPServer", "SelectorUnixStreamServer",
            "SelectorUDPServer", "ConnectionHandler", "FrameHandler",
-           "DatagramHandler", "FrameError", "FrameTooLarge"]
+           "DatagramHandler"]
 
 logger = logging.getLogger("cserver.selectorserver")
 
@@ -72,9 +67,9 @@ _OPTIONS = frozenset((
     "loop", "idle_timeout", "max_connections", "high_water", "low_water",
     "drain_timeout", "tcp_nodelay", "read_size", "accept_batch", "workers",
     "allow_reuse_address", "allow_reuse_port", "request_queue_size",
+    "buffer_pool",
 ))
 
-_HEADER_FORMATS = {"B": 1, "H": 2, "I": 4, "L": 4, "Q": 8}
 
 
 def _loop_kind(requested):
@@ -89,30 +84,19 @@ def _loop_kind(requested):
 
 
 def _framing_of(handler_class):
-    """The framing parameters a FrameHandler subclass declares."""
-    header_size = getattr(handler_class, "header_size", None)
+    """``(fmt, layout)``: the FrameDecoder/FrameEncoder arguments a
+    FrameHandler subclass declares (the framing layer's names and rules:
+    ``length_size``/``byteorder``, when set, replace ``frame_format``)."""
+    length_size = getattr(handler_class, "length_size", None)
     byteorder = getattr(handler_class, "byteorder", None)
     fmt = getattr(handler_class, "frame_format", None)
-    if header_size is None:
-        fmt = fmt or "!I"
-        order, code = (fmt[0], fmt[1:]) if fmt[0] in "!><=@" else (">", fmt)
-        if code not in _HEADER_FORMATS:
-            raise ValueError("frame_format must be one unsigned integer such as "
-                             "'!I', '!H', '!B', '!Q' or '<I', not %r" % (fmt,))
-        header_size = _HEADER_FORMATS[code]
-        if byteorder is None:
-            if order in "=@":
-                byteorder = sys.byteorder
-            else:
-                byteorder = "little" if order == "<" else "big"
-    return dict(
-        header_size=header_size,
-        byteorder=byteorder or "big",
-        length_offset=getattr(handler_class, "length_offset", 0) or 0,
-        length_adjustment=getattr(handler_class, "length_adjustment", 0) or 0,
-        strip=getattr(handler_class, "strip", None),
-        max_frame_size=getattr(handler_class, "max_frame_size", None),
-    )
+    if length_size is not None or byteorder is not None:
+        fmt = None
+    return fmt, dict(length_size=length_size, byteorder=byteorder,
+                     length_offset=getattr(handler_class, "length_offset", 0),
+                     length_adjustment=getattr(handler_class, "length_adjustment", 0),
+                     max_frame_size=getattr(handler_class, "max_frame_size",
+                                            _framing.DEFAULT_MAX_FRAME_SIZE))
 
 
 # -- handlers ---------------------------------------------------------------
@@ -197,23 +181,25 @@ class FrameHandler(ConnectionHandler):
     negative length) closes the connection with a logged reason;
     ``connection_lost`` gets the ``FrameError``.
 
-    The framing is declared by class attributes, with the framing layer's
-    meaning: ``frame_format`` (a struct format of one unsigned integer:
-    ``"!I"`` by default, ``"!H"``, ``"!B"``, ``"!Q"``, ``"<I"``...) or
-    explicit ``header_size`` (1, 2, 3, 4 or 8) and ``byteorder``;
-    ``length_offset`` (bytes before the length field), ``length_adjustment``
-    (added to the header's value to get the payload length), ``strip``
-    (bytes removed from the start of each delivered frame; default: the
-    whole header), ``max_frame_size`` (default 8 MiB).
+    The framing is declared by class attributes with the framing layer's
+    names and meaning (see ``cserver.FrameDecoder``): ``frame_format`` (a
+    struct format of one unsigned integer: ``"!I"`` by default, ``"!H"``,
+    ``"!B"``, ``"!Q"``, ``"<I"``...) or explicit ``length_size`` (1, 2, 3, 4
+    or 8) and ``byteorder``; ``length_offset`` (bytes before the length
+    field), ``length_adjustment`` (added to the field's value to get the
+    body length), ``initial_bytes_to_strip`` (bytes removed from the start
+    of each delivered frame; default: the whole header), ``max_frame_size``
+    (``cserver.DEFAULT_MAX_FRAME_SIZE``, 1 MiB, by default; replies are
+    checked against it too).  Read once, when the server's loop is built.
     """
 
     frame_format = "!I"
-    header_size = None
+    length_size = None
     byteorder = None
     length_offset = 0
     length_adjustment = 0
-    strip = None
-    max_frame_size = None
+    initial_bytes_to_strip = None
+    max_frame_size = _framing.DEFAULT_MAX_FRAME_SIZE
 
     def __init__(self, transport, client_address, server):
         ConnectionHandler.__init__(self, transport, client_address, server)
@@ -280,6 +266,7 @@ class SelectorServer:
     read_size = 256 * 1024
     accept_batch = 128
     workers = 1
+    buffer_pool = None
 
     def __init__(self, server_address, RequestHandlerClass, bind_and_activate=True,
                  **options):
@@ -357,9 +344,21 @@ class SelectorServer:
         core = _loop.Loop(_loop_kind(self.loop), self.read_size)
         options = {}
         if self._framed():
-            options = _framing_of(self.RequestHandlerClass)
-            options["frame_error"] = FrameError
-            options["frame_too_large"] = FrameTooLarge
+            handler_class = self.RequestHandlerClass
+            fmt, layout = _framing_of(handler_class)
+            strip = getattr(handler_class, "initial_bytes_to_strip", None)
+            pool = self.buffer_pool
+            if pool is None:
+                pool = _framing.BufferPool()
+            # validate now: a bad layout fails here, not at the first accept
+            _framing.FrameDecoder(fmt, initial_bytes_to_strip=strip, pool=pool, **layout)
+            decoder = _framing.FrameDecoder
+
+            def new_decoder():
+                return decoder(fmt, initial_bytes_to_strip=strip, pool=pool, **layout)
+
+            options = dict(decoder_factory=new_decoder, pool=pool,
+                           encoder=_framing.FrameEncoder(fmt, **layout))
         verify = None
         if type(self).verify_request is not SelectorServer.verify_request:
             verify = self.verify_request
@@ -373,7 +372,7 @@ class SelectorServer:
 
         try:
             core.configure(
-                make_handler, self.handle_error, framed=self._framed(),
+                make_handler, self.handle_error,
                 nodelay=self.tcp_nodelay, max_connections=self.max_connections,
                 idle_timeout=self.idle_timeout, high_water=self.high_water,
                 low_water=self.low_water, drain_timeout=self.drain_timeout,
