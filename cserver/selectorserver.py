@@ -278,6 +278,7 @@ class SelectorServer:
         self.server_address = server_address
         self.RequestHandlerClass = RequestHandlerClass
         self._core = None
+        self._closed_stats = None
         self._core_lock = threading.Lock()
         self._loop_thread = None
         self._is_worker = False
@@ -389,6 +390,8 @@ class SelectorServer:
     def _get_core(self):
         with self._core_lock:
             if self._core is None:
+                if self._closed_stats is not None:
+                    raise RuntimeError("the server is closed")
                 self._core = self._new_core()
             return self._core
 
@@ -433,8 +436,11 @@ class SelectorServer:
         """Close the connections, the loop and the listening socket."""
         core = self._core
         if core is not None and not core.running:
+            self._closed_stats = core.stats()
             self._core = None
             core.close()
+        elif self._closed_stats is None:
+            self._closed_stats = {}
         self.socket.close()
 
     def __enter__(self):
@@ -465,8 +471,9 @@ class SelectorServer:
     def stats(self):
         """Current and total connections, bytes and frames in and out,
         errors, buffer use."""
-        core = self._get_core()
-        return core.stats()
+        if self._core is None and self._closed_stats is not None:
+            return self._closed_stats  # the last counters of a closed server
+        return self._get_core().stats()
 
     def connections(self):
         """The handlers of the open connections."""
