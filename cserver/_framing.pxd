@@ -48,12 +48,19 @@
 #                 ... handle f[:flen] ...
 #             # here every byte of buf[:n] is consumed
 #
+#         A frame larger than a pool slab is received straight into a
+#         ``bytes`` object; ``frame[0]`` then points into it and:
+#     object take_frame_object(self)
+#         returns that ``bytes`` object (the frame, exactly) right after
+#         ``next_frame`` returned it, so the caller can keep it without a
+#         copy; None when the frame was not delivered as an object.
+#
 #     Py_ssize_t get_write_buffer(self, Py_ssize_t size_hint, char** ptr) except -1
 #         Reading straight into the decoder (asyncio's get_buffer): returns
-#         the number of writable bytes at ``ptr[0]`` (>= 1, at least
-#         ``size_hint`` when ``size_hint`` > 0 and the frame in progress needs
-#         it); the buffer is a pool slab, or a private allocation for a frame
-#         larger than a slab.
+#         the number of writable bytes at ``ptr[0]`` (>= 1).  The buffer is
+#         the connection's pool slab (at least ``size_hint`` bytes when that
+#         fits a slab); for a frame larger than a slab it is the rest of that
+#         frame's ``bytes`` object (exactly the bytes the frame still needs).
 #     int write_done(self, Py_ssize_t nbytes) except -1
 #         ``nbytes`` bytes were written at ``ptr`` (asyncio's buffer_updated).
 #         Then drain with ``next_frame(NULL, 0, ...)`` until it returns 0.
@@ -124,8 +131,14 @@ cdef class FrameDecoder:
     # accepted range of the raw length field (after the limit is clamped)
     cdef unsigned long long _min_value
     cdef unsigned long long _max_value
-    # message of the error that failed the decoder, or None
+    # (class, message) of the error that failed the decoder, or None
     cdef object _error
+    # a frame larger than a slab is received straight into the bytes object
+    # that will be delivered: _big (bytes, or None), _big_fill bytes written
+    cdef object _big
+    cdef Py_ssize_t _big_fill
+    # the last big frame delivered by next_frame (kept until the next call)
+    cdef object _last
 
     cdef int next_frame(self, const char* data, Py_ssize_t length,
                         Py_ssize_t* consumed, const char** frame,
@@ -134,11 +147,17 @@ cdef class FrameDecoder:
     cdef int write_done(self, Py_ssize_t nbytes) except -1
     cdef int check_eof(self) except -1
     cdef void release_buffer(self) noexcept
+    cdef object take_frame_object(self)
     # private
     cdef int _fail(self, type cls, str message) except -1
     cdef int _raise_failed(self) except -1
     cdef Py_ssize_t _frame_total(self, const unsigned char* header) except -1
     cdef int _reserve(self, Py_ssize_t want) except -1
+    cdef void _free_storage(self) noexcept
+    cdef bint _go_big(self, const char* frame_start, Py_ssize_t n) except -1
+    cdef int _big_next(self, const char* data, Py_ssize_t length, Py_ssize_t used,
+                       Py_ssize_t* consumed, const char** frame,
+                       Py_ssize_t* frame_size) except -1
     cdef int _append(self, const char* data, Py_ssize_t n) except -1
     cdef list _drain(self, const char* data, Py_ssize_t length, object source)
 

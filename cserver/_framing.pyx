@@ -67,14 +67,14 @@ cdef class BufferPool:
 
     ``slab_size`` bytes per slab; at most ``max_slabs`` out at once (then a
     request is a miss: ``lease()`` returns None and the decoder falls back
-    to a private allocation); at most ``max_idle`` idle slabs kept for
-    reuse, the surplus is freed on release.  ``stats()`` reports the use.
+    to a private allocation); at most ``max_idle`` (default: 64, or ``max_slabs`` if smaller)
+    idle slabs kept for reuse, the surplus is freed on release.  ``stats()`` reports the use.
     """
 
-    def __cinit__(self, slab_size=65536, max_slabs=1024, max_idle=64):
+    def __cinit__(self, slab_size=65536, max_slabs=1024, max_idle=None):
         slab_size = _index("slab_size", slab_size)
         max_slabs = _index("max_slabs", max_slabs)
-        max_idle = _index("max_idle", max_idle)
+        max_idle = min(64, max_slabs) if max_idle is None else _index("max_idle", max_idle)
         if slab_size < 64:
             raise ValueError("slab_size must be >= 64, not %d" % slab_size)
         if max_slabs < 1:
@@ -346,11 +346,12 @@ cdef class FrameDecoder:
         self._max_value = <unsigned long long>(self.max_frame_size - self.length_adjustment)
 
     def __dealloc__(self):
-        self.release_buffer()
+        self._free_storage()
 
     # -- C API ------------------------------------------------------------
 
-    cdef void release_buffer(self) noexcept:
+    cdef void _free_storage(self) noexcept:
+        """Give back the slab (or free the private buffer)."""
         if self._buf != NULL:
             if self._pooled and self.pool is not None:
                 try:
@@ -362,7 +363,13 @@ cdef class FrameDecoder:
         self._buf = NULL
         self._cap = self._start = self._end = 0
         self._pooled = False
+
+    cdef void release_buffer(self) noexcept:
+        self._free_storage()
         self._need = -1
+        self._big = None
+        self._big_fill = 0
+        self._last = None
 
     cdef int _fail(self, type cls, str message) except -1:
         self._error = (cls, message)
@@ -422,9 +429,7 @@ cdef class FrameDecoder:
                 self.pool.note_bypass()
         if buffered:
             memcpy(newbuf, self._buf + self._start, buffered)
-        need = self._need
-        self.release_buffer()
-        self._need = need
+        self._free_storage()
         self._buf = newbuf
         self._cap = newcap
         self._pooled = pooled
@@ -440,6 +445,45 @@ cdef class FrameDecoder:
         self._end += n
         return 0
 
+    cdef bint _go_big(self, const char* frame_start, Py_ssize_t n) except -1:
+        """The frame in progress (``_need`` bytes, ``n`` of them at
+        ``frame_start``) does not fit a slab: receive the rest straight into
+        the bytes object that will be delivered.  Returns False (and does
+        nothing) if the frame fits a slab or its stripped part has not
+        started yet."""
+        cdef Py_ssize_t size = self._need - self.initial_bytes_to_strip
+        if (size <= self.pool.slab_size or n < self.initial_bytes_to_strip
+                or n >= self._need):
+            return False
+        big = PyBytes_FromStringAndSize(NULL, size)
+        self._big_fill = n - self.initial_bytes_to_strip
+        memcpy(PyBytes_AS_STRING(big), frame_start + self.initial_bytes_to_strip,
+               self._big_fill)
+        self._big = big
+        self.pool.note_bypass()
+        return True
+
+    cdef int _big_next(self, const char* data, Py_ssize_t length, Py_ssize_t used,
+                       Py_ssize_t* consumed, const char** frame,
+                       Py_ssize_t* frame_size) except -1:
+        cdef Py_ssize_t size = self._need - self.initial_bytes_to_strip
+        cdef Py_ssize_t take = min(size - self._big_fill, length - used)
+        cdef char* p = PyBytes_AS_STRING(self._big)
+        if take > 0:
+            memcpy(p + self._big_fill, data + used, take)
+            self._big_fill += take
+            used += take
+        consumed[0] = used
+        if self._big_fill < size:
+            return 0
+        frame[0] = p
+        frame_size[0] = size
+        self._last = self._big     # keeps the frame valid until the next call
+        self._big = None
+        self._big_fill = 0
+        self._need = -1
+        return 1
+
     cdef int next_frame(self, const char* data, Py_ssize_t length,
                         Py_ssize_t* consumed, const char** frame,
                         Py_ssize_t* frame_size) except -1:
@@ -447,6 +491,9 @@ cdef class FrameDecoder:
         consumed[0] = 0
         if self._error is not None:
             self._raise_failed()
+        self._last = None
+        if self._big is not None:
+            return self._big_next(data, length, 0, consumed, frame, frame_size)
         buffered = self._end - self._start
         if buffered == 0:
             # Fast path: decode in place in the caller's bytes.
@@ -459,6 +506,10 @@ cdef class FrameDecoder:
                     frame_size[0] = total - self.initial_bytes_to_strip
                     return 1
                 self._need = total
+                if self._go_big(data, length):
+                    self._free_storage()
+                    consumed[0] = length
+                    return 0
             else:
                 self._need = -1
             if length == 0:
@@ -479,6 +530,9 @@ cdef class FrameDecoder:
                     consumed[0] = used
                     return 0
             self._need = self._frame_total(<const unsigned char*>self._buf + self._start)
+            if buffered < self._need and self._go_big(self._buf + self._start, buffered):
+                self._free_storage()
+                return self._big_next(data, length, used, consumed, frame, frame_size)
         if buffered < self._need:
             take = min(self._need - buffered, length - used)
             self._append(data + used, take)
@@ -494,10 +548,21 @@ cdef class FrameDecoder:
         consumed[0] = used
         return 1
 
+    cdef object take_frame_object(self):
+        last, self._last = self._last, None
+        return last
+
     cdef Py_ssize_t get_write_buffer(self, Py_ssize_t size_hint, char** ptr) except -1:
         cdef Py_ssize_t buffered, want
         if self._error is not None:
             self._raise_failed()
+        self._last = None
+        if self._big is None and self._need > 0 and self._end > self._start:
+            if self._go_big(self._buf + self._start, self._end - self._start):
+                self._free_storage()
+        if self._big is not None:
+            ptr[0] = PyBytes_AS_STRING(self._big) + self._big_fill
+            return self._need - self.initial_bytes_to_strip - self._big_fill
         if size_hint < 1:
             size_hint = 1
         buffered = self._end - self._start
@@ -515,12 +580,22 @@ cdef class FrameDecoder:
         return self._cap - self._end
 
     cdef int write_done(self, Py_ssize_t nbytes) except -1:
+        cdef Py_ssize_t room
         if self._error is not None:
             self._raise_failed()
-        if nbytes < 0 or self._buf == NULL or nbytes > self._cap - self._end:
+        if self._big is not None:
+            room = self._need - self.initial_bytes_to_strip - self._big_fill
+        elif self._buf != NULL:
+            room = self._cap - self._end
+        else:
+            room = 0
+        if nbytes < 0 or nbytes > room:
             raise ValueError("buffer_updated(%d): not within the buffer from "
-                             "get_buffer() (%d bytes)" % (nbytes, self._cap - self._end))
-        self._end += nbytes
+                             "get_buffer() (%d bytes)" % (nbytes, room))
+        if self._big is not None:
+            self._big_fill += nbytes
+        else:
+            self._end += nbytes
         return 0
 
     cdef int check_eof(self) except -1:
@@ -528,6 +603,8 @@ cdef class FrameDecoder:
         if self._error is not None:
             self._raise_failed()
         pending = self._end - self._start
+        if self._big is not None:
+            pending = self.initial_bytes_to_strip + self._big_fill
         if pending:
             self._fail(IncompleteFrame, _incomplete_message(
                 pending, self._need, self.header_size))
@@ -543,6 +620,8 @@ cdef class FrameDecoder:
     @property
     def pending(self):
         """Bytes buffered for the frame in progress."""
+        if self._big is not None:
+            return self.initial_bytes_to_strip + self._big_fill
         return self._end - self._start
 
     @property
@@ -582,7 +661,9 @@ cdef class FrameDecoder:
                 if not self.next_frame(data + pos, length - pos, &used, &frame, &frame_size):
                     break
                 pos += used
-                if (not copy and frame >= data and frame < data + length):
+                if self._last is not None:
+                    out.append(self.take_frame_object())
+                elif (not copy and frame >= data and frame < data + length):
                     if view is None:
                         view = memoryview(source)
                         if view.ndim != 1 or view.format != "B":

@@ -147,14 +147,14 @@ class BufferPool:
     """A bounded pool of fixed-size buffers (pure twin: ``bytearray`` slabs).
 
     ``slab_size`` bytes per slab; at most ``max_slabs`` out at once (then
-    ``lease()`` returns None and counts a miss); at most ``max_idle`` idle
-    slabs kept for reuse, the surplus is freed.  Thread-safe.
+    ``lease()`` returns None and counts a miss); at most ``max_idle`` (default: 64, or
+    ``max_slabs`` if smaller) idle slabs kept for reuse, the surplus is freed.  Thread-safe.
     """
 
-    def __init__(self, slab_size=65536, max_slabs=1024, max_idle=64):
+    def __init__(self, slab_size=65536, max_slabs=1024, max_idle=None):
         slab_size = _index("slab_size", slab_size)
         max_slabs = _index("max_slabs", max_slabs)
-        max_idle = _index("max_idle", max_idle)
+        max_idle = min(64, max_slabs) if max_idle is None else _index("max_idle", max_idle)
         if slab_size < 64:
             raise ValueError("slab_size must be >= 64, not %d" % slab_size)
         if max_slabs < 1:

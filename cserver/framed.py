@@ -36,12 +36,17 @@ logger = logging.getLogger("cserver.framing")
 _COALESCE_LIMIT = 16384
 
 
-def send_frame(sock, payload, encoder):
-    """Send ``payload`` (bytes-like) as one frame on the blocking socket
-    ``sock``, its header written by ``encoder`` (a FrameEncoder)."""
+def _as_bytes_view(payload):
     view = memoryview(payload)
     if view.ndim != 1 or view.format != "B":
         view = view.cast("B")
+    return view
+
+
+def send_frame(sock, payload, encoder):
+    """Send ``payload`` (bytes-like) as one frame on the blocking socket
+    ``sock``, its header written by ``encoder`` (a FrameEncoder)."""
+    view = _as_bytes_view(payload)
     with view:
         size = view.nbytes
         header = encoder.header(size)
@@ -52,13 +57,31 @@ def send_frame(sock, payload, encoder):
                 sock.sendall(header)
                 sock.sendall(view)
             return
-        sent = sock.sendmsg((header, view))
-        hsize = len(header)
-        if sent < hsize:
-            sock.sendall(header[sent:])
-            sock.sendall(view)
-        elif sent < hsize + size:
-            sock.sendall(view[sent - hsize:])
+        _sendmsg_all(sock, [header, view], len(header) + size)
+
+
+def _sendmsg_all(sock, buffers, total):
+    """Send every buffer of the list ``buffers`` (``total`` bytes) with
+    scatter/gather writes; the list is consumed."""
+    if total <= _COALESCE_LIMIT or not hasattr(sock, "sendmsg"):
+        sock.sendall(b"".join(buffers))
+        return
+    while buffers:
+        sent = sock.sendmsg(buffers[:_IOV_MAX])
+        # drop what was sent, keep the rest of a partly sent buffer
+        i = 0
+        while i < len(buffers) and sent >= len(buffers[i]):
+            sent -= len(buffers[i])
+            i += 1
+        del buffers[:i]
+        if sent:
+            buffers[0] = memoryview(buffers[0])[sent:]
+
+
+_IOV_MAX = 512
+# Replies to the frames of one read are sent together, up to these bounds.
+_BATCH_FRAMES = 256
+_BATCH_BYTES = 1 << 20
 
 
 def _layout_kwargs(obj):
@@ -127,20 +150,51 @@ class FramedRequestHandler(BaseRequestHandler):
             fmt, initial_bytes_to_strip=self.initial_bytes_to_strip,
             pool=self.buffer_pool, **layout)
         self._frames = deque()
+        self._replies = []
+        self._reply_bytes = 0
 
     def handle(self):
         """Read frames until the peer closes; pass each to handle_frame()
-        and send back any non-None result."""
+        and send back any non-None result.  The replies to frames that
+        arrived together (in one read) are sent together, in one
+        scatter/gather write, once the last of them is handled."""
+        frames = self._frames
         try:
             while True:
                 frame = self.recv_frame()
                 if frame is None:
-                    return
+                    break
                 reply = self.handle_frame(frame)
                 if reply is not None:
-                    self.send_frame(reply)
+                    self._queue_reply(reply)
+                if not frames and self._replies:
+                    self._flush_replies()
         except FrameError as exc:
+            # the replies to the good frames before the bad one go first
+            try:
+                self._flush_replies()
+            except OSError:
+                pass
             self.frame_error(exc)
+            return
+        self._flush_replies()
+
+    def _queue_reply(self, payload):
+        view = _as_bytes_view(payload)
+        header = self.encoder.header(view.nbytes)
+        replies = self._replies
+        replies.append(header)
+        replies.append(view)
+        self._reply_bytes += len(header) + view.nbytes
+        if len(replies) >= 2 * _BATCH_FRAMES or self._reply_bytes >= _BATCH_BYTES:
+            self._flush_replies()
+
+    def _flush_replies(self):
+        replies, total = self._replies, self._reply_bytes
+        self._replies = []
+        self._reply_bytes = 0
+        if replies:
+            _sendmsg_all(self.connection, replies, total)
 
     def handle_frame(self, frame):
         """Handle one frame (``bytes``); return a reply payload to send it,
@@ -167,7 +221,10 @@ class FramedRequestHandler(BaseRequestHandler):
         return frames.popleft()
 
     def send_frame(self, payload):
-        """Send ``payload`` (bytes-like) as one frame."""
+        """Send ``payload`` (bytes-like) as one frame (after any reply
+        queued by handle())."""
+        if self._replies:
+            self._flush_replies()
         send_frame(self.connection, payload, self.encoder)
 
     def finish(self):
@@ -250,8 +307,15 @@ class FramedClient:
         return reply
 
     def close(self):
-        """Close the connection (idempotent)."""
+        """Close the connection (idempotent).  The socket is shut down
+        first, so the server sees the end of the stream even if a forked
+        process inherited a copy of the descriptor."""
         self.decoder.close()
+        if self.socket.fileno() >= 0:
+            try:
+                self.socket.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
         self.socket.close()
 
     def __enter__(self):

@@ -1,0 +1,264 @@
+"""FramedRequestHandler on every stdlib-style server kind, and FramedClient."""
+import contextlib
+import logging
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import threading
+
+import pytest
+
+import cserver
+from cserver import FramedClient, FramedRequestHandler
+
+HAS_FORK = hasattr(os, "fork")
+FORK_WARNING = pytest.mark.filterwarnings(
+    # 3.12+ warns that fork() in a multi-threaded process may deadlock; the
+    # server's own thread is the reason here, and the child only runs the
+    # handler then exits.
+    "ignore:This process:DeprecationWarning")
+
+
+class _ForkingUnixStreamServer(cserver.ForkingMixIn, cserver.UnixStreamServer):
+    pass
+
+
+def _kinds():
+    kinds = [("TCPServer", False), ("ThreadingTCPServer", False),
+             ("ThreadPoolTCPServer", False), ("UnixStreamServer", True),
+             ("ThreadingUnixStreamServer", True), ("ThreadPoolUnixStreamServer", True)]
+    if HAS_FORK:
+        kinds += [("ForkingTCPServer", False), ("ForkingUnixStreamServer", True)]
+    return [pytest.param(name, unix, id=name,
+                         marks=[FORK_WARNING] if "Forking" in name else [])
+            for name, unix in kinds]
+
+
+KINDS = _kinds()
+
+
+def server_class(name):
+    if name == "ForkingUnixStreamServer" and not hasattr(cserver, name):
+        return _ForkingUnixStreamServer   # 3.9-3.11 have no such class
+    return getattr(cserver, name)
+
+
+@contextlib.contextmanager
+def running(name, unix, handler):
+    tmp = None
+    if unix:
+        tmp = tempfile.mkdtemp(prefix="cf", dir="/tmp")
+        address = os.path.join(tmp, "s")
+    else:
+        address = ("127.0.0.1", 0)
+    server = server_class(name)(address, handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        thread.join(10)
+        server.server_close()
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+        assert not thread.is_alive()
+
+
+class Reverser(FramedRequestHandler):
+    def handle_frame(self, frame):
+        return frame[::-1]
+
+
+def raw_connect(server, unix):
+    if unix:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(10)
+        sock.connect(server.server_address)
+        return sock
+    return socket.create_connection(server.server_address, 10)
+
+
+def read_until_eof(sock):
+    data = b""
+    for _ in range(1000):
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+    raise AssertionError("no end of stream")
+
+
+@pytest.mark.parametrize("name,unix", KINDS)
+def test_echo_on_every_server(name, unix):
+    with running(name, unix, Reverser) as server:
+        with FramedClient(server.server_address, timeout=10) as client:
+            assert client.request(b"hello") == b"olleh"
+            assert client.request(b"") == b""
+            big = bytes(range(256)) * 800          # > a slab, sent with sendmsg
+            assert client.request(big) == big[::-1]
+            for p in (b"a", bytearray(b"bc"), memoryview(b"def")):
+                client.send_frame(p)                # pipelined
+            assert [client.recv_frame() for _ in range(3)] == [b"a", b"cb", b"fed"]
+        # the server keeps serving new connections
+        with FramedClient(server.server_address, timeout=10) as client:
+            assert client.request(b"ab") == b"ba"
+
+
+@pytest.mark.parametrize("name,unix", KINDS)
+def test_bad_frame_closes_the_connection(name, unix, caplog):
+    with running(name, unix, Reverser) as server:
+        with caplog.at_level(logging.WARNING, logger="cserver.framing"):
+            with raw_connect(server, unix) as sock:
+                # a good frame, then a header announcing 2 MiB (limit: 1 MiB)
+                sock.sendall(cserver.encode_frame(b"ok") + b"\x00\x20\x00\x00")
+                assert read_until_eof(sock) == cserver.encode_frame(b"ko")
+                sock.shutdown(socket.SHUT_RDWR)   # forked children hold copies
+            with FramedClient(server.server_address, timeout=10) as client:
+                assert client.request(b"still up") == b"pu llits"
+    if "Forking" not in name:   # a forked child logs in its own process
+        records = [r for r in caplog.records if r.name == "cserver.framing"]
+        assert len(records) == 1
+        message = records[0].getMessage()
+        assert "FrameTooLarge" in message
+        assert "2097152" in message and "1048576" in message
+
+
+@pytest.mark.parametrize("name,unix", KINDS[:2])
+def test_stream_cut_inside_a_frame_is_logged(name, unix, caplog):
+    with running(name, unix, Reverser) as server:
+        with caplog.at_level(logging.WARNING, logger="cserver.framing"):
+            with raw_connect(server, unix) as sock:
+                sock.sendall(b"\x00\x00\x00\x09abc")
+                sock.shutdown(socket.SHUT_WR)
+                assert read_until_eof(sock) == b""
+            # the handler has logged before the server closed the socket
+    messages = [r.getMessage() for r in caplog.records if r.name == "cserver.framing"]
+    assert len(messages) == 1 and "IncompleteFrame" in messages[0]
+    assert "7 of 13" in messages[0]
+
+
+class Chatty(FramedRequestHandler):
+    """Replies by return value and by send_frame(), interleaved."""
+
+    def handle_frame(self, frame):
+        if frame.startswith(b"!"):
+            self.send_frame(b"direct " + frame)
+            return None
+        return b"reply " + frame
+
+
+@pytest.mark.parametrize("name,unix", KINDS[:2])
+def test_many_pipelined_frames_replied_in_order(name, unix):
+    frames = [b"%d" % i if i % 7 else b"!%d" % i for i in range(600)]
+    expected = [(b"direct " if f.startswith(b"!") else b"reply ") + f for f in frames]
+    with running(name, unix, Chatty) as server:
+        with FramedClient(server.server_address, timeout=10) as client:
+            client.socket.sendall(b"".join(cserver.encode_frame(f) for f in frames))
+            assert [client.recv_frame() for _ in frames] == expected
+            big = b"b" * 300000
+            client.socket.sendall(cserver.encode_frame(big) * 5)
+            assert [client.recv_frame() for _ in range(5)] == [b"reply " + big] * 5
+
+
+class SmallFrames(FramedRequestHandler):
+    frame_format = "<H"
+    max_frame_size = 100
+
+    def handle_frame(self, frame):
+        return b"%d" % len(frame)
+
+
+def test_class_attributes_configure_the_framing():
+    with running("ThreadingTCPServer", False, SmallFrames) as server:
+        with FramedClient(server.server_address, timeout=10, frame_format="<H") as client:
+            assert client.request(b"x" * 100) == b"100"
+            client.send_frame(b"x" * 101)          # over the server's limit
+            assert client.recv_frame() is None      # the server hung up
+        with FramedClient(server.server_address, timeout=10, frame_format="<H") as client:
+            with pytest.raises(EOFError):
+                client.request(b"y" * 500)
+
+
+class Summer(FramedRequestHandler):
+    """A handler that reads frames itself with recv_frame()."""
+
+    def handle(self):
+        total = 0
+        while True:
+            frame = self.recv_frame()
+            if frame is None or frame == b"=":
+                break
+            total += int(frame)
+        self.send_frame(b"%d" % total)
+
+
+def test_handler_reading_frames_itself():
+    with running("ThreadingTCPServer", False, Summer) as server:
+        with FramedClient(server.server_address, timeout=10) as client:
+            for n in (1, 2, 39):
+                client.send_frame(b"%d" % n)
+            assert client.request(b"=") == b"42"
+
+
+class Silent(FramedRequestHandler):
+    def handle_frame(self, frame):
+        return None
+
+
+def test_client_timeout():
+    with running("ThreadingTCPServer", False, Silent) as server:
+        with FramedClient(server.server_address, timeout=0.2) as client:
+            with pytest.raises(socket.timeout):
+                client.request(b"anyone?")
+
+
+def test_client_connect_refused_leaks_nothing():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        address = s.getsockname()
+    before = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(ConnectionRefusedError):
+        FramedClient(address, timeout=5)
+    tmp = tempfile.mkdtemp(prefix="cf", dir="/tmp")
+    try:
+        with pytest.raises((FileNotFoundError, ConnectionRefusedError)):
+            FramedClient(os.path.join(tmp, "nothing"), timeout=5)
+    finally:
+        shutil.rmtree(tmp)
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_no_fd_leak_over_many_connections():
+    with running("ThreadingTCPServer", False, Reverser) as server:
+        with FramedClient(server.server_address, timeout=10) as client:
+            client.request(b"warm up")
+        before = len(os.listdir("/proc/self/fd"))
+        for i in range(20):
+            with FramedClient(server.server_address, timeout=10) as client:
+                assert client.request(b"%d" % i) == (b"%d" % i)[::-1]
+    # the server's handler threads are joined by server_close()
+    assert len(os.listdir("/proc/self/fd")) <= before - 1   # listener closed too
+
+
+def test_pure_mode_runs_the_same_handler(tmp_path):
+    """The framed handler also runs from source (CSERVER_PURE=1)."""
+    import subprocess
+    code = (
+        "import cserver, threading\n"
+        "assert not cserver.framing.COMPILED\n"
+        "class H(cserver.FramedRequestHandler):\n"
+        "    def handle_frame(self, f): return f.upper()\n"
+        "with cserver.ThreadingTCPServer(('127.0.0.1', 0), H) as s:\n"
+        "    t = threading.Thread(target=s.serve_forever); t.start()\n"
+        "    with cserver.FramedClient(s.server_address, 10) as c:\n"
+        "        print(c.request(b'pure').decode())\n"
+        "    s.shutdown(); t.join()\n")
+    env = dict(os.environ, CSERVER_PURE="1",
+               PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "PURE"

@@ -1,0 +1,465 @@
+"""The length-prefix decoder and encoder, over the C twin and the pure twin.
+
+The expected frames are built here from first principles (int.to_bytes), not
+with the encoder under test.
+"""
+import array
+import socket
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import cserver
+from cserver.errors import FrameError, FrameTooLarge, IncompleteFrame
+
+# -- header descriptions and an independent model of them -----------------
+
+_FORMATS = {"!I": (4, "big"), ">I": (4, "big"), "<I": (4, "little"),
+            "!H": (2, "big"), "<H": (2, "little"), "!B": (1, "big"),
+            "!Q": (8, "big"), "<Q": (8, "little"), "=B": (1, "big")}
+
+LAYOUTS = [
+    {},
+    {"fmt": "!H"}, {"fmt": "<H"}, {"fmt": "!B"}, {"fmt": "!Q"}, {"fmt": "<Q"},
+    {"fmt": "<I"}, {"fmt": ">I"}, {"fmt": "=B"},
+    {"length_size": 3}, {"length_size": 3, "byteorder": "little"},
+    {"length_size": 8, "byteorder": "little"}, {"length_size": 1},
+    # Netty's documented layouts
+    {"length_size": 2, "initial_bytes_to_strip": 0},
+    {"length_size": 2, "length_adjustment": -2, "initial_bytes_to_strip": 0},
+    {"length_offset": 2, "length_size": 3, "initial_bytes_to_strip": 0},
+    {"length_size": 3, "length_adjustment": 2, "initial_bytes_to_strip": 0},
+    {"length_offset": 1, "length_size": 2, "length_adjustment": 1,
+     "initial_bytes_to_strip": 3},
+    {"length_offset": 1, "length_size": 2, "length_adjustment": -3,
+     "initial_bytes_to_strip": 3},
+    # strip only part of the header, or more than the header
+    {"length_offset": 3, "length_size": 2, "initial_bytes_to_strip": 1},
+    {"length_size": 2, "initial_bytes_to_strip": 4, "length_adjustment": 2},
+]
+
+
+def model(layout):
+    """(size, byteorder, offset, adjustment, strip) from a layout."""
+    if "fmt" in layout:
+        size, order = _FORMATS[layout["fmt"]]
+    elif "length_size" in layout:
+        size, order = layout["length_size"], layout.get("byteorder", "big")
+    else:
+        size, order = 4, "big"
+    offset = layout.get("length_offset", 0)
+    adjustment = layout.get("length_adjustment", 0)
+    strip = layout.get("initial_bytes_to_strip", offset + size)
+    return size, order, offset, adjustment, strip
+
+
+def decoder(mod, layout, **kw):
+    layout = dict(layout)
+    fmt = layout.pop("fmt", None)
+    return mod.FrameDecoder(fmt, **layout, **kw)
+
+
+def build(layout, bodies, fill=b"\xa5"):
+    """The wire stream for ``bodies`` and the frames a decoder delivers."""
+    size, order, offset, adjustment, strip = model(layout)
+    stream, expected = [], []
+    for body in bodies:
+        frame = fill * offset + (len(body) - adjustment).to_bytes(size, order) + body
+        stream.append(frame)
+        expected.append(frame[strip:])
+    return b"".join(stream), expected
+
+
+def body_strategy(layout):
+    size, _, _, adjustment, strip = model(layout)
+    low = max(0, adjustment, strip - model(layout)[2] - size)
+    high = min(300, (1 << (8 * size)) - 1 + adjustment)
+    return st.lists(st.binary(min_size=low, max_size=high), max_size=8)
+
+
+def chunks_at(stream, cuts):
+    points = sorted(set(c % (len(stream) + 1) for c in cuts))
+    out, last = [], 0
+    for p in points + [len(stream)]:
+        out.append(stream[last:p])
+        last = p
+    return out
+
+
+def feed_all(dec, chunks):
+    frames = []
+    for chunk in chunks:
+        frames.extend(bytes(f) for f in dec.feed(chunk))
+    return frames
+
+
+def feed_via_buffer(dec, stream, step):
+    frames, pos = [], 0
+    while pos < len(stream):
+        buf = dec.get_buffer(step)
+        n = min(len(buf), step, len(stream) - pos)
+        buf[:n] = stream[pos:pos + n]
+        del buf  # a view of the decoder's buffer must not outlive the call
+        frames.extend(bytes(f) for f in dec.buffer_updated(n))
+        pos += n
+    return frames
+
+
+# -- property tests -----------------------------------------------------
+
+@pytest.mark.parametrize("layout", LAYOUTS, ids=repr)
+@given(data=st.data())
+@settings(max_examples=25)
+def test_any_split_yields_the_same_frames(twin, layout, data):
+    bodies = data.draw(body_strategy(layout))
+    stream, expected = build(layout, bodies)
+    cuts = data.draw(st.lists(st.integers(0, 1 << 16), max_size=12))
+    pool = twin.BufferPool(slab_size=256, max_slabs=4)
+    for chunks in (chunks_at(stream, cuts), [stream], [stream[i:i + 1] for i in range(len(stream))]):
+        dec = decoder(twin, layout, pool=pool)
+        assert feed_all(dec, chunks) == expected
+        assert dec.pending == 0
+        dec.eof()
+    step = data.draw(st.integers(1, 700))
+    dec = decoder(twin, layout, pool=pool)
+    assert feed_via_buffer(dec, stream, step) == expected
+    dec.eof()
+    assert pool.stats()["in_use"] == 0
+
+
+def pattern(n, seed=0):
+    """``n`` bytes that differ from one frame to the next."""
+    return (bytes(range(seed % 7, 256)) * (n // 200 + 1))[:n]
+
+
+SIZES = st.one_of(st.integers(0, 3000),
+                  st.sampled_from([63, 64, 65, 255, 256, 4095, 65535, 65536, 70000]))
+
+
+@given(sizes=st.lists(SIZES, max_size=6), step=st.integers(1, 1 << 17))
+def test_coalesced_streams_and_large_frames(twin, sizes, step):
+    # frames larger than a slab, fed in chunks of any size
+    bodies = [pattern(n, i) for i, n in enumerate(sizes)]
+    stream, expected = build({}, bodies)
+    pool = twin.BufferPool(slab_size=1024, max_slabs=2)
+    dec = twin.FrameDecoder(pool=pool)
+    assert feed_all(dec, [stream[i:i + step] for i in range(0, len(stream), step)]) == expected
+    dec = twin.FrameDecoder(pool=pool)
+    assert feed_via_buffer(dec, stream, step) == expected
+    assert pool.stats()["in_use"] == 0
+
+
+@pytest.mark.parametrize("step", [1 << 30, 65536, 1000, 7])
+def test_frames_of_every_size(twin, step):
+    sizes = [0, 1, 63, 64, 65, 255, 256, 4095, 65535, 65536, 70000, 200000, 3]
+    bodies = [pattern(n, i) for i, n in enumerate(sizes)]
+    stream, expected = build({}, bodies)
+    dec = twin.FrameDecoder()
+    assert feed_all(dec, [stream[i:i + step] for i in range(0, len(stream), step)]) == expected
+    if step > 1:
+        dec = twin.FrameDecoder()
+        assert feed_via_buffer(dec, stream, step) == expected
+
+
+@given(bodies=st.lists(st.binary(max_size=100), max_size=5),
+       fmt=st.sampled_from(sorted(_FORMATS)))
+def test_encoder_round_trip(twin, bodies, fmt):
+    enc = twin.FrameEncoder(fmt)
+    stream = b"".join(enc.encode(b) for b in bodies)
+    assert stream == build({"fmt": fmt}, bodies)[0]
+    assert stream == b"".join(twin.encode_frame(b, fmt) for b in bodies)
+    assert twin.FrameDecoder(fmt).feed(stream) == bodies
+
+
+def outcome(mod, layout, chunks, **kw):
+    """Frames delivered and the error raised (type name, message) or None."""
+    dec = decoder(mod, layout, **kw)
+    frames = []
+    try:
+        for chunk in chunks:
+            frames.extend(bytes(f) for f in dec.feed(chunk))
+        dec.eof()
+    except FrameError as exc:
+        assert dec.failed
+        with pytest.raises(type(exc)):
+            dec.feed(b"")
+        return frames, (type(exc).__name__, str(exc))
+    return frames, None
+
+
+@settings(max_examples=300, deadline=2000)
+@given(layout=st.sampled_from(LAYOUTS), garbage=st.binary(max_size=400),
+       cuts=st.lists(st.integers(0, 1 << 16), max_size=8), data=st.data())
+def test_fuzz_twins_agree_on_any_input(layout, garbage, cuts, data):
+    """Bounded fuzz target: arbitrary bytes (alone, or after valid frames)
+    give the same frames and the same error for both twins and any split."""
+    from cserver import _framing, _framing_py
+    bodies = data.draw(body_strategy(layout).map(lambda b: b[:3]))
+    stream = build(layout, bodies)[0] + garbage
+    limit = data.draw(st.sampled_from([0, 3, 40, 1000, 1 << 20]))
+    limit = max(limit, model(layout)[3])
+    whole = outcome(_framing_py, layout, [stream], max_frame_size=limit)
+    assert outcome(_framing, layout, [stream], max_frame_size=limit) == whole
+    assert outcome(_framing, layout, chunks_at(stream, cuts), max_frame_size=limit) == whole
+    assert outcome(_framing_py, layout, chunks_at(stream, cuts), max_frame_size=limit) == whole
+    ones = [stream[i:i + 1] for i in range(len(stream))]
+    assert outcome(_framing, layout, ones, max_frame_size=limit) == whole
+
+
+# -- Netty's documented LengthFieldBasedFrameDecoder examples ------------
+
+HELLO = b"HELLO, WORLD"
+NETTY = [
+    # (parameters, wire bytes, delivered frame)
+    (dict(length_size=2, initial_bytes_to_strip=0),
+     b"\x00\x0c" + HELLO, b"\x00\x0c" + HELLO),
+    (dict(length_size=2, initial_bytes_to_strip=2), b"\x00\x0c" + HELLO, HELLO),
+    (dict(length_size=2, length_adjustment=-2, initial_bytes_to_strip=0),
+     b"\x00\x0e" + HELLO, b"\x00\x0e" + HELLO),
+    (dict(length_offset=2, length_size=3, initial_bytes_to_strip=0),
+     b"\xca\xfe\x00\x00\x0c" + HELLO, b"\xca\xfe\x00\x00\x0c" + HELLO),
+    (dict(length_size=3, length_adjustment=2, initial_bytes_to_strip=0),
+     b"\x00\x00\x0c\xca\xfe" + HELLO, b"\x00\x00\x0c\xca\xfe" + HELLO),
+    (dict(length_offset=1, length_size=2, length_adjustment=1, initial_bytes_to_strip=3),
+     b"\xca\x00\x0c\xfe" + HELLO, b"\xfe" + HELLO),
+    (dict(length_offset=1, length_size=2, length_adjustment=-3, initial_bytes_to_strip=3),
+     b"\xca\x00\x10\xfe" + HELLO, b"\xfe" + HELLO),
+]
+
+
+@pytest.mark.parametrize("params,wire,frame", NETTY, ids=range(len(NETTY)))
+def test_netty_layouts(twin, params, wire, frame):
+    assert twin.FrameDecoder(**params).feed(wire * 3) == [frame] * 3
+    dec = twin.FrameDecoder(**params)
+    assert feed_all(dec, [wire[i:i + 1] for i in range(len(wire))]) == [frame]
+
+
+# -- regressions tokio's LengthDelimitedCodec hit -------------------------
+
+def test_limit_is_checked_after_adjustment(twin):
+    # +5: a field of 8 announces a 13-byte body, over a limit of 10
+    dec = twin.FrameDecoder(length_size=1, length_adjustment=5, max_frame_size=10)
+    with pytest.raises(FrameTooLarge, match=r"frame length 13 .*field 8.*max_frame_size 10"):
+        dec.feed(b"\x08")
+    # -5: a field of 14 announces a 9-byte body, within the limit
+    dec = twin.FrameDecoder(length_size=1, length_adjustment=-5, max_frame_size=10)
+    assert dec.feed(b"\x0e" + b"x" * 9) == [b"x" * 9]
+
+
+def test_limit_wider_than_the_header_is_clamped(twin):
+    assert twin.FrameDecoder("!H", max_frame_size=10 << 20).max_frame_size == 65535
+    assert twin.FrameDecoder("!B").max_frame_size == 255
+    assert twin.FrameDecoder(length_size=3).max_frame_size == cserver.DEFAULT_MAX_FRAME_SIZE
+    assert twin.FrameDecoder("!B", length_adjustment=-1).max_frame_size == 254
+    assert twin.FrameDecoder("!B", length_adjustment=4).max_frame_size == 259
+    assert twin.FrameDecoder("!Q").max_frame_size == cserver.DEFAULT_MAX_FRAME_SIZE
+    assert twin.FrameEncoder("!H", max_frame_size=10 << 20).max_frame_size == 65535
+
+
+def test_encoder_never_truncates_a_length(twin):
+    with pytest.raises(FrameTooLarge, match="65536.*65535"):
+        twin.encode_frame(b"x" * 65536, "!H", max_frame_size=1 << 20)
+    with pytest.raises(FrameTooLarge, match="256.*255"):
+        twin.FrameEncoder("!B").encode(b"x" * 256)
+    with pytest.raises(FrameTooLarge, match="101.*100"):
+        twin.FrameEncoder(max_frame_size=100).header(101)
+    assert twin.encode_frame(b"x" * 65535, "!H")[:2] == b"\xff\xff"
+    # the length field itself must fit even when the limit allows more
+    enc = twin.FrameEncoder("!B", length_adjustment=-10)
+    with pytest.raises(FrameTooLarge):
+        enc.header(250)   # field would be 260
+    assert enc.header(245) == b"\xff"
+
+
+# -- errors -------------------------------------------------------------
+
+def test_oversized_header_fails_fast_with_limit_and_value(twin):
+    dec = twin.FrameDecoder(max_frame_size=100)
+    with pytest.raises(FrameTooLarge) as info:
+        dec.feed(b"\x00\x00\x01\x00")   # header only: no payload buffered
+    assert "256" in str(info.value) and "100" in str(info.value)
+    assert isinstance(info.value, ValueError)
+    assert dec.failed and dec.pending == 0
+    for call in (lambda: dec.feed(b""), lambda: dec.feed(b"\x00\x00\x00\x00"), dec.eof,
+                 lambda: dec.get_buffer()):
+        with pytest.raises(FrameTooLarge):
+            call()
+
+
+def test_eight_byte_length_does_not_overflow(twin):
+    dec = twin.FrameDecoder("!Q")
+    with pytest.raises(FrameTooLarge, match="18446744073709551615"):
+        dec.feed(b"\xff" * 8)
+    dec = twin.FrameDecoder("!Q", length_adjustment=-8)
+    with pytest.raises(FrameError, match="-8"):
+        dec.feed(b"\x00" * 8)
+
+
+def test_negative_length_after_adjustment(twin):
+    dec = twin.FrameDecoder(length_size=2, length_adjustment=-4, initial_bytes_to_strip=0)
+    with pytest.raises(FrameError) as info:
+        dec.feed(b"\x00\x02")
+    assert type(info.value) is FrameError
+    assert "-2" in str(info.value) and "-4" in str(info.value)
+
+
+def test_frame_shorter_than_strip(twin):
+    dec = twin.FrameDecoder(length_size=1, initial_bytes_to_strip=5)
+    assert dec.feed(b"\x04abcd") == [b""]
+    with pytest.raises(FrameError, match="3 bytes .*initial_bytes_to_strip 5"):
+        dec.feed(b"\x02ab")
+
+
+def test_frames_before_a_bad_header_are_delivered_first(twin):
+    dec = twin.FrameDecoder(max_frame_size=10)
+    good = twin.encode_frame(b"ok")
+    assert dec.feed(good + good + b"\x00\x00\x00\xff") == [b"ok", b"ok"]
+    with pytest.raises(FrameTooLarge, match="255"):
+        dec.feed(good)
+
+
+@pytest.mark.parametrize("wire,message", [
+    (b"\x00\x00", "2 of 4 header bytes"),
+    (b"\x00\x00\x00\x05ab", "6 of 9 bytes"),
+])
+def test_end_of_stream_inside_a_frame(twin, wire, message):
+    dec = twin.FrameDecoder()
+    assert dec.feed(wire) == []
+    assert dec.pending == len(wire)
+    with pytest.raises(IncompleteFrame, match=message):
+        dec.eof()
+    assert dec.failed
+
+
+def test_clean_end_of_stream(twin):
+    dec = twin.FrameDecoder()
+    assert dec.feed(b"\x00\x00\x00\x01x") == [b"x"]
+    dec.eof()
+    dec.eof()
+    assert not dec.failed
+
+
+@pytest.mark.parametrize("args,kwargs,exc", [
+    (("!i",), {}, ValueError), (("II",), {}, ValueError), (("!",), {}, ValueError),
+    ((4,), {}, TypeError), ((), {"length_size": 5}, ValueError),
+    (("!I",), {"length_size": 4}, ValueError), ((), {"byteorder": "middle"}, ValueError),
+    ((), {"max_frame_size": -1}, ValueError), ((), {"length_offset": -1}, ValueError),
+    ((), {"initial_bytes_to_strip": -1}, ValueError),
+    ((), {"length_size": 1, "length_adjustment": -256}, ValueError),
+    ((), {"length_adjustment": 200, "max_frame_size": 100}, ValueError),
+    ((), {"max_frame_size": 1.5}, TypeError),
+])
+def test_bad_parameters(twin, args, kwargs, exc):
+    with pytest.raises(exc):
+        twin.FrameDecoder(*args, **kwargs)
+
+
+def test_bad_input_types(twin):
+    dec = twin.FrameDecoder()
+    with pytest.raises(TypeError):
+        dec.feed("text")
+    with pytest.raises(TypeError):
+        dec.feed(None)
+    assert not dec.failed
+
+
+def test_any_bytes_like_input(twin):
+    wire = twin.encode_frame(b"abcd") + twin.encode_frame(b"")
+    dec = twin.FrameDecoder()
+    assert dec.feed(bytearray(wire[:3])) == []
+    assert dec.feed(memoryview(wire)[3:]) == [b"abcd", b""]
+    ints = array.array("I", wire[:8])   # a non-byte item format
+    assert dec.feed(ints) == [b"abcd"]
+
+
+def test_zero_copy_views(twin):
+    wire = b"".join(twin.encode_frame(b"f%d" % i) for i in range(3))
+    dec = twin.FrameDecoder(copy=False)
+    first = dec.feed(wire[:5])
+    frames = first + dec.feed(wire[5:])
+    assert [bytes(f) for f in frames] == [b"f0", b"f1", b"f2"]
+
+
+def test_buffer_updated_out_of_range(twin):
+    dec = twin.FrameDecoder()
+    n = len(dec.get_buffer())
+    with pytest.raises(ValueError):
+        dec.buffer_updated(n + 1)
+    with pytest.raises(ValueError):
+        dec.buffer_updated(-1)
+
+
+def test_read_from_socket(twin):
+    a, b = socket.socketpair()
+    try:
+        wire = b"".join(twin.encode_frame(b"m" * n) for n in (0, 1, 70000, 3))
+        a.sendall(wire[:10])
+        dec = twin.FrameDecoder()
+        frames = []
+        frames += dec.read_from(b)
+        a.sendall(wire[10:])
+        a.shutdown(socket.SHUT_WR)
+        for _ in range(1000):
+            got = dec.read_from(b)
+            if got is None:
+                break
+            frames += got
+        assert [len(f) for f in frames] == [0, 1, 70000, 3]
+        assert dec.read_from(b) is None
+    finally:
+        a.close()
+        b.close()
+
+
+def test_read_from_socket_cut_inside_a_frame(twin):
+    a, b = socket.socketpair()
+    try:
+        a.sendall(b"\x00\x00\x00\x09abc")
+        a.close()
+        dec = twin.FrameDecoder()
+        with pytest.raises(IncompleteFrame, match="7 of 13"):
+            for _ in range(10):
+                assert dec.read_from(b) == []
+    finally:
+        a.close()
+        b.close()
+
+
+def test_encoder_prefix_and_header(twin):
+    enc = twin.FrameEncoder(length_offset=2, length_size=2)
+    assert enc.header_size == 4
+    assert enc.header(5) == b"\x00\x00\x00\x05"
+    assert enc.header(5, prefix=b"\xca\xfe") == b"\xca\xfe\x00\x05"
+    assert enc.encode(b"hello", prefix=b"\xca\xfe") == b"\xca\xfe\x00\x05hello"
+    with pytest.raises(ValueError):
+        enc.header(5, prefix=b"x")
+    with pytest.raises(ValueError):
+        enc.header(-1)
+    with pytest.raises(FrameError):
+        twin.FrameEncoder(length_adjustment=3).header(2)
+    assert twin.FrameEncoder("<H").encode(b"ab") == b"\x02\x00ab"
+    assert twin.encode_frame(memoryview(b"xyz")) == b"\x00\x00\x00\x03xyz"
+
+
+def test_public_names():
+    from cserver import framing
+    assert cserver.FrameDecoder is framing.FrameDecoder
+    assert cserver.encode_frame is framing.encode_frame
+    assert issubclass(cserver.FrameTooLarge, cserver.FrameError)
+    assert issubclass(cserver.IncompleteFrame, cserver.FrameError)
+    assert issubclass(cserver.FrameError, ValueError)
+    assert "FrameDecoder" not in cserver.__all__
+    assert framing.COMPILED == (not cserver.PURE)
+
+
+@pytest.mark.parametrize("cut", [4, 5, 70000, 100003])
+def test_large_frame_cut_reports_what_was_received(twin, cut):
+    wire = twin.encode_frame(pattern(100000))
+    for step in (cut, 1000):
+        dec = twin.FrameDecoder()
+        for i in range(0, cut, step):
+            assert dec.feed(wire[i:min(i + step, cut)]) == []
+        assert dec.pending == cut
+        with pytest.raises(IncompleteFrame, match="%d of 100004 bytes" % cut):
+            dec.eof()
