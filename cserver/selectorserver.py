@@ -315,9 +315,8 @@ class SelectorServer:
         self.server_address = self.socket.getsockname()
 
     def server_activate(self):
-        """Listen.  With TCP ``workers`` the parent only holds the port:
-        each worker listens on its own SO_REUSEPORT socket."""
-        if self.socket_type == socket.SOCK_STREAM and not self._reuseport_workers():
+        """Listen (stream sockets)."""
+        if self.socket_type == socket.SOCK_STREAM:
             self.socket.listen(self.request_queue_size)
 
     def fileno(self):
@@ -497,7 +496,15 @@ class SelectorServer:
         children = {}
         started = {}
         delays = [0.0] * n
+        # One listening socket per worker, all SO_REUSEPORT on the same
+        # address, opened here: connections queue in their backlogs from the
+        # start, and a restarted worker takes over its predecessor's socket
+        # (and its queue).  Unix sockets: the workers share the one socket.
+        self._worker_sockets = [self.socket]
         try:
+            if self._reuseport_workers():
+                for slot in range(1, n):
+                    self._worker_sockets.append(self._reuseport_socket())
             for slot in range(n):
                 pid = self._spawn(slot)
                 children[pid] = slot
@@ -535,6 +542,23 @@ class SelectorServer:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             self._stop_workers = False
+            for sock in self._worker_sockets[1:]:
+                sock.close()
+            self._worker_sockets = [self.socket]
+
+    def _reuseport_socket(self):
+        sock = socket.socket(self.address_family, self.socket_type)
+        try:
+            if self.allow_reuse_address:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind(self.server_address)
+            if self.socket_type == socket.SOCK_STREAM:
+                sock.listen(self.request_queue_size)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
 
     def _stop_children(self, children):
         for pid in children:
@@ -589,21 +613,11 @@ class SelectorServer:
         self.worker_id = slot
         self._core = None
         self._core_lock = threading.Lock()
-        if self._reuseport_workers():
-            inherited = self.socket
-            sock = socket.socket(self.address_family, self.socket_type)
-            try:
-                if self.allow_reuse_address:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-                sock.bind(self.server_address)
-                if self.socket_type == socket.SOCK_STREAM:
-                    sock.listen(self.request_queue_size)
-            except BaseException:
+        mine = self._worker_sockets[slot] if self._reuseport_workers() else self.socket
+        for sock in self._worker_sockets:
+            if sock is not mine:
                 sock.close()
-                raise
-            self.socket = sock
-            inherited.close()
+        self.socket = mine
         logger.info("worker %d serving on %r, pid %d", slot, self.server_address, os.getpid())
         try:
             self.serve_forever()

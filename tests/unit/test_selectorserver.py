@@ -813,6 +813,10 @@ def test_workers_restart_a_crashed_worker():
     reader = LogReader(proc)
     try:
         port = int(reader.find(r"listening on 127\.0\.0\.1:(\d+)")[0].group(1))
+        # the listeners exist before the workers run: an early client waits
+        with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as c:
+            c.sendall(frame(b"early"))
+            assert recv_exactly(c, 9) == frame(b"early")
         workers = reader.find(r"worker (\d) serving on .* pid (\d+)", count=2)
         pids = {int(m.group(2)) for m in workers}
         assert len(pids) == 2 and proc.pid not in pids
