@@ -140,6 +140,7 @@ from .selectorserver import (  # noqa: E402,F401
 )
 if hasattr(_compat.socket, "AF_UNIX"):
     from .selectorserver import SelectorUnixStreamServer  # noqa: E402,F401
+from . import selectorserver  # noqa: E402,F401  (an attribute in pure mode too)
 # ------------------------------------------------------------------------------
 
 _sys.modules[__name__].__class__ = _Package
