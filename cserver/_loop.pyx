@@ -48,6 +48,7 @@ import socket
 
 cdef extern from *:
     """
+    #include <stddef.h>
     #include <sys/types.h>
     #include <sys/socket.h>
     #include <sys/uio.h>
