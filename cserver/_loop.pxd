@@ -130,6 +130,7 @@ cdef class Loop:
     cdef int _read_eof(self, Transport t) except -1
     cdef int _deliver(self, Transport t, const char *data, Py_ssize_t n,
                       bint buffered) except -1
+    cdef int _deliver_held(self, Transport t) except -1
     cdef int _flush(self, Transport t) except -1
     cdef int _flush_all(self) except -1
     cdef int _finish_close(self, Transport t, object exc) except -1

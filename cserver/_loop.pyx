@@ -965,9 +965,7 @@ cdef class Loop:
                 t.flags &= ~T_RESUMED
                 if not (t.flags & (T_CLOSING | T_CLOSED | T_PAUSED_USER)):
                     if t.held is not None:
-                        data = t.held
-                        t.held = None
-                        self._deliver(t, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), False)
+                        self._deliver_held(t)
                     elif t.partial:
                         self._deliver(t, NULL, 0, True)
         if self.ready:
@@ -1127,6 +1125,10 @@ cdef class Loop:
                 except Exception:
                     self._handler_failed(t)
                 return 0
+        elif t.held is not None:
+            # resumed with bytes received before the pause: they go first
+            self._deliver_held(t)
+            return 0
         elif not t.partial:
             # common case: frames decoded in place in the shared slab; the
             # tail of an incomplete frame goes to the decoder's pooled buffer
@@ -1216,6 +1218,11 @@ cdef class Loop:
         # reading into its buffer, ask it.
         t.partial = used > 0 if not buffered else dec.pending > 0
         return 0
+
+    cdef int _deliver_held(self, Transport t) except -1:
+        data = t.held
+        t.held = None
+        return self._deliver(t, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), False)
 
     def _bad_frame(self, Transport t, exc):
         self.frame_errors += 1

@@ -474,6 +474,41 @@ def test_pause_and_resume_reading_keep_order(kind):
         assert recv_exactly(c, len(stream)) == stream
 
 
+def test_bytes_received_before_a_pause_go_before_later_ones(kind):
+    # frame 2 is split: its start arrives with frame 1 (then the handler
+    # pauses), its end arrives while paused; after the resume, order holds.
+    class Pausing(cserver.FrameHandler):
+        def frame_received(self, frame):
+            self.server.events.append(frame)
+            self.send_frame(frame)
+            self.pause_reading()
+            self.server.call_later(0.1, self.resume_reading)
+
+    f1, f2, f3 = frame(b"one"), frame(b"two" * 1000), frame(b"three")
+    with serving(tcp(Pausing, kind)) as server, connect(server) as c:
+        c.sendall(f1 + f2[:100])
+        assert recv_exactly(c, len(f1)) == f1
+        c.sendall(f2[100:] + f3)
+        assert recv_exactly(c, len(f2) + len(f3)) == f2 + f3
+        assert server.events == [b"one", b"two" * 1000, b"three"]
+
+
+@pytest.mark.parametrize("size", [100, 200000])
+def test_pause_reading_with_buffered_large_frames(kind, size):
+    class Pausing(cserver.FrameHandler):
+        def frame_received(self, frame):
+            self.send_frame(frame)
+            self.pause_reading()
+            self.server.call_soon(self.resume_reading)
+
+    payloads = [bytes([i]) * size for i in range(6)]
+    stream = b"".join(frame(p) for p in payloads)
+    with serving(tcp(Pausing, kind)) as server, connect(server) as c:
+        for i in range(0, len(stream), 70001):
+            c.sendall(stream[i:i + 70001])
+        assert recv_exactly(c, len(stream)) == stream
+
+
 # -- limits: idle timeout, max connections ----------------------------------------------
 
 
