@@ -279,6 +279,7 @@ class SelectorServer:
         self.RequestHandlerClass = RequestHandlerClass
         self._core = None
         self._closed_stats = None
+        self._extra_sockets = []
         self._core_lock = threading.Lock()
         self._loop_thread = None
         self._is_worker = False
@@ -440,6 +441,9 @@ class SelectorServer:
             core.close()
         elif self._closed_stats is None:
             self._closed_stats = {}
+        for sock in self._extra_sockets:
+            sock.close()
+        self._extra_sockets = []
         self.socket.close()
 
     def __enter__(self):
@@ -466,6 +470,23 @@ class SelectorServer:
     def call_at(self, when, fn, *args):
         """Like ``call_later`` at ``when`` on the ``time.monotonic()`` clock."""
         return self._get_core().call_at(when, fn, *args)
+
+    def add_datagram_endpoint(self, address, handler_class):
+        """Serve a UDP socket bound to ``address`` on this server's loop too
+        (one thread for TCP and UDP); ``handler_class`` is a
+        ``DatagramHandler`` subclass, instantiated once.  Returns the bound
+        address.  Call before ``serve_forever()`` (or on the loop's thread);
+        not with ``workers``."""
+        family = socket.AF_INET6 if ":" in str(address[0]) else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.bind(address)
+            self._get_core().add_datagram_endpoint(sock, lambda ep: handler_class(ep, self))
+        except BaseException:
+            sock.close()
+            raise
+        self._extra_sockets.append(sock)
+        return sock.getsockname()
 
     def stats(self):
         """Current and total connections, bytes and frames in and out,

@@ -741,6 +741,21 @@ def test_udp(kind):
         assert wait_for(lambda: server.stats()["frames_in"] == 50)
 
 
+def test_tcp_and_udp_on_one_loop(kind):
+    server = tcp(Echo, kind)
+    try:
+        udp_address = server.add_datagram_endpoint(("127.0.0.1", 0), UDPEcho)
+        with serving(server):
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u, connect(server) as c:
+                u.settimeout(TIMEOUT)
+                u.sendto(b"dgram", udp_address)
+                c.sendall(frame(b"stream"))
+                assert u.recvfrom(100)[0] == b"DGRAM"
+                assert recv_exactly(c, 10) == frame(b"stream")
+    finally:
+        server.server_close()
+
+
 def test_udp_handler_error_goes_to_handle_error(kind):
     class Bad(cserver.DatagramHandler):
         def datagram_received(self, data, addr):
