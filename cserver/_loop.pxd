@@ -88,6 +88,7 @@ cdef class Loop:
     cdef Py_ssize_t timer_seq
     # shared receive slab
     cdef char *slab
+    cdef void *mmsg            # recvmmsg buffers (Linux, UDP only)
     cdef Py_ssize_t slab_size
     # state
     cdef readonly bint running

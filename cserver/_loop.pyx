@@ -137,6 +137,43 @@ cdef extern from *:
         Py_RETURN_NONE;
     }
 
+    /* recvmmsg: up to CS_MMSG_N datagrams (each up to 64 KiB) per syscall */
+    #define CS_MMSG_N 16
+    #define CS_MMSG_SIZE 65536
+    #ifdef __linux__
+    typedef struct {
+        struct mmsghdr msgs[CS_MMSG_N];
+        struct iovec iov[CS_MMSG_N];
+        struct sockaddr_storage addrs[CS_MMSG_N];
+        char data[CS_MMSG_N][CS_MMSG_SIZE];
+    } cs_mmsg_t;
+    static int cs_recvmmsg(int fd, cs_mmsg_t *m) {
+        int i;
+        memset(m->msgs, 0, sizeof(m->msgs));
+        for (i = 0; i < CS_MMSG_N; i++) {
+            m->iov[i].iov_base = m->data[i];
+            m->iov[i].iov_len = CS_MMSG_SIZE;
+            m->msgs[i].msg_hdr.msg_name = &m->addrs[i];
+            m->msgs[i].msg_hdr.msg_namelen = sizeof(m->addrs[i]);
+            m->msgs[i].msg_hdr.msg_iov = &m->iov[i];
+            m->msgs[i].msg_hdr.msg_iovlen = 1;
+        }
+        return recvmmsg(fd, m->msgs, CS_MMSG_N, MSG_DONTWAIT, NULL);
+    }
+    static Py_ssize_t cs_mmsg_len(cs_mmsg_t *m, int i) { return (Py_ssize_t)m->msgs[i].msg_len; }
+    static socklen_t cs_mmsg_addrlen(cs_mmsg_t *m, int i) { return m->msgs[i].msg_hdr.msg_namelen; }
+    #else
+    typedef struct {
+        struct sockaddr_storage addrs[CS_MMSG_N];
+        char data[CS_MMSG_N][CS_MMSG_SIZE];
+    } cs_mmsg_t;
+    static int cs_recvmmsg(int fd, cs_mmsg_t *m) { (void)fd; (void)m; errno = ENOSYS; return -1; }
+    static Py_ssize_t cs_mmsg_len(cs_mmsg_t *m, int i) { (void)m; (void)i; return 0; }
+    static socklen_t cs_mmsg_addrlen(cs_mmsg_t *m, int i) { (void)m; (void)i; return 0; }
+    #endif
+    static char *cs_mmsg_data(cs_mmsg_t *m, int i) { return m->data[i]; }
+    static struct sockaddr_storage *cs_mmsg_addr(cs_mmsg_t *m, int i) { return &m->addrs[i]; }
+
     static ssize_t cs_recvfrom(int fd, char *buf, size_t n,
                                struct sockaddr_storage *ss, socklen_t *len) {
         *len = sizeof(*ss);
@@ -173,6 +210,15 @@ cdef extern from *:
     int cs_sock_error(int fd)
     object cs_addr_to_py(sockaddr_storage *ss, socklen_t len)
     ssize_t cs_recvfrom(int fd, char *buf, size_t n, sockaddr_storage *ss, socklen_t *len)
+    int CS_MMSG_N
+    ctypedef struct cs_mmsg_t:
+        pass
+    int cs_recvmmsg(int fd, cs_mmsg_t *m)
+    Py_ssize_t cs_mmsg_len(cs_mmsg_t *m, int i)
+    socklen_t cs_mmsg_addrlen(cs_mmsg_t *m, int i)
+    char *cs_mmsg_data(cs_mmsg_t *m, int i)
+    sockaddr_storage *cs_mmsg_addr(cs_mmsg_t *m, int i)
+    int ENOSYS
 
 
 HAVE_EPOLL = bool(CS_HAVE_EPOLL)
@@ -521,6 +567,7 @@ cdef class Loop:
         self.wake_w = -1
         self.slab = NULL
         self.events_buf = NULL
+        self.mmsg = NULL
 
     def __init__(self, kind="epoll", Py_ssize_t read_size=262144, int max_events=512):
         if kind not in ("epoll", "selectors"):
@@ -570,6 +617,8 @@ cdef class Loop:
         self.now = _monotonic()
 
     def __dealloc__(self):
+        if self.mmsg != NULL:
+            PyMem_Free(self.mmsg)
         if self.slab != NULL:
             PyMem_Free(self.slab)
         if self.events_buf != NULL:
@@ -702,6 +751,10 @@ cdef class Loop:
         """Serve a datagram socket; ``handler_factory(endpoint)`` returns the
         handler whose ``datagram_received(data, addr)`` is called."""
         cdef DatagramEndpoint ep = DatagramEndpoint.__new__(DatagramEndpoint)
+        if CS_HAVE_EPOLL and self.mmsg == NULL:
+            self.mmsg = PyMem_Malloc(sizeof(cs_mmsg_t))
+            if self.mmsg == NULL:
+                raise MemoryError()
         sock.setblocking(False)
         ep.loop = self
         ep.fd = sock.fileno()
@@ -1340,7 +1393,40 @@ cdef class Loop:
         cdef sockaddr_storage ss
         cdef socklen_t alen
         cdef ssize_t n
-        cdef int k, err
+        cdef int k, err, i, cnt
+        cdef cs_mmsg_t *mm = <cs_mmsg_t *>self.mmsg
+        if mm != NULL:
+            # Linux: batches of datagrams per syscall (recvmmsg)
+            for k in range(DGRAM_BATCH // CS_MMSG_N):
+                cnt = cs_recvmmsg(ep.fd, mm)
+                if cnt < 0:
+                    err = errno
+                    if err == EAGAIN or err == EWOULDBLOCK:
+                        return 0
+                    if err == EINTR:
+                        continue
+                    if err == ENOSYS:
+                        PyMem_Free(self.mmsg)
+                        self.mmsg = NULL
+                        break
+                    self._dgram_error(ep, err)
+                    return 0
+                for i in range(cnt):
+                    if ep.closed:
+                        return 0
+                    n = cs_mmsg_len(mm, i)
+                    self.bytes_in += n
+                    self.frames_in += 1
+                    addr = cs_addr_to_py(cs_mmsg_addr(mm, i), cs_mmsg_addrlen(mm, i))
+                    try:
+                        ep.on_datagram(PyBytes_FromStringAndSize(cs_mmsg_data(mm, i), n), addr)
+                    except Exception:
+                        self.handler_errors += 1
+                        self.on_error(ep, addr)
+                if cnt < CS_MMSG_N:
+                    return 0
+            if self.mmsg != NULL:
+                return 0
         for k in range(DGRAM_BATCH):
             if ep.closed:
                 return 0
@@ -1351,13 +1437,7 @@ cdef class Loop:
                     return 0
                 if err == EINTR:
                     continue
-                cb = getattr(ep.handler, "error_received", None)
-                if cb is not None:
-                    try:
-                        cb(_oserror(err))
-                    except Exception:
-                        self.handler_errors += 1
-                        self.on_error(ep, None)
+                self._dgram_error(ep, err)
                 return 0
             self.bytes_in += n
             self.frames_in += 1
@@ -1368,6 +1448,15 @@ cdef class Loop:
                 self.handler_errors += 1
                 self.on_error(ep, addr)
         return 0
+
+    def _dgram_error(self, DatagramEndpoint ep, int err):
+        cb = getattr(ep.handler, "error_received", None)
+        if cb is not None:
+            try:
+                cb(_oserror(err))
+            except Exception:
+                self.handler_errors += 1
+                self.on_error(ep, None)
 
     cdef int _dgram_write(self, DatagramEndpoint ep) except -1:
         while ep.queue:

@@ -738,7 +738,10 @@ def test_udp(kind):
                 c.sendto(b"ping%d" % i, server.server_address)
             got = sorted(c.recvfrom(100)[0] for _ in range(50))
             assert got == sorted(b"PING%d" % i for i in range(50))
-        assert wait_for(lambda: server.stats()["frames_in"] == 50)
+            big = b"u" * 60000  # a datagram near the maximum is not truncated
+            c.sendto(big, server.server_address)
+            assert c.recvfrom(65536)[0] == big.upper()
+        assert wait_for(lambda: server.stats()["frames_in"] == 51)
 
 
 def test_tcp_and_udp_on_one_loop(kind):
