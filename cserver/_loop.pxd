@@ -89,6 +89,7 @@ cdef class Loop:
     # shared receive slab
     cdef char *slab
     cdef void *mmsg            # recvmmsg buffers (Linux, UDP only)
+    cdef list recent_addrs     # address objects of the datagrams in mmsg
     cdef Py_ssize_t slab_size
     # state
     cdef readonly bint running

@@ -174,6 +174,11 @@ cdef extern from *:
     static char *cs_mmsg_data(cs_mmsg_t *m, int i) { return m->data[i]; }
     static struct sockaddr_storage *cs_mmsg_addr(cs_mmsg_t *m, int i) { return &m->addrs[i]; }
 
+    static ssize_t cs_sendto(int fd, const char *buf, size_t n,
+                             struct sockaddr_storage *ss, socklen_t len) {
+        return sendto(fd, buf, n, MSG_NOSIGNAL, (struct sockaddr *)ss, len);
+    }
+
     static ssize_t cs_recvfrom(int fd, char *buf, size_t n,
                                struct sockaddr_storage *ss, socklen_t *len) {
         *len = sizeof(*ss);
@@ -210,6 +215,7 @@ cdef extern from *:
     int cs_sock_error(int fd)
     object cs_addr_to_py(sockaddr_storage *ss, socklen_t len)
     ssize_t cs_recvfrom(int fd, char *buf, size_t n, sockaddr_storage *ss, socklen_t *len)
+    ssize_t cs_sendto(int fd, const char *buf, size_t n, sockaddr_storage *ss, socklen_t len)
     int CS_MMSG_N
     ctypedef struct cs_mmsg_t:
         pass
@@ -508,8 +514,33 @@ cdef class DatagramEndpoint:
     def sendto(self, data, addr=None):
         """Send one datagram; if the socket buffer is full it is queued and
         sent when the socket is writable."""
+        cdef Loop loop = self.loop
+        cdef cs_mmsg_t *mm = <cs_mmsg_t *>loop.mmsg
+        cdef Py_ssize_t i, n
+        cdef ssize_t r
+        cdef int err
+        cdef Py_buffer view
         if self.closed:
             return
+        if not self.queue and mm != NULL and addr is not None and type(data) is bytes:
+            # A reply to a datagram of the current batch: its address object
+            # is one the loop made, and the sockaddr it came from is still in
+            # the batch buffers: send in C, no address parsing.
+            for i in range(len(loop.recent_addrs)):
+                if loop.recent_addrs[i] is addr:
+                    n = PyBytes_GET_SIZE(data)
+                    r = cs_sendto(self.fd, PyBytes_AS_STRING(data), n,
+                                  cs_mmsg_addr(mm, <int>i), cs_mmsg_addrlen(mm, <int>i))
+                    if r >= 0:
+                        loop.bytes_out += r
+                        return
+                    err = errno
+                    if err != EAGAIN and err != EWOULDBLOCK and err != EINTR:
+                        cb = getattr(self.handler, "error_received", None)
+                        if cb is not None:
+                            cb(_oserror(err))
+                        return
+                    break
         if not self.queue:
             try:
                 if addr is None:
@@ -580,6 +611,7 @@ cdef class Loop:
         self.endpoints = []
         self.flush_list = []
         self.resumed = []
+        self.recent_addrs = []
         self.ready = collections.deque()
         self.timers = []
         self.slab_size = max(read_size, 4096)
@@ -968,6 +1000,7 @@ cdef class Loop:
                         self.on_error(None, None)
         self.endpoints = []
         self.listeners = []
+        self.recent_addrs = []
         self.objs = []
         self.timers = []
         self.ready.clear()
@@ -1398,6 +1431,8 @@ cdef class Loop:
         if mm != NULL:
             # Linux: batches of datagrams per syscall (recvmmsg)
             for k in range(DGRAM_BATCH // CS_MMSG_N):
+                # the batch buffers are reused: forget the previous addresses
+                del self.recent_addrs[:]
                 cnt = cs_recvmmsg(ep.fd, mm)
                 if cnt < 0:
                     err = errno
@@ -1418,6 +1453,7 @@ cdef class Loop:
                     self.bytes_in += n
                     self.frames_in += 1
                     addr = cs_addr_to_py(cs_mmsg_addr(mm, i), cs_mmsg_addrlen(mm, i))
+                    self.recent_addrs.append(addr)
                     try:
                         ep.on_datagram(PyBytes_FromStringAndSize(cs_mmsg_data(mm, i), n), addr)
                     except Exception:
