@@ -744,6 +744,19 @@ def test_udp(kind):
         assert wait_for(lambda: server.stats()["frames_in"] == 51)
 
 
+def test_udp_reply_to_an_address_built_by_the_handler(kind):
+    class Later(cserver.DatagramHandler):
+        def datagram_received(self, data, addr):
+            # a new tuple (not the loop's object) and a reply after a delay
+            self.server.call_later(0.01, self.sendto, bytearray(data[::-1]), (addr[0], addr[1]))
+
+    with serving(cserver.SelectorUDPServer(("127.0.0.1", 0), Later, loop=kind)) as server:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
+            c.settimeout(TIMEOUT)
+            c.sendto(b"abc", server.server_address)
+            assert c.recvfrom(100)[0] == b"cba"
+
+
 def test_tcp_and_udp_on_one_loop(kind):
     server = tcp(Echo, kind)
     try:
