@@ -15,10 +15,14 @@ or where epoll does not exist), level-triggered.  A loop pass is:
    its whole write buffer (replies of one pass are batched); unsent data
    stays buffered and the fd waits for writability.
 
-Partial frames: a read lands in the shared slab; complete frames are decoded
-in place and what remains of an incomplete frame is moved to a buffer owned
-by the connection (sized to the announced frame), where the next reads land
-directly, so a large frame is copied once.  Write buffers are per
+Frames are decoded by the framing layer's C decoder (``cimport`` of
+``cserver._framing.FrameDecoder.next_frame``, one decoder per connection): a
+read lands in the shared slab, complete frames are found in place, and what
+remains of an incomplete frame moves to a buffer from the decoder's pool
+(sized to the announced frame), where the next reads of that connection land
+directly (``get_write_buffer``/``write_done``), so a large frame is copied
+once.  Headers of replies are written by ``FrameEncoder.write_header``.
+Write buffers are per
 connection; above ``high_water`` the handler gets ``pause_writing()`` and the
 loop stops reading from that peer until the buffer drains below
 ``low_water`` (``resume_writing()``): a slow reader cannot grow the server
@@ -28,10 +32,10 @@ cimport cython
 from cpython.bytes cimport (PyBytes_FromStringAndSize, PyBytes_AS_STRING,
                             PyBytes_GET_SIZE)
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
-from cpython.mem cimport PyMem_Malloc, PyMem_Realloc, PyMem_Free
+from cpython.mem cimport PyMem_Malloc, PyMem_Free
 from cpython.exc cimport PyErr_CheckSignals
 from libc.string cimport memcpy, memmove, strerror
-from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t, INT64_MAX
+from libc.stdint cimport uint32_t, uint64_t, int64_t
 from libc.errno cimport (errno, EAGAIN, EINTR, EMFILE, ENFILE,
                          ENOBUFS, ENOMEM, ECONNABORTED, EPROTO, EPERM)
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
