@@ -826,10 +826,10 @@ class LogReader:
         return found()
 
 
-def _stop(proc, reader):
+def _stop(proc, reader, sig=signal.SIGTERM):
     try:
         if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(sig)
         code = proc.wait(TIMEOUT)
     finally:
         if proc.poll() is None:
@@ -840,8 +840,8 @@ def _stop(proc, reader):
     return code
 
 
-@pytest.mark.parametrize("raw", [False, True])
-def test_cli_echo(raw):
+@pytest.mark.parametrize("raw, sig", [(False, signal.SIGTERM), (True, signal.SIGINT)])
+def test_cli_echo(raw, sig):
     proc = _start_cli("--port", "0", *(["--raw"] if raw else []))
     reader = LogReader(proc)
     try:
@@ -851,7 +851,7 @@ def test_cli_echo(raw):
             c.sendall(frame(b"cli"))
             assert recv_exactly(c, 7) == frame(b"cli")
     finally:
-        code = _stop(proc, reader)
+        code = _stop(proc, reader, sig)
     assert code == 0
     assert any("stopped" in l for l in reader.lines)
 
@@ -899,7 +899,7 @@ def test_workers_restart_a_crashed_worker():
                 c.sendall(frame(b"w"))
                 assert recv_exactly(c, 5) == frame(b"w")
     finally:
-        code = _stop(proc, reader)
+        code = _stop(proc, reader, signal.SIGINT)  # Ctrl-C
     assert code == 0
     assert any("all workers stopped" in l for l in reader.lines)
 
