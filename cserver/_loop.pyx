@@ -1295,8 +1295,13 @@ cdef class Loop:
                 if r == 0:
                     break
                 self.frames_in += 1
+                # a frame larger than a pool slab was received straight into
+                # a bytes object: deliver that object, no copy
+                obj = dec.take_frame_object()
+                if obj is None:
+                    obj = PyBytes_FromStringAndSize(frame, frame_size)
                 try:
-                    t.on_data(PyBytes_FromStringAndSize(frame, frame_size))
+                    t.on_data(obj)
                 except Exception:
                     self._handler_failed(t)
                     return 0
