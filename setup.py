@@ -8,7 +8,7 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 # Plain-class modules users subclass, compiled from .py (no .pxd beside them).
-COMPILED_PY = ["cserver/socketserver.py", "cserver/framed.py"]
+COMPILED_PY = ["cserver/socketserver.py", "cserver/framed.py", "cserver/selectorserver.py"]
 
 
 def extensions():

@@ -22,7 +22,7 @@ version = "0.1.0"
 
 # Modules compiled by Cython from .py sources; in pure mode their sources are
 # loaded instead, in this order (a later one may import an earlier one).
-_COMPILED_PY = ("socketserver", "framed")
+_COMPILED_PY = ("socketserver", "framed", "selectorserver")
 
 PURE = _os.environ.get("CSERVER_PURE", "").strip().lower() not in ("", "0", "false", "no")
 
@@ -141,5 +141,15 @@ from .framing import (  # noqa: E402
 from .framed import FramedClient, FramedRequestHandler  # noqa: E402
 from . import errors, framing, framed  # noqa: E402,F401  (attributes in pure mode too)
 # --- end of framing layer ---
+
+# -- the multiplexing server (issue 4) -----------------------------------------
+from .selectorserver import (  # noqa: E402,F401
+    SelectorServer, SelectorTCPServer, SelectorUDPServer, ConnectionHandler,
+    FrameHandler, DatagramHandler,
+)
+if hasattr(_compat.socket, "AF_UNIX"):
+    from .selectorserver import SelectorUnixStreamServer  # noqa: E402,F401
+from . import selectorserver  # noqa: E402,F401  (an attribute in pure mode too)
+# ------------------------------------------------------------------------------
 
 _sys.modules[__name__].__class__ = _Package
