@@ -101,6 +101,8 @@ cdef class Loop:
     cdef double accept_backoff
     cdef double now
     cdef double next_idle_check
+    # when write buffers of quiet connections are next released
+    cdef double next_trim
     # knobs (read once by configure)
     cdef object factory
     cdef object on_error
@@ -122,6 +124,7 @@ cdef class Loop:
     cdef Py_ssize_t frames_in, frames_out, handler_errors, frame_errors
     cdef Py_ssize_t accept_errors, peak_conn
     cdef Py_ssize_t wbuf_bytes, wbuf_peak
+    cdef int _trim_buffers(self) except -1
 
     cdef int _ctl(self, int fd, uint32_t old, uint32_t new) except -1
     cdef int _update(self, Transport t) except -1

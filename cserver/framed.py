@@ -23,7 +23,7 @@ import socket
 from collections import deque
 
 from .errors import FrameError
-from .framing import DEFAULT_MAX_FRAME_SIZE, FrameDecoder, FrameEncoder
+from .framing import DEFAULT_MAX_FRAME_SIZE, FrameDecoder, FrameEncoder, layout_of
 from .socketserver import BaseRequestHandler
 
 __all__ = ["FramedRequestHandler", "FramedClient", "send_frame"]
@@ -84,18 +84,6 @@ _BATCH_FRAMES = 256
 _BATCH_BYTES = 1 << 20
 
 
-def _layout_kwargs(obj):
-    """The FrameDecoder/FrameEncoder arguments from ``obj``'s attributes."""
-    length_size = getattr(obj, "length_size", None)
-    byteorder = getattr(obj, "byteorder", None)
-    fmt = getattr(obj, "frame_format", None)
-    if length_size is not None or byteorder is not None:
-        fmt = None
-    return fmt, dict(length_size=length_size, byteorder=byteorder,
-                     length_offset=getattr(obj, "length_offset", 0),
-                     length_adjustment=getattr(obj, "length_adjustment", 0),
-                     max_frame_size=getattr(obj, "max_frame_size",
-                                            DEFAULT_MAX_FRAME_SIZE))
 
 
 class FramedRequestHandler(BaseRequestHandler):
@@ -144,7 +132,7 @@ class FramedRequestHandler(BaseRequestHandler):
         if (self.disable_nagle_algorithm
                 and self.connection.family in (socket.AF_INET, socket.AF_INET6)):
             self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
-        fmt, layout = _layout_kwargs(self)
+        fmt, layout = layout_of(self)
         self.encoder = FrameEncoder(fmt, **layout)
         self.decoder = FrameDecoder(
             fmt, initial_bytes_to_strip=self.initial_bytes_to_strip,
@@ -255,7 +243,7 @@ class FramedClient:
         self.length_offset = length_offset
         self.length_adjustment = length_adjustment
         self.max_frame_size = max_frame_size
-        fmt, layout = _layout_kwargs(self)
+        fmt, layout = layout_of(self)
         self.encoder = FrameEncoder(fmt, **layout)
         self.decoder = FrameDecoder(fmt, initial_bytes_to_strip=initial_bytes_to_strip,
                                     pool=buffer_pool, **layout)

@@ -56,6 +56,7 @@ import time
 
 from . import _framing, _loop
 from .errors import FrameError, FrameTooLarge, IncompleteFrame
+from .framing import layout_of
 
 __all__ = ["SelectorServer", "SelectorTCPServer", "SelectorUnixStreamServer",
            "SelectorUDPServer", "ConnectionHandler", "FrameHandler",
@@ -83,20 +84,6 @@ def _loop_kind(requested):
     return kind
 
 
-def _framing_of(handler_class):
-    """``(fmt, layout)``: the FrameDecoder/FrameEncoder arguments a
-    FrameHandler subclass declares (the framing layer's names and rules:
-    ``length_size``/``byteorder``, when set, replace ``frame_format``)."""
-    length_size = getattr(handler_class, "length_size", None)
-    byteorder = getattr(handler_class, "byteorder", None)
-    fmt = getattr(handler_class, "frame_format", None)
-    if length_size is not None or byteorder is not None:
-        fmt = None
-    return fmt, dict(length_size=length_size, byteorder=byteorder,
-                     length_offset=getattr(handler_class, "length_offset", 0),
-                     length_adjustment=getattr(handler_class, "length_adjustment", 0),
-                     max_frame_size=getattr(handler_class, "max_frame_size",
-                                            _framing.DEFAULT_MAX_FRAME_SIZE))
 
 
 # -- handlers ---------------------------------------------------------------
@@ -346,7 +333,7 @@ class SelectorServer:
         options = {}
         if self._framed():
             handler_class = self.RequestHandlerClass
-            fmt, layout = _framing_of(handler_class)
+            fmt, layout = layout_of(handler_class)
             strip = getattr(handler_class, "initial_bytes_to_strip", None)
             pool = self.buffer_pool
             if pool is None:

@@ -672,6 +672,20 @@ def test_stats_counts(kind):
         assert s["pool"]["framing"]["in_use"] == 0
 
 
+def test_quiet_connections_release_their_write_buffers(kind):
+    # A write buffer is kept while its connection is busy, and released once
+    # the connection has been quiet for a second: idle connections hold none.
+    with serving(tcp(Echo, kind)) as server:
+        with connect(server) as c:
+            c.sendall(frame(b"x" * 100))
+            assert recv_exactly(c, 104) == frame(b"x" * 100)
+            assert server.stats()["pool"]["write_buffer_bytes_peak"] > 0
+            assert wait_for(lambda: server.stats()["pool"]["write_buffer_bytes"] == 0, 5.0)
+            # and the connection still works afterwards
+            c.sendall(frame(b"again"))
+            assert recv_exactly(c, 9) == frame(b"again")
+
+
 def test_options_as_class_attributes_and_keywords(kind):
     class Limited(cserver.SelectorTCPServer):
         max_connections = 1
