@@ -307,7 +307,9 @@ cdef class Transport:
                 memmove(self.wbuf, self.wbuf + self.wstart, pending)
             else:
                 need = pending + n
-                cap = self.wcap if self.wcap > 0 else 4096
+                # start small (pymalloc serves <= 512 B): most connections
+                # only ever hold a few small replies; grow by doubling
+                cap = self.wcap if self.wcap > 0 else 256
                 while cap < need:
                     cap *= 2
                 nb = <char *>PyMem_Malloc(cap)
