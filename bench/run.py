@@ -924,7 +924,14 @@ def select_cells(opts, wls, srvs):
     return wls, cells
 
 
+def _exit_on_sigterm(signum, frame):
+    # SIGTERM ends the run like Ctrl-C: through the finally blocks, which
+    # stop the server and load generator of the current round by their pid.
+    raise SystemExit(128 + signum)
+
+
 def main(argv=None):
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     opts = parse_args(argv if argv is not None else sys.argv[1:])
     all_w = workloads(opts.quick, opts.idle_conns)
     all_s = servers()
