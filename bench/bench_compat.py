@@ -11,6 +11,7 @@ Usage: python bench/bench_compat.py [--rounds N] [--quick]
 Prints medians with min-max over rounds and the ratio cserver/stdlib.
 """
 import argparse
+import glob
 import multiprocessing
 import os
 import socket
@@ -19,6 +20,13 @@ import subprocess
 import sys
 import threading
 import time
+
+# Run from a source tree built in place (python setup.py build_ext --inplace)
+# when there is one, else from the installed package.
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if glob.glob(os.path.join(ROOT, "cserver", "socketserver*.so")):
+    sys.path.insert(0, ROOT)
+    os.environ["PYTHONPATH"] = ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")
 
 SERVER_CODE = r"""
 import sys
