@@ -125,6 +125,7 @@ cdef class Loop:
     cdef Py_ssize_t accept_errors, peak_conn
     cdef Py_ssize_t wbuf_bytes, wbuf_peak
     cdef int _trim_buffers(self) except -1
+    cdef int _call_guarded(self, fn, tuple args) except -1
 
     cdef int _ctl(self, int fd, uint32_t old, uint32_t new) except -1
     cdef int _update(self, Transport t) except -1

@@ -867,11 +867,17 @@ cdef class Loop:
         while n > 0:
             n -= 1
             fn, args = self.ready.popleft()
-            try:
-                fn(*args)
-            except Exception:
-                self.handler_errors += 1
-                self.on_error(None, None)
+            self._call_guarded(fn, args)
+        return 0
+
+    cdef int _call_guarded(self, fn, tuple args) except -1:
+        """Run a callback or timer; its Exception goes to handle_error()
+        (called inside the except block) and is counted."""
+        try:
+            fn(*args)
+        except Exception:
+            self.handler_errors += 1
+            self.on_error(None, None)
         return 0
 
     cdef int _run_timers(self) except -1:
@@ -883,11 +889,7 @@ cdef class Loop:
             fn, args = h.fn, h.args
             h.fn = None
             h.args = None
-            try:
-                fn(*args)
-            except Exception:
-                self.handler_errors += 1
-                self.on_error(None, None)
+            self._call_guarded(fn, args)
         return 0
 
     cdef int _check_idle(self) except -1:
