@@ -544,6 +544,21 @@ static void report(uint64_t t_finish, long held) {
 
 /* Open the connections, each answering one request before it counts as
  * ready (so the server has accepted it), at most MAX_SETUP in progress. */
+
+/* One readiness event of a stream connection: finish its connect, send what
+ * is pending, read what arrived. */
+static void stream_event(struct conn *c, uint32_t events, uint64_t t)
+{
+    if (c->state == ST_CONNECTING) {
+        connected(c, t);
+        return;
+    }
+    if (events & EPOLLOUT) {
+        if (flush_out(c) < 0) { n_errors++; conn_close(c); return; }
+    }
+    if (events & (EPOLLIN | EPOLLERR | EPOLLHUP)) stream_readable(c, t);
+}
+
 static int setup_phase(uint64_t deadline) {
     struct epoll_event evs[256];
     int next = 0;
@@ -576,14 +591,7 @@ static int setup_phase(uint64_t deadline) {
         for (int i = 0; i < n; i++) {
             struct conn *c = evs[i].data.ptr;
             if (c->fd < 0) continue;
-            if (c->state == ST_CONNECTING) {
-                connected(c, t);
-                continue;
-            }
-            if (evs[i].events & EPOLLOUT) {
-                if (flush_out(c) < 0) { n_errors++; conn_close(c); continue; }
-            }
-            if (evs[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP)) stream_readable(c, t);
+            stream_event(c, evs[i].events, t);
         }
     }
 }
@@ -734,14 +742,7 @@ int main(int argc, char **argv) {
                 udp_readable(c, t);
                 continue;
             }
-            if (c->state == ST_CONNECTING) {
-                connected(c, t);
-                continue;
-            }
-            if (evs[i].events & EPOLLOUT) {
-                if (flush_out(c) < 0) { n_errors++; conn_close(c); continue; }
-            }
-            if (evs[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP)) stream_readable(c, t);
+            stream_event(c, evs[i].events, t);
         }
         if (kind == KIND_UDP) {
             t = now_ns();
