@@ -21,7 +21,22 @@ def extensions():
 setup(
     ext_modules=cythonize(
         extensions(),
-        compiler_directives={"language_level": 3},
+        compiler_directives={
+            "language_level": 3,
+            # def functions and methods (of cdef classes too) are
+            # cyfunctions, whose signatures inspect.signature, help() and
+            # stubtest read from their code objects.  (Cython 3's default,
+            # stated so that it cannot change under us.)  It changes def
+            # functions only: cdef/cpdef calls on the hot paths are the same
+            # C calls.  The cdef classes' constructors, which are slots,
+            # carry a text signature at the top of their docstrings.
+            # Not "embedsignature": with binding it adds nothing in the
+            # "clinic" format (and sets the doc of every undocumented
+            # method to "None"); in the other formats it prefixes every
+            # docstring with a signature line, which hides the classes'
+            # text signatures from inspect.
+            "binding": True,
+        },
         annotate=bool(os.environ.get("CSERVER_ANNOTATE")),
     ),
 )

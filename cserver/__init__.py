@@ -51,9 +51,14 @@ from .socketserver import (  # noqa: E402,F401
     __version__, _ServerSelector, _SocketWriter, _Threads,
     _NoThreads, socket, selectors, threading, os, sys, time, BufferedIOBase,
 )
-for _name in _compat.EXTRA_NAMES:
-    globals()[_name] = getattr(_compat, _name)
-del _name
+# cserver's additions (EXTRA_NAMES), named so that checkers and IDEs see them.
+from .socketserver import (  # noqa: E402,F401
+    ThreadPoolMixIn, ThreadPoolTCPServer, ThreadPoolUDPServer,
+)
+if hasattr(_compat.socket, "AF_UNIX"):
+    from .socketserver import (  # noqa: E402,F401
+        ThreadPoolUnixStreamServer, ThreadPoolUnixDatagramServer,
+    )
 
 # Exactly the stdlib's list: CPython's test_all compares it with the names
 # whose __module__ is "socketserver".  cserver's additions are attributes.

@@ -63,7 +63,11 @@ __all__ = ["FrameDecoder", "FrameEncoder", "BufferPool", "encode_frame",
 
 @cython.final
 cdef class BufferPool:
-    """A bounded, thread-safe pool of fixed-size C buffers ("slabs").
+    # The first line is the constructor's text signature (what
+    # inspect.signature and help() read for a cdef class): keep it equal to
+    # __cinit__'s and to the pure twin's.
+    """BufferPool(slab_size=65536, max_slabs=1024, max_idle=None)\n--\n\n
+    A bounded, thread-safe pool of fixed-size C buffers ("slabs").
 
     ``slab_size`` bytes per slab; at most ``max_slabs`` out at once (then a
     request is a miss: ``lease()`` returns None and the decoder falls back
@@ -307,7 +311,11 @@ cdef inline void _write_length(unsigned char* p, unsigned long long v, int size,
 @cython.final
 @cython.no_gc_clear
 cdef class FrameDecoder:
-    """Sans-IO length-prefix frame decoder (C).
+    # The first line is the constructor's text signature (see BufferPool).
+    """FrameDecoder(fmt=None, *, length_size=None, byteorder=None,
+    length_offset=0, length_adjustment=0, initial_bytes_to_strip=None,
+    max_frame_size=DEFAULT_MAX_FRAME_SIZE, pool=None, copy=True)\n--\n\n
+    Sans-IO length-prefix frame decoder (C).
 
     ``FrameDecoder(fmt=None, *, length_size=None, byteorder=None,
     length_offset=0, length_adjustment=0, initial_bytes_to_strip=None,
@@ -746,7 +754,11 @@ cdef class FrameDecoder:
 
 @cython.final
 cdef class FrameEncoder:
-    """Writes the header described as for FrameDecoder (without
+    # The first line is the constructor's text signature (see BufferPool).
+    """FrameEncoder(fmt=None, *, length_size=None, byteorder=None,
+    length_offset=0, length_adjustment=0,
+    max_frame_size=DEFAULT_MAX_FRAME_SIZE)\n--\n\n
+    Writes the header described as for FrameDecoder (without
     ``initial_bytes_to_strip``: the payload is the body)."""
 
     def __init__(self, fmt=None, *, length_size=None, byteorder=None,

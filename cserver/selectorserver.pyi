@@ -3,38 +3,92 @@
 See ``docs/selectorserver.md``.  Subclass the handlers; the servers'
 class attributes (or the same names as keyword arguments) are read once,
 when the loop is built by ``serve_forever()`` or the first ``call_*``.
+
+The handler is typed per server: a stream server (``SelectorTCPServer``,
+``SelectorUnixStreamServer``) takes a ``ConnectionHandler`` or
+``FrameHandler`` subclass, ``SelectorUDPServer`` a ``DatagramHandler``
+subclass; the stdlib's request handlers (``StreamRequestHandler`` ...) are
+rejected, as the loop cannot run them.
 """
-import socket
-from typing import Any, Callable, ClassVar, Dict, Iterable, List, Optional, Tuple, Type, Union
+import logging
+import sys
+import types
+from _typeshed import ReadableBuffer
+from collections.abc import Callable, Iterable
+from socket import socket as _socket
+from typing import Any, ClassVar, Literal, TypedDict, type_check_only
+from typing_extensions import Self, TypeAlias, TypeVarTuple, Unpack
 
-from ._framing import BufferPool
-from ._loop import DatagramEndpoint, TimerHandle, Transport
+from cserver._framing import BufferPool
+from cserver._loop import DatagramEndpoint, TimerHandle, Transport
+from cserver.errors import FrameError as FrameError
+from cserver.errors import FrameTooLarge as FrameTooLarge
+from cserver.errors import IncompleteFrame as IncompleteFrame
+from cserver.framing import layout_of as layout_of
 
-_Address = Union[Tuple[Any, ...], str]
-_Buffer = Union[bytes, bytearray, memoryview]
+__all__: list[str] = [
+    "SelectorServer",
+    "SelectorTCPServer",
+    "SelectorUnixStreamServer",
+    "SelectorUDPServer",
+    "ConnectionHandler",
+    "FrameHandler",
+    "DatagramHandler",
+]
+
+_Ts = TypeVarTuple("_Ts")
+_AfUnixAddress: TypeAlias = str | ReadableBuffer
+_AfInetAddress: TypeAlias = tuple[str | bytes | bytearray, int]
+_AfInet6Address: TypeAlias = tuple[str | bytes | bytearray, int, int, int]
+_Address: TypeAlias = tuple[Any, ...] | str | ReadableBuffer
+_RetAddress: TypeAlias = Any
+_LoopKind: TypeAlias = Literal["epoll", "selectors"]
+
+logger: logging.Logger
+
+# The keyword options of the servers' constructors: the class attributes of
+# the same names.  The runtime takes **options and checks the names against
+# its list (selectorserver._OPTIONS), which stubtest cannot see:
+# tests/unit/test_typing.py compares the two.
+@type_check_only
+class _Options(TypedDict, total=False):
+    loop: _LoopKind | None
+    idle_timeout: float | None
+    max_connections: int | None
+    high_water: int
+    low_water: int | None
+    drain_timeout: float
+    tcp_nodelay: bool
+    read_size: int
+    accept_batch: int
+    workers: int
+    allow_reuse_address: bool
+    allow_reuse_port: bool
+    request_queue_size: int
+    buffer_pool: BufferPool | None
 
 class ConnectionHandler:
     """One instance per connection; override ``data_received`` (once per read)."""
+
     transport: Transport
-    client_address: _Address
-    server: "SelectorServer"
-    def __init__(self, transport: Transport, client_address: _Address,
-                 server: "SelectorServer") -> None: ...
+    client_address: _RetAddress
+    server: SelectorServer
+    def __init__(self, transport: Transport, client_address: _RetAddress, server: SelectorServer) -> None: ...
     def connection_made(self) -> None:
         """Called once, when the connection is set up."""
     def data_received(self, data: bytes) -> None:
         """Called with the bytes of each read (raw mode)."""
-    def eof_received(self) -> Optional[bool]:
+    def eof_received(self) -> bool | None:
         """The peer half-closed; return a true value to keep writing."""
-    def connection_lost(self, exc: Optional[BaseException]) -> None:
+    def connection_lost(self, exc: BaseException | None) -> None:
         """Called once when the connection closes (``None``: a clean close)."""
     def pause_writing(self) -> None:
         """The write buffer went above ``high_water`` (reading is paused too)."""
     def resume_writing(self) -> None:
         """The write buffer drained below ``low_water``."""
-    def write(self, data: _Buffer) -> None:
+    def write(self, data: ReadableBuffer) -> None:
         """Queue data; sent at the end of the loop pass."""
-    def writelines(self, list_of_data: Iterable[_Buffer]) -> None: ...
+    def writelines(self, list_of_data: Iterable[ReadableBuffer]) -> None: ...
     def close(self) -> None:
         """Close once the buffered data is sent."""
     def abort(self) -> None:
@@ -44,86 +98,126 @@ class ConnectionHandler:
 
 class FrameHandler(ConnectionHandler):
     """Length-prefixed frames: override ``frame_received`` (once per frame)."""
-    frame_format: ClassVar[Optional[str]]
-    length_size: ClassVar[Optional[int]]
-    byteorder: ClassVar[Optional[str]]
+
+    frame_format: ClassVar[str | None]
+    length_size: ClassVar[int | None]
+    byteorder: ClassVar[Literal["big", "little"] | None]
     length_offset: ClassVar[int]
     length_adjustment: ClassVar[int]
-    initial_bytes_to_strip: ClassVar[Optional[int]]
+    initial_bytes_to_strip: ClassVar[int | None]
     max_frame_size: ClassVar[int]
     def frame_received(self, frame: bytes) -> None:
         """Called once per complete frame with its payload."""
-    def send_frame(self, payload: _Buffer) -> None:
+    def send_frame(self, payload: ReadableBuffer) -> None:
         """Queue payload with its length header."""
 
 class DatagramHandler:
     """The handler of a SelectorUDPServer (one instance for the socket)."""
+
     transport: DatagramEndpoint
-    server: "SelectorServer"
-    def __init__(self, transport: DatagramEndpoint, server: "SelectorServer") -> None: ...
+    server: SelectorServer
+    def __init__(self, transport: DatagramEndpoint, server: SelectorServer) -> None: ...
     def connection_made(self) -> None: ...
-    def datagram_received(self, data: bytes, addr: _Address) -> None:
+    def datagram_received(self, data: bytes, addr: _RetAddress) -> None:
         """Called once per datagram."""
     def error_received(self, exc: OSError) -> None:
         """A socket error (logged by default)."""
-    def connection_lost(self, exc: Optional[BaseException]) -> None: ...
-    def sendto(self, data: _Buffer, addr: Optional[_Address] = ...) -> None:
+    def connection_lost(self, exc: BaseException | None) -> None: ...
+    def sendto(self, data: ReadableBuffer, addr: _Address | None = None) -> None:
         """Send a datagram (queued if the socket buffer is full)."""
 
 class SelectorServer:
-    """Base class of the multiplexing servers."""
+    """Base class of the multiplexing servers (a stream server)."""
+
     address_family: int
     socket_type: int
     request_queue_size: int
     allow_reuse_address: bool
     allow_reuse_port: bool
-    loop: Optional[str]
-    idle_timeout: Optional[float]
-    max_connections: Optional[int]
+    loop: _LoopKind | None
+    idle_timeout: float | None
+    max_connections: int | None
     high_water: int
-    low_water: Optional[int]
+    low_water: int | None
     drain_timeout: float
     tcp_nodelay: bool
     read_size: int
     accept_batch: int
     workers: int
-    buffer_pool: Optional[BufferPool]
+    buffer_pool: BufferPool | None
     server_address: _Address
-    RequestHandlerClass: Type[Any]
-    socket: socket.socket
-    worker_id: Optional[int]
-    def __init__(self, server_address: _Address, RequestHandlerClass: Type[Any],
-                 bind_and_activate: bool = ..., **options: Any) -> None: ...
+    RequestHandlerClass: type[ConnectionHandler]
+    socket: _socket
+    worker_id: int | None
+    def __init__(
+        self,
+        server_address: _Address,
+        RequestHandlerClass: type[ConnectionHandler],
+        bind_and_activate: bool = True,
+        **options: Unpack[_Options],
+    ) -> None: ...
     def server_bind(self) -> None: ...
     def server_activate(self) -> None: ...
     def fileno(self) -> int: ...
-    def verify_request(self, transport: Transport, client_address: _Address) -> bool:
+    def verify_request(self, transport: Transport, client_address: _RetAddress) -> bool:
         """Return False to refuse a connection."""
-    def handle_error(self, request: Any, client_address: Any) -> None:
+    def handle_error(self, request: Any, client_address: _RetAddress) -> None:
         """Called inside the except block when a handler raised."""
-    def serve_forever(self, poll_interval: float = ...) -> None:
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
         """Serve until shutdown(); supervises the workers when workers > 1."""
-    def shutdown(self, drain_timeout: Optional[float] = ...) -> None:
+    def shutdown(self, drain_timeout: float | None = None) -> None:
         """Stop serving: drain writes up to drain_timeout, close connections."""
     def server_close(self) -> None: ...
-    def __enter__(self) -> "SelectorServer": ...
-    def __exit__(self, *args: Any) -> None: ...
-    def call_soon(self, fn: Callable[..., Any], *args: Any) -> None: ...
-    def call_soon_threadsafe(self, fn: Callable[..., Any], *args: Any) -> None:
+    def __enter__(self) -> Self: ...
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc_val: BaseException | None, exc_tb: types.TracebackType | None
+    ) -> None: ...
+    def call_soon(self, fn: Callable[[Unpack[_Ts]], object], *args: Unpack[_Ts]) -> None: ...
+    def call_soon_threadsafe(self, fn: Callable[[Unpack[_Ts]], object], *args: Unpack[_Ts]) -> None:
         """Run fn(*args) on the loop; safe from any thread."""
-    def call_later(self, delay: float, fn: Callable[..., Any], *args: Any) -> TimerHandle: ...
-    def call_at(self, when: float, fn: Callable[..., Any], *args: Any) -> TimerHandle: ...
-    def add_datagram_endpoint(self, address: _Address, handler_class: Type[Any]) -> _Address:
+    def call_later(self, delay: float, fn: Callable[[Unpack[_Ts]], object], *args: Unpack[_Ts]) -> TimerHandle: ...
+    def call_at(self, when: float, fn: Callable[[Unpack[_Ts]], object], *args: Unpack[_Ts]) -> TimerHandle: ...
+    def add_datagram_endpoint(self, address: _AfInetAddress | _AfInet6Address, handler_class: type[DatagramHandler]) -> _RetAddress:
         """Serve a UDP socket on this server's loop too; returns the bound address."""
-    def stats(self) -> Dict[str, Any]:
+    def stats(self) -> dict[str, Any]:
         """Connections, bytes and frames in/out, errors, buffer use."""
-    def connections(self) -> List[ConnectionHandler]: ...
+    def connections(self) -> list[ConnectionHandler]: ...
 
 class SelectorTCPServer(SelectorServer):
     """TCP (IPv6 when the host is an IPv6 address)."""
 
-class SelectorUnixStreamServer(SelectorServer):
-    """Unix stream sockets."""
+    server_address: _AfInetAddress | _AfInet6Address
+    def __init__(
+        self,
+        server_address: _AfInetAddress | _AfInet6Address,
+        RequestHandlerClass: type[ConnectionHandler],
+        bind_and_activate: bool = True,
+        **options: Unpack[_Options],
+    ) -> None: ...
+
+if sys.platform != "win32":
+    class SelectorUnixStreamServer(SelectorServer):
+        """Unix stream sockets (``server_address`` is a path)."""
+
+        server_address: _AfUnixAddress
+        def __init__(
+            self,
+            server_address: _AfUnixAddress,
+            RequestHandlerClass: type[ConnectionHandler],
+            bind_and_activate: bool = True,
+            **options: Unpack[_Options],
+        ) -> None: ...
 
 class SelectorUDPServer(SelectorServer):
-    """UDP; RequestHandlerClass is a DatagramHandler subclass."""
+    """UDP; RequestHandlerClass is a DatagramHandler subclass, instantiated once."""
+
+    server_address: _AfInetAddress | _AfInet6Address
+    RequestHandlerClass: type[DatagramHandler]  # type: ignore[assignment]
+    def __init__(
+        self,
+        server_address: _AfInetAddress | _AfInet6Address,
+        RequestHandlerClass: type[DatagramHandler],
+        bind_and_activate: bool = True,
+        **options: Unpack[_Options],
+    ) -> None: ...
+    def connections(self) -> list[ConnectionHandler]: ...

@@ -1,144 +1,244 @@
 """Type stubs for cserver.socketserver, the compiled stdlib-compatible layer.
 
-The classes mirror the running interpreter's ``socketserver``; cserver's
-additions are ``ThreadPoolMixIn`` and its ``ThreadPool*Server`` combinations.
+Modelled on typeshed's ``stdlib/socketserver.pyi`` (code type-checked against
+the stdlib's module type-checks against this one), with two additions:
+
+* the request handler is typed per socket kind: a stream server (TCP, Unix
+  stream) takes a handler whose constructor accepts a connected socket, a
+  datagram server one that accepts a ``(data, socket)`` pair.  The stdlib's
+  ``StreamRequestHandler`` on a UDP server, a ``DatagramRequestHandler`` on a
+  TCP server, or a multiplexing server's handler (``cserver.FrameHandler``)
+  on any of them is a type error instead of a failure at the first request.
+* cserver's ``ThreadPoolMixIn`` and its ``ThreadPool*Server`` combinations.
 """
+import selectors
 import sys
 import types
 from _typeshed import ReadableBuffer
 from collections.abc import Callable
-from io import BufferedIOBase, BytesIO
+from io import BufferedIOBase
 from socket import socket as _socket
-from typing import Any, ClassVar, Optional, Tuple, Union
+from typing import Any, ClassVar, Final
+from typing_extensions import Self, TypeAlias
 
-_RequestType = Union[_socket, Tuple[bytes, _socket]]
-_AfUnixAddress = Union[str, bytes]
-_AfInetAddress = Tuple[Union[str, bytes, bytearray], int]
-_Address = Any
+__all__: list[str] = [
+    "BaseServer",
+    "TCPServer",
+    "UDPServer",
+    "ThreadingUDPServer",
+    "ThreadingTCPServer",
+    "BaseRequestHandler",
+    "StreamRequestHandler",
+    "DatagramRequestHandler",
+    "ThreadingMixIn",
+]
+if sys.platform != "win32":
+    __all__ += [
+        "ForkingUDPServer",
+        "ForkingTCPServer",
+        "ForkingMixIn",
+        "UnixStreamServer",
+        "UnixDatagramServer",
+        "ThreadingUnixStreamServer",
+        "ThreadingUnixDatagramServer",
+    ]
+    if sys.version_info >= (3, 12):
+        __all__ += ["ForkingUnixStreamServer", "ForkingUnixDatagramServer"]
 
-__version__: str
-__all__: list[str]
+_RequestType: TypeAlias = _socket | tuple[bytes, _socket]
+_StreamRequest: TypeAlias = _socket
+_DatagramRequest: TypeAlias = tuple[bytes, _socket]
+# The addresses a socket of each family accepts (as typeshed's).
+_AfUnixAddress: TypeAlias = str | ReadableBuffer
+_AfInetAddress: TypeAlias = tuple[str | bytes | bytearray, int]
+_AfInet6Address: TypeAlias = tuple[str | bytes | bytearray, int, int, int]
+_Address: TypeAlias = tuple[Any, ...] | str | ReadableBuffer
+# What accept()/recvfrom()/getsockname() return: Any, as in typeshed.
+_RetAddress: TypeAlias = Any
+
+# The stdlib module's own version string ("0.4").  On 3.15 the stdlib
+# deprecates it (a module __getattr__ warns); a variable cannot be marked
+# @deprecated (PEP 702 covers classes, functions and overloads) and a
+# module __getattr__ would make every misspelt attribute type-check, so on
+# 3.15 it is left out, as typeshed leaves the stdlib's out: use
+# ``cserver.version`` or ``sys.version_info``.
+if sys.version_info < (3, 15):
+    __version__: Final[str]
+
+#: cserver's additions to the stdlib's names (not in ``__all__``).
 EXTRA_NAMES: list[str]
-_ServerSelector: type
+_ServerSelector: type[selectors.BaseSelector]
 
 class BaseServer:
     """Base class for server classes (stdlib-compatible)."""
-    address_family: int
+
     server_address: _Address
-    socket: _socket
-    allow_reuse_address: bool
-    request_queue_size: int
-    socket_type: int
-    timeout: Optional[float]
-    RequestHandlerClass: Callable[[Any, _Address, BaseServer], BaseRequestHandler]
-    def __init__(self, server_address: _Address,
-                 RequestHandlerClass: Callable[[Any, _Address, BaseServer], BaseRequestHandler]) -> None: ...
-    def fileno(self) -> int: ...
+    timeout: float | None
+    RequestHandlerClass: Callable[[Any, _RetAddress, Self], BaseRequestHandler]
+    def __init__(
+        self, server_address: _Address, RequestHandlerClass: Callable[[Any, _RetAddress, Self], BaseRequestHandler]
+    ) -> None: ...
     def handle_request(self) -> None: ...
     def serve_forever(self, poll_interval: float = 0.5) -> None:
         """Handle requests until shutdown(); shutdown() interrupts the wait at once."""
     def shutdown(self) -> None:
         """Stop serve_forever() (running in another thread) and wait for it."""
     def server_close(self) -> None: ...
-    def finish_request(self, request: _RequestType, client_address: _Address) -> None: ...
-    def get_request(self) -> tuple[Any, Any]: ...
-    def handle_error(self, request: _RequestType, client_address: _Address) -> None: ...
+    def finish_request(self, request: _RequestType, client_address: _RetAddress) -> None: ...
+    def get_request(self) -> tuple[Any, Any]: ...  # not defined here: the socket servers' hook
+    def handle_error(self, request: _RequestType, client_address: _RetAddress) -> None: ...
     def handle_timeout(self) -> None: ...
-    def process_request(self, request: _RequestType, client_address: _Address) -> None: ...
+    def process_request(self, request: _RequestType, client_address: _RetAddress) -> None: ...
     def server_activate(self) -> None: ...
-    def server_bind(self) -> None: ...
-    def verify_request(self, request: _RequestType, client_address: _Address) -> bool: ...
-    def __enter__(self) -> BaseServer: ...
-    def __exit__(self, exc_type: Optional[type[BaseException]], exc_val: Optional[BaseException],
-                 exc_tb: Optional[types.TracebackType]) -> None: ...
+    def verify_request(self, request: _RequestType, client_address: _RetAddress) -> bool: ...
+    def __enter__(self) -> Self: ...
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc_val: BaseException | None, exc_tb: types.TracebackType | None
+    ) -> None: ...
     def service_actions(self) -> None: ...
     def shutdown_request(self, request: _RequestType) -> None: ...
     def close_request(self, request: _RequestType) -> None: ...
     def _handle_request_noblock(self) -> None: ...
 
 class TCPServer(BaseServer):
+    address_family: int
+    socket: _socket
+    allow_reuse_address: bool
+    # 5; on 3.15 socket.SOMAXCONN, as the stdlib's
+    request_queue_size: int
+    socket_type: int
     if sys.version_info >= (3, 11):
         allow_reuse_port: bool
-    def __init__(self, server_address: _Address,
-                 RequestHandlerClass: Callable[[Any, _Address, BaseServer], BaseRequestHandler],
-                 bind_and_activate: bool = True) -> None: ...
+    server_address: _AfInetAddress | _AfInet6Address
+    def __init__(
+        self,
+        server_address: _AfInetAddress | _AfInet6Address,
+        RequestHandlerClass: Callable[[_StreamRequest, _RetAddress, Self], BaseRequestHandler],
+        bind_and_activate: bool = True,
+    ) -> None: ...
+    def fileno(self) -> int: ...
+    def get_request(self) -> tuple[_socket, _RetAddress]: ...
+    def server_bind(self) -> None: ...
 
 class UDPServer(TCPServer):
     max_packet_size: ClassVar[int]
+    def __init__(
+        self,
+        server_address: _AfInetAddress | _AfInet6Address,
+        RequestHandlerClass: Callable[[_DatagramRequest, _RetAddress, Self], BaseRequestHandler],
+        bind_and_activate: bool = True,
+    ) -> None: ...
+    def get_request(self) -> tuple[tuple[bytes, _socket], _RetAddress]: ...  # type: ignore[override]
 
-class UnixStreamServer(TCPServer): ...
-class UnixDatagramServer(UDPServer): ...
+if sys.platform != "win32":
+    class UnixStreamServer(TCPServer):
+        server_address: _AfUnixAddress  # type: ignore[assignment]
+        def __init__(
+            self,
+            server_address: _AfUnixAddress,
+            RequestHandlerClass: Callable[[_StreamRequest, _RetAddress, Self], BaseRequestHandler],
+            bind_and_activate: bool = True,
+        ) -> None: ...
 
-class ForkingMixIn:
-    timeout: Optional[float]
-    active_children: Optional[set[int]]
-    max_children: int
-    block_on_close: bool
-    def collect_children(self, *, blocking: bool = False) -> None: ...
-    def handle_timeout(self) -> None: ...
-    def service_actions(self) -> None: ...
-    def process_request(self, request: _RequestType, client_address: _Address) -> None: ...
-    def server_close(self) -> None: ...
+    class UnixDatagramServer(UDPServer):
+        server_address: _AfUnixAddress  # type: ignore[assignment]
+        def __init__(
+            self,
+            server_address: _AfUnixAddress,
+            RequestHandlerClass: Callable[[_DatagramRequest, _RetAddress, Self], BaseRequestHandler],
+            bind_and_activate: bool = True,
+        ) -> None: ...
+
+    class ForkingMixIn:
+        timeout: float | None
+        active_children: set[int] | None
+        max_children: int
+        block_on_close: bool
+        def collect_children(self, *, blocking: bool = False) -> None: ...
+        def handle_timeout(self) -> None: ...
+        def service_actions(self) -> None: ...
+        def process_request(self, request: _RequestType, client_address: _RetAddress) -> None: ...
+        def server_close(self) -> None: ...
 
 class ThreadingMixIn:
     daemon_threads: bool
     block_on_close: bool
-    def process_request_thread(self, request: _RequestType, client_address: _Address) -> None: ...
-    def process_request(self, request: _RequestType, client_address: _Address) -> None: ...
+    def process_request_thread(self, request: _RequestType, client_address: _RetAddress) -> None: ...
+    def process_request(self, request: _RequestType, client_address: _RetAddress) -> None: ...
     def server_close(self) -> None: ...
 
 class ThreadPoolMixIn:
     """Handle requests on at most ``max_workers`` threads with at most
     ``queue_size`` accepted requests waiting; when both are full, stop
     accepting (clients wait in the listen backlog)."""
-    max_workers: Optional[int]
-    queue_size: Optional[int]
+
+    max_workers: int | None
+    queue_size: int | None
     daemon_threads: bool
     block_on_close: bool
-    def process_request_thread(self, request: _RequestType, client_address: _Address) -> None: ...
-    def process_request(self, request: _RequestType, client_address: _Address) -> None: ...
+    def process_request_thread(self, request: _RequestType, client_address: _RetAddress) -> None: ...
+    def process_request(self, request: _RequestType, client_address: _RetAddress) -> None: ...
     def shutdown(self) -> None: ...
     def server_close(self) -> None: ...
     def pool_stats(self) -> dict[str, int]:
         """workers, idle, queued, pending (queued + running) and capacity."""
+    def _handle_request_noblock(self) -> None: ...
 
-class ForkingTCPServer(ForkingMixIn, TCPServer): ...
-class ForkingUDPServer(ForkingMixIn, UDPServer): ...
-if sys.version_info >= (3, 12):
-    class ForkingUnixStreamServer(ForkingMixIn, UnixStreamServer): ...
-    class ForkingUnixDatagramServer(ForkingMixIn, UnixDatagramServer): ...
+if sys.platform != "win32":
+    class ForkingTCPServer(ForkingMixIn, TCPServer): ...
+    class ForkingUDPServer(ForkingMixIn, UDPServer): ...
+    if sys.version_info >= (3, 12):
+        class ForkingUnixStreamServer(ForkingMixIn, UnixStreamServer): ...
+        class ForkingUnixDatagramServer(ForkingMixIn, UnixDatagramServer): ...
+
 class ThreadingTCPServer(ThreadingMixIn, TCPServer): ...
 class ThreadingUDPServer(ThreadingMixIn, UDPServer): ...
-class ThreadingUnixStreamServer(ThreadingMixIn, UnixStreamServer): ...
-class ThreadingUnixDatagramServer(ThreadingMixIn, UnixDatagramServer): ...
+
+if sys.platform != "win32":
+    class ThreadingUnixStreamServer(ThreadingMixIn, UnixStreamServer): ...
+    class ThreadingUnixDatagramServer(ThreadingMixIn, UnixDatagramServer): ...
+
 class ThreadPoolTCPServer(ThreadPoolMixIn, TCPServer): ...
 class ThreadPoolUDPServer(ThreadPoolMixIn, UDPServer): ...
-class ThreadPoolUnixStreamServer(ThreadPoolMixIn, UnixStreamServer): ...
-class ThreadPoolUnixDatagramServer(ThreadPoolMixIn, UnixDatagramServer): ...
+
+if sys.platform != "win32":
+    class ThreadPoolUnixStreamServer(ThreadPoolMixIn, UnixStreamServer): ...
+    class ThreadPoolUnixDatagramServer(ThreadPoolMixIn, UnixDatagramServer): ...
 
 class BaseRequestHandler:
+    # ``request`` is a socket (stream servers) or a (data, socket) pair
+    # (datagram servers); Any, as in typeshed, so that handle() bodies need
+    # no narrowing.
     request: Any
-    client_address: Any
+    client_address: _RetAddress
     server: BaseServer
-    def __init__(self, request: _RequestType, client_address: _Address, server: BaseServer) -> None: ...
+    def __init__(self, request: _RequestType, client_address: _RetAddress, server: BaseServer) -> None: ...
     def setup(self) -> None: ...
     def handle(self) -> None: ...
     def finish(self) -> None: ...
 
 class StreamRequestHandler(BaseRequestHandler):
+    """rfile/wfile over a stream connection: for TCP and Unix stream servers."""
+
     rbufsize: ClassVar[int]
     wbufsize: ClassVar[int]
-    timeout: ClassVar[Optional[float]]
+    timeout: ClassVar[float | None]
     disable_nagle_algorithm: ClassVar[bool]
     connection: Any
     rfile: BufferedIOBase
     wfile: BufferedIOBase
+    # Inherited at runtime; narrowed here so that a datagram server rejects it.
+    def __init__(self, request: _StreamRequest, client_address: _RetAddress, server: BaseServer) -> None: ...
 
 class DatagramRequestHandler(BaseRequestHandler):
+    """rfile/wfile over one datagram: for UDP and Unix datagram servers."""
+
     packet: bytes
     socket: _socket
-    rfile: BytesIO
-    wfile: BytesIO
+    rfile: BufferedIOBase
+    wfile: BufferedIOBase
+    # Inherited at runtime; narrowed here so that a stream server rejects it.
+    def __init__(self, request: _DatagramRequest, client_address: _RetAddress, server: BaseServer) -> None: ...
 
 class _SocketWriter(BufferedIOBase):
     def __init__(self, sock: _socket) -> None: ...
