@@ -1,7 +1,12 @@
 """Type stubs for cserver.socketserver, the compiled stdlib-compatible layer.
 
 Modelled on typeshed's ``stdlib/socketserver.pyi`` (code type-checked against
-the stdlib's module type-checks against this one), with two additions:
+the stdlib's module type-checks against this one).  ``BaseServer`` and
+``BaseRequestHandler`` derive from the stdlib's here, as they stand in for
+them (after ``cserver.install()`` they are them): the stdlib's handlers
+(``http.server.SimpleHTTPRequestHandler`` ...) run on cserver's servers and
+type-check there, and cserver's servers pass where a stdlib server is
+expected.  Two additions:
 
 * the request handler is typed per socket kind: a stream server (TCP, Unix
   stream) takes a handler whose constructor accepts a connected socket, a
@@ -12,6 +17,7 @@ the stdlib's module type-checks against this one), with two additions:
 * cserver's ``ThreadPoolMixIn`` and its ``ThreadPool*Server`` combinations.
 """
 import selectors
+import socketserver as _stdlib
 import sys
 import types
 from _typeshed import ReadableBuffer
@@ -69,14 +75,15 @@ if sys.version_info < (3, 15):
 EXTRA_NAMES: list[str]
 _ServerSelector: type[selectors.BaseSelector]
 
-class BaseServer:
+# Not at runtime: there, cserver's classes duck-type the stdlib's.
+class BaseServer(_stdlib.BaseServer):
     """Base class for server classes (stdlib-compatible)."""
 
     server_address: _Address
     timeout: float | None
-    RequestHandlerClass: Callable[[Any, _RetAddress, Self], BaseRequestHandler]
+    RequestHandlerClass: Callable[[Any, _RetAddress, Self], _stdlib.BaseRequestHandler]
     def __init__(
-        self, server_address: _Address, RequestHandlerClass: Callable[[Any, _RetAddress, Self], BaseRequestHandler]
+        self, server_address: _Address, RequestHandlerClass: Callable[[Any, _RetAddress, Self], _stdlib.BaseRequestHandler]
     ) -> None: ...
     def handle_request(self) -> None: ...
     def serve_forever(self, poll_interval: float = 0.5) -> None:
@@ -113,7 +120,7 @@ class TCPServer(BaseServer):
     def __init__(
         self,
         server_address: _AfInetAddress | _AfInet6Address,
-        RequestHandlerClass: Callable[[_StreamRequest, _RetAddress, Self], BaseRequestHandler],
+        RequestHandlerClass: Callable[[_StreamRequest, _RetAddress, Self], _stdlib.BaseRequestHandler],
         bind_and_activate: bool = True,
     ) -> None: ...
     def fileno(self) -> int: ...
@@ -125,7 +132,7 @@ class UDPServer(TCPServer):
     def __init__(
         self,
         server_address: _AfInetAddress | _AfInet6Address,
-        RequestHandlerClass: Callable[[_DatagramRequest, _RetAddress, Self], BaseRequestHandler],
+        RequestHandlerClass: Callable[[_DatagramRequest, _RetAddress, Self], _stdlib.BaseRequestHandler],
         bind_and_activate: bool = True,
     ) -> None: ...
     def get_request(self) -> tuple[tuple[bytes, _socket], _RetAddress]: ...  # type: ignore[override]
@@ -136,7 +143,7 @@ if sys.platform != "win32":
         def __init__(
             self,
             server_address: _AfUnixAddress,
-            RequestHandlerClass: Callable[[_StreamRequest, _RetAddress, Self], BaseRequestHandler],
+            RequestHandlerClass: Callable[[_StreamRequest, _RetAddress, Self], _stdlib.BaseRequestHandler],
             bind_and_activate: bool = True,
         ) -> None: ...
 
@@ -145,7 +152,7 @@ if sys.platform != "win32":
         def __init__(
             self,
             server_address: _AfUnixAddress,
-            RequestHandlerClass: Callable[[_DatagramRequest, _RetAddress, Self], BaseRequestHandler],
+            RequestHandlerClass: Callable[[_DatagramRequest, _RetAddress, Self], _stdlib.BaseRequestHandler],
             bind_and_activate: bool = True,
         ) -> None: ...
 
@@ -205,7 +212,7 @@ if sys.platform != "win32":
     class ThreadPoolUnixStreamServer(ThreadPoolMixIn, UnixStreamServer): ...
     class ThreadPoolUnixDatagramServer(ThreadPoolMixIn, UnixDatagramServer): ...
 
-class BaseRequestHandler:
+class BaseRequestHandler(_stdlib.BaseRequestHandler):  # the stdlib's base: see BaseServer
     # ``request`` is a socket (stream servers) or a (data, socket) pair
     # (datagram servers); Any, as in typeshed, so that handle() bodies need
     # no narrowing.

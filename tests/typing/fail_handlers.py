@@ -8,6 +8,8 @@ ignore becomes unused and the check fails.  Never run (only checked).
 """
 from __future__ import annotations
 
+import http.server
+
 import cserver
 import cserver as socketserver
 
@@ -34,6 +36,7 @@ def stdlib_handler_on_multiplexing_server() -> None:
     cserver.SelectorTCPServer(ADDR, Echo)  # type: ignore[arg-type]
     cserver.SelectorTCPServer(ADDR, socketserver.BaseRequestHandler)  # type: ignore[arg-type]
     cserver.SelectorTCPServer(ADDR, cserver.FramedRequestHandler)  # type: ignore[arg-type]
+    cserver.SelectorTCPServer(ADDR, http.server.SimpleHTTPRequestHandler)  # type: ignore[arg-type]
     cserver.SelectorUnixStreamServer(PATH, Echo)  # type: ignore[arg-type]
     cserver.SelectorUDPServer(ADDR, socketserver.DatagramRequestHandler)  # type: ignore[arg-type]
 

@@ -7,17 +7,25 @@ loopback, so what type-checks here is what works.
 """
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import sys
 import tempfile
 import threading
+import urllib.request
 from collections.abc import Generator
 from contextlib import contextmanager
 from typing import Protocol
 
 import cserver
 import cserver as socketserver  # the drop-in spelling
+
+# Before the stdlib's users of socketserver are imported: http.server's
+# handlers then run on cserver's classes.
+assert cserver.install() is sys.modules["socketserver"] is cserver
+
+import http.server  # noqa: E402
 
 TIMEOUT = 10.0
 
@@ -129,6 +137,26 @@ def stdlib_layer() -> None:
         assert reuse is False
     if sys.version_info >= (3, 12):
         assert socketserver.ForkingUnixStreamServer.__mro__[1] is socketserver.ForkingMixIn
+
+
+class QuietHTTP(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def stdlib_handlers() -> None:
+    """The stdlib's own handlers run on cserver's servers (the http.server
+    docs' example, with ``import cserver as socketserver``)."""
+    with tempfile.TemporaryDirectory(dir="/tmp") as root:
+        with open(os.path.join(root, "index.txt"), "w") as f:
+            f.write("served")
+        handler = functools.partial(QuietHTTP, directory=root)
+        with socketserver.ThreadingTCPServer(("127.0.0.1", 0), handler) as httpd:
+            with serving(httpd):
+                url = "http://127.0.0.1:%d/index.txt" % tcp_port(httpd)
+                with urllib.request.urlopen(url, timeout=TIMEOUT) as response:
+                    body: bytes = response.read()
+                    assert body == b"served"
 
 
 class ForkingEcho(socketserver.ForkingTCPServer):
@@ -277,12 +305,14 @@ def package() -> None:
         assert stdlib_version == "0.4"
     assert release and os.path.isdir(cserver.shadow_path())
     assert "TCPServer" in cserver.__all__ and isinstance(cserver.PURE, bool)
-    assert cserver.install() is sys.modules["socketserver"]  # a fresh process: nothing bound yet
+    assert cserver.install() is cserver  # idempotent
+    assert issubclass(http.server.SimpleHTTPRequestHandler, cserver.StreamRequestHandler)
 
 
 def main() -> None:
     package()
     stdlib_layer()
+    stdlib_handlers()
     thread_pool()
     framing()
     multiplexing()
