@@ -93,6 +93,21 @@ static unsigned char *pat;
 static unsigned char *rbuf;
 static uint64_t t_begin, t_start, t_measure, t_end; /* ns, CLOCK_MONOTONIC */
 static int running = 1, in_setup = 0;
+/* --requests N (stream only): send exactly N requests after the setup phase,
+ * then stop once all N are answered (for instruction counts per request). */
+static uint64_t budget, n_budget_sent, setup_done;
+/* --sync: after the setup phase and again after the measured phase, say so
+ * on stderr ("SETUP n" / "DONE") and wait for a line on stdin, so that an
+ * instrument can count only what lies between (bench/instructions.py). */
+static int sync_mode;
+
+static void sync_point(const char *what, long n) {
+    char line[16];
+    if (!sync_mode) return;
+    fprintf(stderr, "%s %ld\n", what, n);
+    fflush(stderr);
+    if (!fgets(line, sizeof line, stdin)) exit(2);
+}
 static uint64_t n_counted, n_done_total, n_mismatch, n_errors, n_lost, n_late;
 static uint64_t n_connects, n_connecting;
 static uint64_t hist[128 + 57 * 64];
@@ -114,7 +129,7 @@ static void usage_die(const char *msg) {
             "usage: loadgen (--tcp HOST:PORT | --unix PATH | --udp HOST:PORT)\n"
             "  [--kind stream|churn|idle] [--mode framed|raw] [--conns N] [--depth D]\n"
             "  [--size S] [--warmup SEC] [--duration SEC] [--connect-timeout SEC]\n"
-            "  [--hold SEC]   (HOST must be a loopback address)\n", msg);
+            "  [--hold SEC] [--requests N] [--sync]   (HOST must be a loopback address)\n", msg);
     exit(2);
 }
 
@@ -253,6 +268,12 @@ static void queue_request(struct conn *c, uint64_t t) {
     c->out_len += need;
     c->ts[c->sent % (uint64_t)depth] = t;
     c->sent++;
+    if (!in_setup) n_budget_sent++;
+}
+
+/* Whether the measured phase may put one more request in flight. */
+static int may_send(void) {
+    return budget == 0 || n_budget_sent < budget;
 }
 
 /* Send what is queued; 0 on success (maybe partial), -1 if the peer is gone. */
@@ -310,7 +331,7 @@ static void reply_done(struct conn *c, uint64_t t) {
         c->state = ST_DONE;
         return;
     }
-    if (running && t < t_end) queue_request(c, t);
+    if (running && t < t_end && may_send()) queue_request(c, t);
 }
 
 /* Compare received stream bytes with the expected replies, as they come. */
@@ -604,6 +625,7 @@ int main(int argc, char **argv) {
         {"depth", required_argument, 0, 'd'}, {"size", required_argument, 0, 's'},
         {"warmup", required_argument, 0, 'w'}, {"duration", required_argument, 0, 'D'},
         {"connect-timeout", required_argument, 0, 'C'}, {"hold", required_argument, 0, 'H'},
+        {"requests", required_argument, 0, 'R'}, {"sync", no_argument, 0, 'S'},
         {0, 0, 0, 0}};
     int have_target = 0, opt;
     int want_kind = -1;
@@ -630,6 +652,8 @@ int main(int argc, char **argv) {
         case 'D': duration = atof(optarg); break;
         case 'C': connect_timeout = atof(optarg); break;
         case 'H': hold = atof(optarg); break;
+        case 'S': sync_mode = 1; break;
+        case 'R': budget = strtoull(optarg, NULL, 10); if (!budget) usage_die("--requests must be >= 1"); break;
         default: usage_die("unknown option");
         }
     }
@@ -647,6 +671,8 @@ int main(int argc, char **argv) {
     if (warmup < 0 || warmup > 600 || duration <= 0 || duration > 3600) usage_die("bad --warmup/--duration");
     if (connect_timeout <= 0 || connect_timeout > 600) usage_die("bad --connect-timeout");
     if (hold < 0 || hold > 3600) usage_die("bad --hold");
+    if ((budget || sync_mode) && kind != KIND_STREAM)
+        usage_die("--requests and --sync apply to --kind stream only");
 
     signal(SIGPIPE, SIG_IGN);
     raise_nofile(nconns + 64);
@@ -704,6 +730,8 @@ int main(int argc, char **argv) {
         }
     } else if (kind == KIND_STREAM) {
         ready = setup_phase(connect_deadline);
+        setup_done = n_done_total;
+        sync_point("SETUP", ready);
     }
 
     t_start = now_ns();
@@ -720,7 +748,7 @@ int main(int argc, char **argv) {
                 for (int s = 0; s < depth; s++) udp_send(c, s, t_start);
         } else if (c->fd >= 0 && c->state == ST_DONE) {
             c->state = ST_OPEN;
-            for (int d = 0; d < depth; d++) queue_request(c, t_start);
+            for (int d = 0; d < depth && may_send(); d++) queue_request(c, t_start);
             if (flush_out(c) < 0) { n_errors++; conn_close(c); }
         }
     }
@@ -730,6 +758,7 @@ int main(int argc, char **argv) {
     for (;;) {
         uint64_t t = now_ns();
         if (t >= t_end) break;
+        if (budget && n_done_total - setup_done >= budget) { t_end = t; break; }
         int ms = (int)((t_end - t) / 1000000ull) + 1;
         if (ms > 50) ms = 50;
         int n = epoll_wait(ep, evs, 512, ms);
@@ -758,6 +787,7 @@ int main(int argc, char **argv) {
     }
     running = 0;
     uint64_t tf = now_ns();
+    sync_point("DONE", (long)(n_done_total - setup_done));
     report(tf, kind == KIND_CHURN ? nconns : ready);
     for (int i = 0; i < nconns; i++) conn_close(&conns[i]);
     close(ep);

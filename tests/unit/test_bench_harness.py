@@ -286,3 +286,48 @@ def test_harness_end_to_end(bins, tmp_path):
     table = (out / "table.md").read_text()
     assert "asyncio Protocol, batched" in table and "x C" in table
     assert table.strip() in proc.stdout.decode()
+
+
+@pytest.mark.parametrize("depth", [1, 4])
+def test_requests_budget_answers_exactly_n(bins, depth):
+    # --requests N: after the setup request of each connection, exactly N
+    # requests are sent and answered, then the run ends by itself (what
+    # bench/instructions.py relies on to count instructions per request).
+    with Server(SERVER_KINDS["c_echo"](bins)) as srv:
+        rc, res = run_loadgen(bins, "--tcp", "127.0.0.1:" + srv.where, "--conns", "3",
+                              "--depth", str(depth), "--size", "64", "--warmup", "0",
+                              "--duration", "60", "--requests", "1001")
+    assert rc == 0 and res["mismatches"] == 0 and res["errors"] == 0, res
+    assert res["replies_total"] == 3 + 1001, res
+    assert res["requests"] == 1001, res
+    assert res["duration"] == 60 and res["wall"] < 30, res
+
+
+def test_sync_stops_after_setup_and_after_the_last_reply(bins):
+    with Server(SERVER_KINDS["c_echo"](bins)) as srv:
+        lg = subprocess.Popen(
+            [bins["loadgen"], "--tcp", "127.0.0.1:" + srv.where, "--conns", "2",
+             "--warmup", "0", "--duration", "60", "--requests", "50", "--sync"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert lg.stderr.readline() == "SETUP 2\n"
+            time.sleep(0.2)
+            assert lg.poll() is None      # it waits for the go-ahead
+            lg.stdin.write("\n")
+            lg.stdin.flush()
+            assert lg.stderr.readline() == "DONE 50\n"
+            lg.stdin.write("\n")
+            lg.stdin.flush()
+            out, _ = lg.communicate(timeout=20)
+        finally:
+            if lg.poll() is None:
+                lg.kill()
+                lg.wait()
+    res = json.loads(out)
+    assert lg.returncode == 0 and res["replies_total"] == 2 + 50, res
+
+
+def test_requests_refused_outside_stream_kind(bins):
+    proc = subprocess.run([bins["loadgen"], "--tcp", "127.0.0.1:9", "--kind", "churn",
+                           "--requests", "10"], capture_output=True, text=True, timeout=10)
+    assert proc.returncode == 2 and "--requests" in proc.stderr
