@@ -267,3 +267,51 @@ def test_build_without_a_compiler_stops_before_compiling(tmp_path):
 
 def test_extension_list_matches_the_pyx_sources():
     assert sorted(cserver._EXTENSIONS) == _pyx_modules()
+
+
+@pytest.mark.skipif(not EXPECT_COMPILED, reason="only for installed builds (tox)")
+def test_installed_metadata_is_publishable():
+    from importlib import metadata
+    meta = metadata.metadata("cserver")
+    assert meta["License-Expression"] == "MIT"
+    assert meta.get_all("License-File") == ["LICENSE"]
+    classifiers = meta.get_all("Classifier")
+    for minor in range(9, 16):
+        assert "Programming Language :: Python :: 3.%d" % minor in classifiers
+    assert "Typing :: Typed" in classifiers
+    assert any(c.startswith("Development Status :: ") for c in classifiers)
+    assert not any(c.startswith("License ::") for c in classifiers)  # PEP 639: the expression only
+    files = [str(f) for f in metadata.files("cserver")]
+    license_file = [f for f in files if f.endswith(".dist-info/licenses/LICENSE")]
+    assert license_file, files
+    text = metadata.distribution("cserver").locate_file(license_file[0]).read_text()
+    assert text.startswith("MIT License") and "2026 cserver contributors" in text
+    scripts = [e for e in metadata.entry_points(group="console_scripts") if e.name == "cserver"]
+    assert [e.value for e in scripts] == ["cserver.__main__:main"]
+    # The sources, for tracebacks through the compiled modules.
+    assert any(f.endswith("cserver/_loop.pyx") for f in files)
+
+
+@needs_setup_py
+def test_sdist_carries_the_licence_tests_and_docs(tmp_path):
+    setuptools = pytest.importorskip("setuptools", reason="building an sdist needs setuptools")
+    if int(setuptools.__version__.split(".")[0]) < 77:
+        pytest.skip("setuptools %s < 77 (the docs env runs this)" % setuptools.__version__)
+    import tarfile
+    tree = os.path.dirname(SETUP_PY)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run(
+        [sys.executable, "-c", "import sys; from setuptools import build_meta; "
+         "print(build_meta.build_sdist(sys.argv[1]))", str(tmp_path)],
+        cwd=tree, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    name = proc.stdout.strip().splitlines()[-1]
+    with tarfile.open(os.path.join(str(tmp_path), name)) as tar:
+        names = [n.split("/", 1)[1] for n in tar.getnames() if "/" in n]
+    for wanted in ("LICENSE", "CHANGELOG.md", "README.md", "setup.py", "tests/conftest.py",
+                   "tests/test_docs.py", "tests/compat/oracle_runner.py", "docs/compat-tests.md",
+                   "tools/build_wheels.sh", "bench/run.py", "bench/loadgen.c",
+                   "cserver/_loop.pyx", "cserver/socketserver.py"):
+        assert wanted in names, (wanted, names)
+    assert not [n for n in names if n.endswith((".so", ".pyc")) or
+                (n.endswith(".c") and not n.startswith("bench/"))], names

@@ -367,7 +367,12 @@ def test_commands_run_as_written(tmp_path):
                 code, out = None, "timed out after %d s (a server? list it in SERVERS)" % TIMEOUT
             if code != 0:
                 failures.append("%r exited %s:\n%s" % (command, code, out[-4000:]))
-        ran.append("%5.1f s  %s" % (time.monotonic() - started, command))
+        note = ""
+        if command in SERVERS:
+            note = "  [served: %r%s, exit %s]" % (
+                result.get("reply"), ", on cserver" if result.get("on_cserver") else "",
+                result.get("returncode"))
+        ran.append("%5.1f s  %s%s" % (time.monotonic() - started, command, note))
         if command.startswith("pip install ."):
             # After an install from the checkout: the benchmark scripts start
             # on the installed package from the checkout's top directory.
