@@ -286,7 +286,8 @@ def test_installed_metadata_is_publishable():
     assert license_file, files
     text = metadata.distribution("cserver").locate_file(license_file[0]).read_text()
     assert text.startswith("MIT License") and "2026 cserver contributors" in text
-    scripts = [e for e in metadata.entry_points(group="console_scripts") if e.name == "cserver"]
+    scripts = [e for e in metadata.distribution("cserver").entry_points
+               if e.group == "console_scripts" and e.name == "cserver"]  # 3.9: no group=...
     assert [e.value for e in scripts] == ["cserver.__main__:main"]
     # The sources, for tracebacks through the compiled modules.
     assert any(f.endswith("cserver/_loop.pyx") for f in files)

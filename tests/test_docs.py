@@ -7,7 +7,17 @@ trailing ``# comment`` is not part of it).  Every command is either
   run here (the test suite itself, long benchmarks, the full wheel matrix);
 * listed in ``SERVERS`` with a probe: it is started, must serve the probe,
   then is stopped with SIGINT (Ctrl-C) and must exit;
+* listed in ``EXPECTED_FAILURES`` (a command shown failing on purpose) with
+  its exit status and a text its output must contain;
 * or run here: it must exit 0 within ``TIMEOUT`` seconds.
+
+To add a command to the docs: put it in a ```sh block; if it runs as written
+in a venv with the project installed (``pip install .``, then ``pip install
+-e .[test]`` from docs/compat-tests.md), nothing else is needed; if it is a
+server, add it to ``SERVERS`` with a probe (``framed``/``raw`` on a ``port``,
+``"from-log"`` for ``--port 0``, or a ``unix`` path; ``http-on-cserver``);
+if it cannot run here, add it to ``RUN_ELSEWHERE`` with where it runs and
+why not here.  Keys are the command exactly as extracted (comment removed).
 
 ``test_every_command_is_known`` (fast, every env) fails on a listed command
 that is no longer in the docs.  ``test_commands_run_as_written`` (the tox env
@@ -82,6 +92,11 @@ SERVERS = {
         {"kind": "framed", "unix": "/tmp/echo.sock"},
 }
 
+#: Commands shown failing on purpose: command -> (exit status, text its
+#: output must contain).  Run like the others; any other status fails.
+EXPECTED_FAILURES = {
+}
+
 #: Run before the commands (and not a command of the docs): the benchmark
 #: scripts start on the installed package from the checkout's top directory.
 BENCH_SCRIPTS = ["bench/bench_compat.py", "bench/bench_decode.py", "bench/bench_framed_echo.py"]
@@ -149,9 +164,10 @@ def test_extraction_sees_the_readme_commands():
 def test_every_command_is_known():
     # A command listed in a table but gone from the docs: the table is stale.
     documented = set(all_commands())
-    stale = sorted((set(RUN_ELSEWHERE) | set(SERVERS)) - documented)
+    stale = sorted((set(RUN_ELSEWHERE) | set(SERVERS) | set(EXPECTED_FAILURES)) - documented)
     assert not stale, "listed in tests/test_docs.py but in no ```sh block: %r" % stale
-    assert not set(RUN_ELSEWHERE) & set(SERVERS)
+    tables = [set(RUN_ELSEWHERE), set(SERVERS), set(EXPECTED_FAILURES)]
+    assert all(not a & b for i, a in enumerate(tables) for b in tables[i + 1:])
 
 
 def test_readme_has_no_relative_links():
@@ -176,8 +192,15 @@ def needs_checkout(command):
 
 def copy_checkout(dest):
     """The files git tracks (a fresh clone's), with the working tree's content."""
-    listed = subprocess.run(["git", "-C", ROOT, "ls-files", "-z"], stdout=subprocess.PIPE,
-                            check=True).stdout.decode().split("\0")
+    try:
+        listed = subprocess.run(["git", "-C", ROOT, "ls-files", "-z"], stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, check=True).stdout.decode().split("\0")
+    except (OSError, subprocess.CalledProcessError):  # an unpacked sdist: no git
+        shutil.copytree(ROOT, dest, ignore=shutil.ignore_patterns(
+            ".tox", "build", "dist", "*.egg-info", "__pycache__", "*.so", "*.c", ".git"))
+        for c_source in ("bench/loadgen.c", "bench/c_echo.c"):
+            shutil.copy2(os.path.join(ROOT, c_source), os.path.join(dest, c_source))
+        return dest
     for rel in filter(None, listed):
         src = os.path.join(ROOT, rel)
         if not os.path.isfile(src):
@@ -365,8 +388,11 @@ def test_commands_run_as_written(tmp_path):
                 code, out = session.run(command)
             except subprocess.TimeoutExpired:
                 code, out = None, "timed out after %d s (a server? list it in SERVERS)" % TIMEOUT
-            if code != 0:
-                failures.append("%r exited %s:\n%s" % (command, code, out[-4000:]))
+            status, text = EXPECTED_FAILURES.get(command, (0, ""))
+            if code != status or text not in out:
+                failures.append("%r exited %s (expected %d%s):\n%s" % (
+                    command, code, status, " and %r in its output" % text if text else "",
+                    out[-4000:]))
         note = ""
         if command in SERVERS:
             note = "  [served: %r%s, exit %s]" % (
