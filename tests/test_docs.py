@@ -252,7 +252,13 @@ DRIVER = textwrap.dedent(r'''
         s.close()
     probe = spec["probe"]
     if "unix" in probe and os.path.exists(probe["unix"]):
-        sys.exit("%s exists: another server may be using it" % probe["unix"])
+        # A stale socket file is the CLI's to replace; a live one is in use.
+        try:
+            with socket.socket(socket.AF_UNIX) as other:
+                other.connect(probe["unix"])
+            sys.exit("%s: another server is listening there" % probe["unix"])
+        except OSError:
+            pass
     proc = subprocess.Popen(["sh", "-c", spec["command"]], cwd=spec["cwd"], env=spec["env"],
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, start_new_session=True)
