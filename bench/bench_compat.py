@@ -11,7 +11,6 @@ Usage: python bench/bench_compat.py [--rounds N] [--quick]
 Prints medians with min-max over rounds and the ratio cserver/stdlib.
 """
 import argparse
-import glob
 import multiprocessing
 import os
 import socket
@@ -21,12 +20,9 @@ import sys
 import threading
 import time
 
-# Run from a source tree built in place (python setup.py build_ext --inplace)
-# when there is one, else from the installed package.
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if glob.glob(os.path.join(ROOT, "cserver", "socketserver*.so")):
-    sys.path.insert(0, ROOT)
-    os.environ["PYTHONPATH"] = ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")
+# The checkout when it is built in place, else the installed package.
+import _cserver_path  # noqa: E402  (bench/ is sys.path[0])
+_cserver_path.use()
 
 SERVER_CODE = r"""
 import sys
@@ -93,6 +89,7 @@ def _client(port, count, result_queue):
 def churn(kind, impl, clients, per_client):
     env = dict(os.environ)
     proc = subprocess.Popen([sys.executable, "-c", SERVER_CODE, kind, impl],
+                            cwd=_cserver_path.CHILD_CWD,
                             stdout=subprocess.PIPE, universal_newlines=True, env=env)
     try:
         port = int(proc.stdout.readline())

@@ -29,8 +29,10 @@ import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+import _cserver_path  # noqa: E402  (bench/ is sys.path[0])
+
+ROOT = _cserver_path.ROOT
+_cserver_path.use()  # the checkout when it is built in place, else the installed package
 
 from cserver import _framing, _framing_py  # noqa: E402
 

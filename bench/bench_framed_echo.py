@@ -27,7 +27,10 @@ import statistics
 import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import _cserver_path  # noqa: E402  (bench/ is sys.path[0])
+
+ROOT = _cserver_path.ROOT
+_cserver_path.use()  # the checkout when it is built in place, else the installed package
 
 SERVER = r"""
 import struct, sys
@@ -93,14 +96,15 @@ print(done / elapsed)
 
 def run_round(impl, size, clients, seconds, batch, env):
     server = subprocess.Popen([sys.executable, "-c", SERVER, impl], env=env,
-                              stdout=subprocess.PIPE, text=True)
+                              cwd=_cserver_path.CHILD_CWD, stdout=subprocess.PIPE, text=True)
     try:
         port = server.stdout.readline().strip()
         if not port:
             raise RuntimeError("the %s server did not start" % impl)
         procs = [subprocess.Popen([sys.executable, "-c", CLIENT, port, str(size),
                                    str(seconds), str(batch)],
-                                  env=env, stdout=subprocess.PIPE, text=True)
+                                  env=env, cwd=_cserver_path.CHILD_CWD,
+                                  stdout=subprocess.PIPE, text=True)
                  for _ in range(clients)]
         total = 0.0
         for p in procs:
@@ -126,8 +130,7 @@ def main():
     args = parser.parse_args()
     rounds = args.rounds or 3 if args.quick else (args.rounds or 5)
     seconds = args.seconds or (1.0 if args.quick else 3.0)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    env = dict(os.environ)
     rev = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
                          capture_output=True, text=True).stdout.strip()
     print("# bench_framed_echo: %s, Python %s, %d CPUs, git %s"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.machinery
 import importlib.util
 import json
 import os
@@ -783,7 +784,10 @@ def cserver_env(source=None):
     env = dict(os.environ)
     tree = os.path.abspath(source) if source else ROOT
     pkg = os.path.join(tree, "cserver")
-    built = [f for f in os.listdir(pkg) if f.endswith(".so")] if os.path.isdir(pkg) else []
+    # Built in place for this interpreter (.so files of another one do not count).
+    built = os.path.isdir(pkg) and any(
+        os.path.isfile(os.path.join(pkg, "socketserver" + suffix))
+        for suffix in importlib.machinery.EXTENSION_SUFFIXES)
     if source and not os.path.isdir(pkg):
         raise SystemExit("--cserver-from %s: no cserver/ package there" % source)
     if built or source:

@@ -42,6 +42,53 @@ def _load_pure_sources():
         globals()[name] = module
 
 
+# Extension modules compiled from .pyx (the event loop and the C framing
+# layer): needed in pure mode too (the multiplexing server runs on them).
+_EXTENSIONS = ("_framing", "_loop")
+
+
+def _check_compiled():
+    """Raise ImportError, naming the fix, when the modules this import needs
+    compiled are not built for this interpreter here.
+
+    The usual cause is a source checkout: ``python -m ...`` and ``python -c``
+    put the current directory first on ``sys.path``, so the checkout's
+    ``cserver/`` (no compiled modules) hides an installed cserver.  Without
+    this check the import failed later with a misleading "circular import".
+    """
+    import importlib.machinery
+    import importlib.util
+    needed = _EXTENSIONS if PURE else _COMPILED_PY + _EXTENSIONS
+    missing = []
+    for name in needed:
+        spec = importlib.util.find_spec(__name__ + "." + name)
+        if spec is None or not isinstance(spec.loader, importlib.machinery.ExtensionFileLoader):
+            missing.append(name)
+    if not missing:
+        return
+    here = _os.path.dirname(_os.path.abspath(__file__))
+    tree = _os.path.dirname(here)
+    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
+    other = sorted(n for n in _os.listdir(here) if n.endswith(".so") or n.endswith(".pyd"))
+    found = (" (built here for other interpreters only: %s)" % ", ".join(other)) if other else ""
+    if _os.path.isfile(_os.path.join(tree, "setup.py")):
+        raise ImportError(
+            "cserver was imported from its source tree %s, whose compiled modules "
+            "are not built for this interpreter (%s): missing %s%s. Python imports this "
+            "tree before any installed cserver when it is the current directory "
+            "(python -m, python -c) or on PYTHONPATH. Run the installed command "
+            "instead (cserver echo), or run from another directory, or build this "
+            "tree in place: pip install -e .  (or: python setup.py build_ext --inplace)"
+            % (here, suffix, ", ".join(missing), found))
+    raise ImportError(
+        "this cserver installation (%s) is incomplete: compiled modules missing for "
+        "this interpreter (%s): %s%s. Reinstall it with this interpreter: "
+        "%s -m pip install --force-reinstall cserver"
+        % (here, suffix, ", ".join(missing), found, _sys.executable))
+
+
+_check_compiled()
+
 if PURE:
     _load_pure_sources()
 
@@ -156,5 +203,9 @@ if hasattr(_compat.socket, "AF_UNIX"):
     from .selectorserver import SelectorUnixStreamServer  # noqa: E402,F401
 from . import selectorserver  # noqa: E402,F401  (an attribute in pure mode too)
 # ------------------------------------------------------------------------------
+
+# Tracebacks through the compiled modules show their source lines.
+from . import _sources  # noqa: E402
+_sources.attach(__name__)
 
 _sys.modules[__name__].__class__ = _Package
