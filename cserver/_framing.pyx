@@ -29,6 +29,7 @@ buffered (fail fast), and a failed decoder refuses all further input.
 cimport cython
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBuffer_FillInfo, PyBUF_SIMPLE
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.exc cimport PyErr_Clear
 from cpython.mem cimport PyMem_Malloc, PyMem_Free
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF, Py_DECREF
@@ -51,8 +52,10 @@ cdef extern from "Python.h":
     const Py_ssize_t PY_SSIZE_T_MAX
     # Soft-deprecated (PEP 782) but kept and maintained on every CPython:
     # grows the bytes object a large frame is received into, in place when
-    # realloc can.  On failure it frees the object and sets *bytes to NULL.
-    int _PyBytes_Resize(PyObject** bytes, Py_ssize_t newsize) except -1
+    # realloc can.  On failure it frees the object, sets *bytes to NULL and
+    # returns -1 with MemoryError set (handled by the caller: no except
+    # clause, so the decoder is failed before the error propagates).
+    int _PyBytes_Resize(PyObject** bytes, Py_ssize_t newsize)
 
 
 cdef inline Py_ssize_t _double(Py_ssize_t n) noexcept nogil:
@@ -513,7 +516,8 @@ cdef class FrameDecoder:
         Py_INCREF(self._big)
         self._big = None
         if _PyBytes_Resize(&p, newcap) < 0:
-            # p was freed
+            # p was freed; replace the bare MemoryError with the decoder's
+            PyErr_Clear()
             self._big_fill = 0
             self._out_of_memory(newcap)
         self._big = <object>p

@@ -307,3 +307,45 @@ def test_framed_client_against_a_hostile_server():
         done.set()
         thread.join(TIMEOUT)
         listener.close()
+
+
+OOM_CHILD = '''
+    import importlib, json, resource, sys
+    mod = importlib.import_module(sys.argv[1])
+    dec = mod.FrameDecoder("!Q", max_frame_size=1 << 40,
+                           pool=mod.BufferPool(slab_size=4096))
+    chunk = bytes(1 << 20)
+    base = vm_status()
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (base["VmSize"] + (96 << 20), hard))
+    # a 1 GiB frame whose body really arrives, until memory runs out
+    out = dec.feed((1 << 30).to_bytes(8, "big"))
+    error = None
+    try:
+        for _ in range(1024):
+            out += dec.feed(chunk)
+    except MemoryError as exc:
+        error = str(exc)
+    resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+    later = []
+    for data in (bytes(64), (5).to_bytes(8, "big") + b"hello"):
+        try:
+            later.append(repr(dec.feed(data)))
+        except MemoryError:
+            later.append("MemoryError")
+    print(json.dumps({"frames": len(out), "error": error, "failed": dec.failed,
+                      "later": later}))
+'''
+
+
+@pytest.mark.parametrize("module", ["cserver._framing", "cserver._framing_py"],
+                         ids=["C", "py"])
+def test_out_of_memory_mid_frame_fails_the_decoder(module):
+    """When a frame's buffer cannot grow, the decoder raises MemoryError
+    and is failed: later input raises MemoryError too, and is never
+    decoded as headers (the rest of the cut frame would be smuggled)."""
+    got = _run_child(OOM_CHILD, module)
+    assert got["frames"] == 0
+    assert got["error"] and "out of memory" in got["error"], got
+    assert got["failed"] is True
+    assert got["later"] == ["MemoryError", "MemoryError"], got
