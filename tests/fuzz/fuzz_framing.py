@@ -220,7 +220,7 @@ def one_input(data):
     c_events = run(C, args, kwargs, pool_args, copy, mode, chunks, step)
     py_events = run(PY, args, kwargs, pool_args, copy, mode, chunks, step)
     STATS["cases"] += 1
-    STATS["frames"] += sum(len(e[1]) for e in py_events if e[0] == "frames")
+    STATS["frames"] += sum(len(e[1]) for e in py_events if e[0] in ("frames", "all frames"))
     STATS["errors"] += sum(1 for e in py_events if e[0] in ("error", "init"))
     if c_events != py_events:
         STATS["divergences"] += 1
