@@ -477,8 +477,8 @@ cdef class FrameDecoder:
         nothing) if the frame fits a slab or its stripped part has not
         started yet.
 
-        The object starts at one slab (or at what has arrived, if more) and
-        grows geometrically as the body arrives (``_big_reserve``), never
+        The object starts at one slab (or at twice what has arrived, if
+        more, never past the frame) and grows geometrically as the body arrives (``_big_reserve``), never
         past the announced size: a header alone reserves one slab, not the
         body it announces."""
         cdef Py_ssize_t size = self._need - self.initial_bytes_to_strip
@@ -487,7 +487,13 @@ cdef class FrameDecoder:
                 or n >= self._need):
             return False
         fill = n - self.initial_bytes_to_strip
-        cap = fill if fill > self.pool.slab_size else self.pool.slab_size
+        # twice what has arrived (at least a slab, at most the frame): the
+        # next read has room for as much again, never a few bytes
+        cap = _double(fill)
+        if cap < self.pool.slab_size:
+            cap = self.pool.slab_size
+        if cap > size:
+            cap = size
         try:
             big = PyBytes_FromStringAndSize(NULL, cap)
         except MemoryError:
