@@ -41,6 +41,8 @@
 #         decoder's pooled buffer) and no frame is ready.  Raises FrameError /
 #         FrameTooLarge on a bad header, as soon as the header is complete and
 #         before its payload is buffered; afterwards every call raises.
+#         Raises MemoryError when a buffer cannot grow (the decoder is then
+#         failed too: every later call raises MemoryError).
 #         Loop:
 #             pos = 0
 #             while dec.next_frame(buf + pos, n - pos, &used, &f, &flen):
@@ -59,8 +61,12 @@
 #         Reading straight into the decoder (asyncio's get_buffer): returns
 #         the number of writable bytes at ``ptr[0]`` (>= 1).  The buffer is
 #         the connection's pool slab (at least ``size_hint`` bytes when that
-#         fits a slab); for a frame larger than a slab it is the rest of that
-#         frame's ``bytes`` object (exactly the bytes the frame still needs).
+#         fits a slab; the hint is capped at one slab); for a frame larger
+#         than a slab it is the room left in that frame's ``bytes`` object,
+#         which starts at one slab and doubles as the body arrives (never
+#         past the frame's size, never beyond what is needed for the frame).
+#         Memory follows the bytes received: a header alone reserves at most
+#         one slab, whatever size it announces.
 #     int write_done(self, Py_ssize_t nbytes) except -1
 #         ``nbytes`` bytes were written at ``ptr`` (asyncio's buffer_updated).
 #         Then drain with ``next_frame(NULL, 0, ...)`` until it returns 0.
@@ -134,7 +140,9 @@ cdef class FrameDecoder:
     # (class, message) of the error that failed the decoder, or None
     cdef object _error
     # a frame larger than a slab is received straight into the bytes object
-    # that will be delivered: _big (bytes, or None), _big_fill bytes written
+    # that will be delivered: _big (bytes, or None), _big_fill bytes written.
+    # _big starts at one slab and grows (doubling, _PyBytes_Resize) as the
+    # body arrives, up to the frame's size: len(_big) is its capacity
     cdef object _big
     cdef Py_ssize_t _big_fill
     # the last big frame delivered by next_frame (kept until the next call)
@@ -150,11 +158,13 @@ cdef class FrameDecoder:
     cdef object take_frame_object(self)
     # private
     cdef int _fail(self, type cls, str message) except -1
+    cdef int _out_of_memory(self, Py_ssize_t want) except -1
     cdef int _raise_failed(self) except -1
     cdef Py_ssize_t _frame_total(self, const unsigned char* header) except -1
     cdef int _reserve(self, Py_ssize_t want) except -1
     cdef void _free_storage(self) noexcept
     cdef bint _go_big(self, const char* frame_start, Py_ssize_t n) except -1
+    cdef int _big_reserve(self, Py_ssize_t want) except -1
     cdef int _big_next(self, const char* data, Py_ssize_t length, Py_ssize_t used,
                        Py_ssize_t* consumed, const char** frame,
                        Py_ssize_t* frame_size) except -1
@@ -171,3 +181,6 @@ cdef class FrameEncoder:
     cdef readonly Py_ssize_t max_frame_size
     cdef readonly Py_ssize_t header_size
     cdef Py_ssize_t write_header(self, Py_ssize_t payload_size, char* out) except -1
+    # private
+    cdef int _field_value(self, Py_ssize_t payload_size,
+                          unsigned long long* value) except -1

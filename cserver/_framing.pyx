@@ -28,8 +28,11 @@ buffered (fail fast), and a failed decoder refuses all further input.
 
 cimport cython
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBuffer_FillInfo, PyBUF_SIMPLE
-from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.exc cimport PyErr_Clear
 from cpython.mem cimport PyMem_Malloc, PyMem_Free
+from cpython.object cimport PyObject
+from cpython.ref cimport Py_INCREF, Py_DECREF
 from cpython.memoryview cimport PyMemoryView_FromMemory
 from cpython.pythread cimport (
     PyThread_allocate_lock, PyThread_free_lock, PyThread_acquire_lock,
@@ -41,10 +44,23 @@ from cserver.errors import FrameError, FrameTooLarge, IncompleteFrame
 from cserver._framing_py import (
     DEFAULT_MAX_FRAME_SIZE, _resolve_layout, _too_large_message,
     _negative_message, _strip_message, _incomplete_message, _index,
+    _pool_params, _memory_message, _field_too_small_message,
 )
 
 cdef extern from "Python.h":
     int PyBUF_WRITE
+    const Py_ssize_t PY_SSIZE_T_MAX
+    # Soft-deprecated (PEP 782) but kept and maintained on every CPython:
+    # grows the bytes object a large frame is received into, in place when
+    # realloc can.  On failure it frees the object, sets *bytes to NULL and
+    # returns -1 with MemoryError set (handled by the caller: no except
+    # clause, so the decoder is failed before the error propagates).
+    int _PyBytes_Resize(PyObject** bytes, Py_ssize_t newsize)
+
+
+cdef inline Py_ssize_t _double(Py_ssize_t n) noexcept nogil:
+    """2 * n, saturated (never overflows)."""
+    return n + n if n <= PY_SSIZE_T_MAX // 2 else PY_SSIZE_T_MAX
 
 __all__ = ["FrameDecoder", "FrameEncoder", "BufferPool", "encode_frame",
            "DEFAULT_MAX_FRAME_SIZE", "DEFAULT_POOL", "FrameError",
@@ -76,16 +92,7 @@ cdef class BufferPool:
     """
 
     def __cinit__(self, slab_size=65536, max_slabs=1024, max_idle=None):
-        slab_size = _index("slab_size", slab_size)
-        max_slabs = _index("max_slabs", max_slabs)
-        max_idle = min(64, max_slabs) if max_idle is None else _index("max_idle", max_idle)
-        if slab_size < 64:
-            raise ValueError("slab_size must be >= 64, not %d" % slab_size)
-        if max_slabs < 1:
-            raise ValueError("max_slabs must be >= 1, not %d" % max_slabs)
-        if not 0 <= max_idle <= max_slabs:
-            raise ValueError("max_idle must be between 0 and max_slabs (%d), not %d"
-                             % (max_slabs, max_idle))
+        slab_size, max_slabs, max_idle = _pool_params(slab_size, max_slabs, max_idle)
         self.slab_size = slab_size
         self.max_slabs = max_slabs
         self.max_idle = max_idle
@@ -348,10 +355,17 @@ cdef class FrameDecoder:
                             % type(pool).__name__)
         self.pool = pool
         self.copy = bool(copy)
-        # body = value + adjustment must lie in [0, max_frame_size]
-        self._min_value = <unsigned long long>(-self.length_adjustment) \
-            if self.length_adjustment < 0 else 0
-        self._max_value = <unsigned long long>(self.max_frame_size - self.length_adjustment)
+        # body = value + adjustment must lie in [0, max_frame_size].  In
+        # unsigned arithmetic: max_frame_size - length_adjustment can exceed
+        # PY_SSIZE_T_MAX (a negative adjustment with an 8-byte field) but
+        # never 2**64 - 1 (the limit is clamped to what the field expresses).
+        if self.length_adjustment < 0:
+            self._min_value = <unsigned long long>(-self.length_adjustment)
+            self._max_value = (<unsigned long long>self.max_frame_size
+                               + <unsigned long long>(-self.length_adjustment))
+        else:
+            self._min_value = 0
+            self._max_value = <unsigned long long>(self.max_frame_size - self.length_adjustment)
 
     def __dealloc__(self):
         self._free_storage()
@@ -384,6 +398,11 @@ cdef class FrameDecoder:
         self.release_buffer()
         raise cls(message)
 
+    cdef int _out_of_memory(self, Py_ssize_t want) except -1:
+        """A buffer could not grow: the stream position is lost, so the
+        decoder fails (every later call raises MemoryError too)."""
+        self._fail(MemoryError, _memory_message(want, self.pending))
+
     cdef int _raise_failed(self) except -1:
         cls, message = self._error
         raise cls(message)
@@ -400,7 +419,11 @@ cdef class FrameDecoder:
         if value < self._min_value:
             self._fail(FrameError, _negative_message(
                 value, self.length_adjustment, <object>value + self.length_adjustment))
-        total = self.header_size + <Py_ssize_t>value + self.length_adjustment
+        # value + adjustment lies in [0, max_frame_size] here, and
+        # header_size + max_frame_size < PY_SSIZE_T_MAX: no overflow (the
+        # unsigned sum wraps to the exact body size).
+        total = self.header_size + <Py_ssize_t>(
+            value + <unsigned long long>self.length_adjustment)
         if total < self.initial_bytes_to_strip:
             self._fail(FrameError, _strip_message(total, self.initial_bytes_to_strip))
         return total
@@ -413,7 +436,7 @@ cdef class FrameDecoder:
         cdef char* newbuf = NULL
         cdef bint pooled = False
         if self._buf != NULL:
-            if self._start + want <= self._cap:
+            if want <= self._cap - self._start:
                 return 0
             if want <= self._cap:
                 memmove(self._buf, self._buf + self._start, buffered)
@@ -426,13 +449,15 @@ cdef class FrameDecoder:
                 pooled = True
                 newcap = self.pool.slab_size
         if newbuf == NULL:
-            # grow by doubling, never past the frame in progress
-            newcap = max(want, 2 * self._cap, self.pool.slab_size)
+            # grow by doubling (from one slab), never past the frame in
+            # progress: callers never ask for more than about twice what is
+            # buffered, so memory follows the bytes received
+            newcap = max(want, _double(self._cap), self.pool.slab_size)
             if self._need > 0:
                 newcap = min(newcap, max(self._need, want))
             newbuf = <char*>PyMem_Malloc(newcap)
             if newbuf == NULL:
-                raise MemoryError()
+                self._out_of_memory(newcap)
             if newcap > self.pool.slab_size:
                 self.pool.note_bypass()
         if buffered:
@@ -458,33 +483,75 @@ cdef class FrameDecoder:
         ``frame_start``) does not fit a slab: receive the rest straight into
         the bytes object that will be delivered.  Returns False (and does
         nothing) if the frame fits a slab or its stripped part has not
-        started yet."""
+        started yet.
+
+        The object starts at one slab (or at twice what has arrived, if
+        more, never past the frame) and grows geometrically as the body arrives (``_big_reserve``), never
+        past the announced size: a header alone reserves one slab, not the
+        body it announces."""
         cdef Py_ssize_t size = self._need - self.initial_bytes_to_strip
+        cdef Py_ssize_t fill, cap
         if (size <= self.pool.slab_size or n < self.initial_bytes_to_strip
                 or n >= self._need):
             return False
-        big = PyBytes_FromStringAndSize(NULL, size)
-        self._big_fill = n - self.initial_bytes_to_strip
-        memcpy(PyBytes_AS_STRING(big), frame_start + self.initial_bytes_to_strip,
-               self._big_fill)
+        fill = n - self.initial_bytes_to_strip
+        # twice what has arrived (at least a slab, at most the frame): the
+        # next read has room for as much again, never a few bytes
+        cap = _double(fill)
+        if cap < self.pool.slab_size:
+            cap = self.pool.slab_size
+        if cap > size:
+            cap = size
+        try:
+            big = PyBytes_FromStringAndSize(NULL, cap)
+        except MemoryError:
+            self._out_of_memory(cap)
+        memcpy(PyBytes_AS_STRING(big), frame_start + self.initial_bytes_to_strip, fill)
         self._big = big
+        self._big_fill = fill
         self.pool.note_bypass()
         return True
+
+    cdef int _big_reserve(self, Py_ssize_t want) except -1:
+        """Make the large frame's bytes object hold at least ``want`` bytes
+        (``want`` <= the frame's size): double it, or grow it to ``want``
+        if that is more, never past the frame's size."""
+        cdef Py_ssize_t size = self._need - self.initial_bytes_to_strip
+        cdef Py_ssize_t cap = PyBytes_GET_SIZE(self._big)
+        cdef Py_ssize_t newcap
+        cdef PyObject* p
+        if want <= cap:
+            return 0
+        newcap = size if cap > size - cap else cap + cap
+        if newcap < want:
+            newcap = want
+        # _PyBytes_Resize needs the only reference: move ours into p
+        p = <PyObject*>self._big
+        Py_INCREF(self._big)
+        self._big = None
+        if _PyBytes_Resize(&p, newcap) < 0:
+            # p was freed; replace the bare MemoryError with the decoder's
+            PyErr_Clear()
+            self._big_fill = 0
+            self._out_of_memory(newcap)
+        self._big = <object>p
+        Py_DECREF(self._big)
+        return 0
 
     cdef int _big_next(self, const char* data, Py_ssize_t length, Py_ssize_t used,
                        Py_ssize_t* consumed, const char** frame,
                        Py_ssize_t* frame_size) except -1:
         cdef Py_ssize_t size = self._need - self.initial_bytes_to_strip
         cdef Py_ssize_t take = min(size - self._big_fill, length - used)
-        cdef char* p = PyBytes_AS_STRING(self._big)
         if take > 0:
-            memcpy(p + self._big_fill, data + used, take)
+            self._big_reserve(self._big_fill + take)
+            memcpy(PyBytes_AS_STRING(self._big) + self._big_fill, data + used, take)
             self._big_fill += take
             used += take
         consumed[0] = used
         if self._big_fill < size:
             return 0
-        frame[0] = p
+        frame[0] = PyBytes_AS_STRING(self._big)
         frame_size[0] = size
         self._last = self._big     # keeps the frame valid until the next call
         self._big = None
@@ -561,7 +628,7 @@ cdef class FrameDecoder:
         return last
 
     cdef Py_ssize_t get_write_buffer(self, Py_ssize_t size_hint, char** ptr) except -1:
-        cdef Py_ssize_t buffered, want
+        cdef Py_ssize_t buffered, want, grow
         if self._error is not None:
             self._raise_failed()
         self._last = None
@@ -569,10 +636,19 @@ cdef class FrameDecoder:
             if self._go_big(self._buf + self._start, self._end - self._start):
                 self._free_storage()
         if self._big is not None:
+            # the room left in the large frame's object; when it is full
+            # (and the frame is not), it doubles first
+            if (self._big_fill == PyBytes_GET_SIZE(self._big)
+                    and self._big_fill < self._need - self.initial_bytes_to_strip):
+                self._big_reserve(self._big_fill + 1)
             ptr[0] = PyBytes_AS_STRING(self._big) + self._big_fill
-            return self._need - self.initial_bytes_to_strip - self._big_fill
+            return PyBytes_GET_SIZE(self._big) - self._big_fill
+        # the hint is honoured up to one slab (asyncio's sizehint is only a
+        # recommendation); a larger one would let a caller reserve anything
         if size_hint < 1:
             size_hint = 1
+        elif size_hint > self.pool.slab_size:
+            size_hint = self.pool.slab_size
         buffered = self._end - self._start
         if buffered == 0:
             self._start = self._end = 0
@@ -582,7 +658,11 @@ cdef class FrameDecoder:
             self._end = buffered
         want = buffered + size_hint
         if self._need > want:
-            want = self._need
+            # the rest of the frame in progress, but at most one slab or as
+            # much again as is buffered: memory follows the bytes received,
+            # not the bytes a header announces
+            grow = buffered if buffered > self.pool.slab_size else self.pool.slab_size
+            want = self._need if grow >= self._need - buffered else buffered + grow
         self._reserve(want)
         ptr[0] = self._buf + self._end
         return self._cap - self._end
@@ -592,7 +672,7 @@ cdef class FrameDecoder:
         if self._error is not None:
             self._raise_failed()
         if self._big is not None:
-            room = self._need - self.initial_bytes_to_strip - self._big_fill
+            room = PyBytes_GET_SIZE(self._big) - self._big_fill
         elif self._buf != NULL:
             room = self._cap - self._end
         else:
@@ -650,10 +730,11 @@ cdef class FrameDecoder:
         cdef object view = None
         try:
             while True:
-                if copy and self._end == self._start:
+                if copy and self._end == self._start and self._big is None:
                     # Hot loop: frames whole inside ``data``, nothing
-                    # buffered.  Any header it does not accept (bad, or a
-                    # frame cut by the end of data) goes to next_frame,
+                    # buffered and no large frame in progress (its body is
+                    # not headers).  Any header it does not accept (bad, or
+                    # a frame cut by the end of data) goes to next_frame,
                     # which reports or buffers it.
                     while length - pos >= hs:
                         p = data + pos
@@ -661,7 +742,10 @@ cdef class FrameDecoder:
                                              self.length_size, self.big_endian)
                         if value > self._max_value or value < self._min_value:
                             break
-                        total = hs + <Py_ssize_t>value + self.length_adjustment
+                        # body in [0, max_frame_size]: no overflow (see
+                        # _frame_total)
+                        total = hs + <Py_ssize_t>(
+                            value + <unsigned long long>self.length_adjustment)
                         if total > length - pos or total < strip:
                             break
                         out.append(PyBytes_FromStringAndSize(p + strip, total - strip))
@@ -774,37 +858,56 @@ cdef class FrameEncoder:
     def byteorder(self):
         return "big" if self.big_endian else "little"
 
-    cdef Py_ssize_t write_header(self, Py_ssize_t payload_size, char* out) except -1:
-        cdef long long value
+    cdef int _field_value(self, Py_ssize_t payload_size,
+                          unsigned long long* value) except -1:
+        """The length field for a payload of ``payload_size`` bytes, checked
+        (in the pure twin's order) before any arithmetic: field =
+        payload_size - length_adjustment, computed unsigned (with a negative
+        adjustment it can exceed PY_SSIZE_T_MAX, never 2**64 - 1)."""
         if payload_size < 0:
             raise ValueError("payload_size must be >= 0, not %d" % payload_size)
         if payload_size > self.max_frame_size:
             raise FrameTooLarge("payload of %d bytes exceeds max_frame_size %d"
                                 % (payload_size, self.max_frame_size))
-        value = <long long>payload_size - self.length_adjustment
-        if value < 0:
+        if self.length_adjustment > payload_size:
             raise FrameError("payload of %d bytes is shorter than length_adjustment "
                              "%d allows (length field would be %d)"
-                             % (payload_size, self.length_adjustment, value))
-        if self.length_size < 8 and (<unsigned long long>value >> (8 * self.length_size)):
-            raise FrameTooLarge("length field value %d does not fit %d bytes (max %d)"
-                                % (value, self.length_size,
-                                   (1 << (8 * self.length_size)) - 1))
+                             % (payload_size, self.length_adjustment,
+                                payload_size - self.length_adjustment))
+        if self.length_adjustment < 0:
+            value[0] = (<unsigned long long>payload_size
+                        + <unsigned long long>(-self.length_adjustment))
+        else:
+            value[0] = <unsigned long long>(payload_size - self.length_adjustment)
+        if self.length_size < 8 and (value[0] >> (8 * self.length_size)):
+            raise FrameTooLarge(_field_too_small_message(value[0], self.length_size))
+        return 0
+
+    cdef Py_ssize_t write_header(self, Py_ssize_t payload_size, char* out) except -1:
+        cdef unsigned long long value
+        self._field_value(payload_size, &value)
         if self.length_offset:
             memset(out, 0, self.length_offset)
-        _write_length(<unsigned char*>out + self.length_offset,
-                      <unsigned long long>value, self.length_size, self.big_endian)
+        _write_length(<unsigned char*>out + self.length_offset, value,
+                      self.length_size, self.big_endian)
         return self.header_size
 
     def header(self, payload_size, prefix=None):
         """The header for a payload of ``payload_size`` bytes; ``prefix`` is
         the ``length_offset`` bytes before the length field (zeros if None)."""
         payload_size = _index("payload_size", payload_size)
+        # checked as Python ints first: any int gives the pure twin's error
+        # (never an OverflowError from the conversion to Py_ssize_t)
+        if payload_size < 0:
+            raise ValueError("payload_size must be >= 0, not %d" % payload_size)
+        if payload_size > self.max_frame_size:
+            raise FrameTooLarge("payload of %d bytes exceeds max_frame_size %d"
+                                % (payload_size, self.max_frame_size))
+        out = PyBytes_FromStringAndSize(NULL, self.header_size)
+        self.write_header(payload_size, PyBytes_AS_STRING(out))
         if prefix is not None and len(prefix) != self.length_offset:
             raise ValueError("prefix must be length_offset (%d) bytes, not %d"
                              % (self.length_offset, len(prefix)))
-        out = PyBytes_FromStringAndSize(NULL, self.header_size)
-        self.write_header(payload_size, PyBytes_AS_STRING(out))
         if prefix:
             return bytes(prefix) + out[self.length_offset:]
         return out
@@ -813,11 +916,20 @@ cdef class FrameEncoder:
         """Header + payload as one ``bytes``."""
         cdef Py_buffer view
         cdef char* p
+        cdef unsigned long long value
         if prefix is not None:
             with memoryview(payload) as v:
                 return self.header(v.nbytes, prefix) + v.tobytes()
-        PyObject_GetBuffer(payload, &view, PyBUF_SIMPLE)
         try:
+            PyObject_GetBuffer(payload, &view, PyBUF_SIMPLE)
+        except BufferError:
+            # not C-contiguous: as the pure twin, through a memoryview
+            with memoryview(payload) as v:
+                return self.header(v.nbytes) + v.tobytes()
+        try:
+            # checked before the size is added to header_size: then
+            # header_size + len <= header_size + max_frame_size < PY_SSIZE_T_MAX
+            self._field_value(view.len, &value)
             out = PyBytes_FromStringAndSize(NULL, self.header_size + view.len)
             p = PyBytes_AS_STRING(out)
             self.write_header(view.len, p)

@@ -110,6 +110,31 @@ def _resolve_layout(fmt, length_size, byteorder, length_offset,
             initial_bytes_to_strip, max_frame_size, header_size)
 
 
+#: Bounds of a BufferPool's parameters (shared by both twins, so that they
+#: accept exactly the same values): a slab is at most 1 GiB, and the idle
+#: list (allocated up front in C) at most 2**20 entries.
+_MAX_SLAB_SIZE = 1 << 30
+_MAX_IDLE = 1 << 20
+
+
+def _pool_params(slab_size, max_slabs, max_idle):
+    """Validate BufferPool parameters; return ``(slab_size, max_slabs,
+    max_idle)``.  Shared by both twins."""
+    slab_size = _index("slab_size", slab_size)
+    max_slabs = _index("max_slabs", max_slabs)
+    max_idle = min(64, max_slabs) if max_idle is None else _index("max_idle", max_idle)
+    if not 64 <= slab_size <= _MAX_SLAB_SIZE:
+        raise ValueError("slab_size must be between 64 and %d, not %d"
+                         % (_MAX_SLAB_SIZE, slab_size))
+    if not 1 <= max_slabs <= _SSIZE_MAX:
+        raise ValueError("max_slabs must be between 1 and %d, not %d"
+                         % (_SSIZE_MAX, max_slabs))
+    if not 0 <= max_idle <= min(max_slabs, _MAX_IDLE):
+        raise ValueError("max_idle must be between 0 and max_slabs (%d) and at most "
+                         "%d, not %d" % (max_slabs, _MAX_IDLE, max_idle))
+    return slab_size, max_slabs, max_idle
+
+
 def _index(name, value):
     try:
         return value.__index__()
@@ -135,6 +160,16 @@ def _strip_message(total, strip):
             % (total, strip))
 
 
+def _memory_message(want, pending):
+    return ("out of memory growing a frame buffer to %d bytes (%d bytes of the "
+            "frame received); the decoder is failed" % (want, pending))
+
+
+def _field_too_small_message(value, length_size):
+    return ("length field value %d does not fit %d bytes (max %d)"
+            % (value, length_size, (1 << (8 * length_size)) - 1))
+
+
 def _incomplete_message(pending, need, header_size):
     if need < 0:
         return ("stream ended inside a frame header: %d of %d header bytes "
@@ -152,16 +187,7 @@ class BufferPool:
     """
 
     def __init__(self, slab_size=65536, max_slabs=1024, max_idle=None):
-        slab_size = _index("slab_size", slab_size)
-        max_slabs = _index("max_slabs", max_slabs)
-        max_idle = min(64, max_slabs) if max_idle is None else _index("max_idle", max_idle)
-        if slab_size < 64:
-            raise ValueError("slab_size must be >= 64, not %d" % slab_size)
-        if max_slabs < 1:
-            raise ValueError("max_slabs must be >= 1, not %d" % max_slabs)
-        if not 0 <= max_idle <= max_slabs:
-            raise ValueError("max_idle must be between 0 and max_slabs (%d), not %d"
-                             % (max_slabs, max_idle))
+        slab_size, max_slabs, max_idle = _pool_params(slab_size, max_slabs, max_idle)
         self.slab_size = slab_size
         self.max_slabs = max_slabs
         self.max_idle = max_idle
@@ -369,7 +395,14 @@ class FrameDecoder:
         call."""
         self._check()
         with memoryview(data) as view:
-            self._buf += view.cast("B") if view.format != "B" or view.ndim != 1 else view
+            if not view.c_contiguous:
+                # what the C twin's PyBUF_SIMPLE request raises
+                raise BufferError("feed() needs a C-contiguous buffer")
+            try:
+                self._buf += view.cast("B") if view.format != "B" or view.ndim != 1 else view
+            except MemoryError:
+                self._fail(MemoryError, _memory_message(
+                    len(self._buf) - self._pos + view.nbytes, self.pending))
         out = []
         try:
             while True:
@@ -396,7 +429,8 @@ class FrameDecoder:
         """A writable buffer to read the stream into (asyncio's
         ``BufferedProtocol.get_buffer``); valid until ``buffer_updated``."""
         self._check()
-        size = max(sizehint, 65536)
+        # the hint is honoured up to one slab, as in the C twin
+        size = max(min(sizehint, self.pool.slab_size), 65536)
         if self._scratch is None or len(self._scratch) < size:
             self._scratch = bytearray(size)
         return memoryview(self._scratch)
@@ -468,9 +502,7 @@ class FrameEncoder:
                              "%d allows (length field would be %d)"
                              % (payload_size, self.length_adjustment, value))
         if value >= 1 << (8 * self.length_size):
-            raise FrameTooLarge("length field value %d does not fit %d bytes (max %d)"
-                                % (value, self.length_size,
-                                   (1 << (8 * self.length_size)) - 1))
+            raise FrameTooLarge(_field_too_small_message(value, self.length_size))
         return value
 
     def header(self, payload_size, prefix=None):

@@ -5,6 +5,8 @@ with the encoder under test.
 """
 import array
 import socket
+import threading
+import tracemalloc
 
 import pytest
 from hypothesis import given, settings
@@ -463,3 +465,358 @@ def test_large_frame_cut_reports_what_was_received(twin, cut):
         assert dec.pending == cut
         with pytest.raises(IncompleteFrame, match="%d of 100004 bytes" % cut):
             dec.eof()
+
+
+# -- frames larger than a slab, across feed() boundaries ------------------
+#
+# Issue 8: with nothing in its slab buffer while a frame larger than a slab
+# was in progress, the C decoder decoded that frame's body, when it arrived
+# in a later feed(), as headers ("frame smuggling").  The bodies below are
+# built to look like frames (zeros, or frames of the same layout), so that
+# any body byte parsed as a header shows as extra frames or a false error.
+
+def smuggling_body(layout, n, seed=0):
+    """``n`` bytes made of valid small frames of ``layout`` (what a peer
+    would smuggle), then zero padding."""
+    size, order, offset, adjustment, strip = model(layout)
+    inner = max(0, adjustment, strip - offset - size)
+    one = bytes([seed % 251]) * offset + (inner - adjustment).to_bytes(size, order) \
+        + bytes([seed % 13]) * inner
+    return (one * (n // len(one) + 1))[:n]
+
+
+def decode_every_way(mod, layout, stream, cuts, step, pool):
+    """The frames of ``stream`` through feed() (copy=True and copy=False,
+    split at ``cuts``), get_buffer/buffer_updated (``step`` bytes at a
+    time) and read_from (a socketpair, written in ``cuts`` pieces); each is
+    checked to leave nothing pending and to give its slab back."""
+    results = []
+    for copy in (True, False):
+        dec = decoder(mod, layout, pool=pool, copy=copy)
+        results.append(feed_all(dec, chunks_at(stream, cuts)))
+        assert dec.pending == 0
+        dec.eof()
+    dec = decoder(mod, layout, pool=pool)
+    results.append(feed_via_buffer(dec, stream, step))
+    dec.eof()
+    results.append(read_via_socket(decoder(mod, layout, pool=pool), stream))
+    assert pool is None or pool.stats()["in_use"] == 0
+    return results
+
+
+def read_via_socket(dec, stream):
+    """The frames ``dec.read_from`` gets from ``stream`` sent on a
+    socketpair by a thread (reads split wherever the decoder's room and the
+    kernel split them)."""
+    a, b = socket.socketpair()
+    frames = []
+    try:
+        b.settimeout(10)
+
+        def write():
+            try:
+                a.sendall(stream)
+                a.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+        writer = threading.Thread(target=write)
+        writer.start()
+        try:
+            while True:
+                out = dec.read_from(b)
+                if out is None:
+                    break
+                frames.extend(bytes(f) for f in out)
+        finally:
+            b.shutdown(socket.SHUT_RDWR)
+            writer.join(10)
+        assert not writer.is_alive()
+    finally:
+        a.close()
+        b.close()
+    return frames
+
+
+POOLS = {"default": None, "slab64": (64, 2), "slab1k": (1024, 2), "slab4k": (4096, 3)}
+
+
+def make_pool(mod, kind):
+    """(pool or None for the default pool, its slab size)."""
+    spec = POOLS[kind]
+    if spec is None:
+        return None, mod.DEFAULT_POOL.slab_size
+    return mod.BufferPool(slab_size=spec[0], max_slabs=spec[1]), spec[0]
+
+
+def body_limits(layout):
+    size, _, offset, adjustment, strip = model(layout)
+    low = max(0, adjustment, strip - offset - size)
+    high = min((1 << (8 * size)) - 1 + adjustment, cserver.DEFAULT_MAX_FRAME_SIZE)
+    return low, high
+
+
+@pytest.mark.parametrize("copy", [True, False], ids=["copy", "nocopy"])
+def test_issue8_large_zero_frame_is_one_frame(twin, copy):
+    # the report: 100,000 zero bytes came out as 25,000 empty frames
+    wire = twin.encode_frame(bytes(100000))
+    for cut in (4, 10, 65540, 70000):
+        dec = twin.FrameDecoder(copy=copy)
+        frames = [bytes(f) for f in dec.feed(wire[:cut]) + dec.feed(wire[cut:])]
+        assert frames == [bytes(100000)]
+        assert dec.pending == 0
+
+
+def test_issue8_frame_inside_a_large_body_stays_inside(twin):
+    # a frame encoded inside a big frame's body must not come out top-level
+    inner = twin.encode_frame(b"smuggled")
+    outer_body = inner * (70000 // len(inner))
+    wire = twin.encode_frame(outer_body) + twin.encode_frame(b"next")
+    dec = twin.FrameDecoder()
+    frames = dec.feed(wire[:4]) + dec.feed(wire[4:100]) + dec.feed(wire[100:])
+    assert frames == [outer_body, b"next"]
+
+
+@pytest.mark.parametrize("pool_kind", sorted(POOLS))
+@pytest.mark.parametrize("layout", LAYOUTS, ids=repr)
+def test_large_frame_header_then_body(twin, layout, pool_kind):
+    """Every layout, every pool: the largest frame the layout allows (or
+    several slabs), its header in one feed() and its body in later ones."""
+    pool, slab = make_pool(twin, pool_kind)
+    low, high = body_limits(layout)
+    n = max(low, min(high, 3 * slab + 5))
+    bodies = [smuggling_body(layout, n), smuggling_body(layout, low, 1)]
+    stream, expected = build(layout, bodies)
+    hs = model(layout)[2] + model(layout)[0]
+    for cuts in ([hs], [hs - 1, hs], [hs + 1], [1, hs, hs + 7, len(stream) // 2]):
+        for copy in (True, False):
+            dec = decoder(twin, layout, pool=pool, copy=copy)
+            assert feed_all(dec, chunks_at(stream, cuts)) == expected
+            assert dec.pending == 0
+    if pool is not None:
+        assert pool.stats()["in_use"] == 0
+
+
+@pytest.mark.parametrize("pool_kind", sorted(POOLS))
+@settings(max_examples=30)
+@given(data=st.data())
+def test_large_frames_any_split_any_pool(twin, pool_kind, data):
+    """Property: frames of any size (up to several slabs), with bodies that
+    look like frames, split at random points, give the same frames through
+    feed (copy=True/False), get_buffer/buffer_updated and read_from, for
+    every layout, with the default and with small pools."""
+    pool, slab = make_pool(twin, pool_kind)
+    layout = data.draw(st.sampled_from(LAYOUTS), label="layout")
+    low, high = body_limits(layout)
+    size = st.one_of(
+        st.sampled_from([slab - 1, slab, slab + 1, 2 * slab + 3, 5 * slab + 7]),
+        st.integers(0, 6 * slab)).map(lambda n: min(max(n, low), high))
+    sizes = data.draw(st.lists(size, min_size=1, max_size=4), label="sizes")
+    stream, expected = build(layout, [smuggling_body(layout, n, i) for i, n in enumerate(sizes)])
+    cuts = data.draw(st.lists(st.integers(0, len(stream)), max_size=10), label="cuts")
+    step = data.draw(st.integers(1, 3 * slab), label="step")
+    for got in decode_every_way(twin, layout, stream, cuts, step, pool):
+        assert got == expected
+
+
+# -- memory follows bytes received, not bytes announced -------------------
+
+def traced(fn):
+    """(result of fn(), bytes fn() left allocated), by tracemalloc."""
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        result = fn()
+        return result, tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+
+
+#: What a decoder's own bookkeeping may add to its buffer (a bytes or
+#: bytearray header, the list feed() returns, tracemalloc's granularity).
+SLACK = 2048
+
+
+@pytest.mark.parametrize("header,kw", [
+    ((1 << 20).to_bytes(4, "big"), {}),                              # the default limit
+    ((1 << 39).to_bytes(8, "big"), {"fmt": "!Q", "max_frame_size": 1 << 40}),
+    ((1 << 62).to_bytes(8, "little"), {"fmt": "<Q", "max_frame_size": 1 << 63}),
+], ids=["1MiB", "512GiB", "4EiB"])
+def test_header_alone_reserves_at_most_one_slab(twin, header, kw):
+    pool = twin.BufferPool(slab_size=4096)
+    kw = dict(kw)      # the parameter is shared by both twins' runs
+    dec = twin.FrameDecoder(kw.pop("fmt", None), pool=pool, **kw)
+    frames, held = traced(lambda: dec.feed(header))
+    assert frames == [] and dec.pending == len(header)
+    assert held <= 4096 + SLACK
+    dec.close()
+
+
+@pytest.mark.parametrize("step", [1000, 4096, 30000])
+def test_memory_grows_with_the_body_received(twin, step):
+    """At every point, a large frame in progress holds at most max(one
+    slab, twice the bytes received) (plus bookkeeping), never the announced
+    size; the frame is still delivered whole and exact."""
+    pool = twin.BufferPool(slab_size=4096)
+    body = pattern(300000)
+    wire = twin.encode_frame(body)
+    dec = twin.FrameDecoder(pool=pool)
+    frames = []
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        for i in range(0, len(wire), step):
+            chunk = wire[i:i + step]
+            base += len(chunk) + 33    # the chunk itself is the caller's
+            got = dec.feed(chunk)
+            if got:
+                frames.extend(got)
+                break
+            held = tracemalloc.get_traced_memory()[0] - base
+            assert held <= max(4096, 2 * (i + len(chunk))) + SLACK, (i, held)
+    finally:
+        tracemalloc.stop()
+    assert frames == [body]
+
+
+def test_read_from_reserves_what_arrives(twin):
+    """read_from (FramedRequestHandler's and FramedClient's read): a peer
+    that sends only a header announcing the largest frame the limit
+    allows pins at most one slab (64 KiB by default)."""
+    a, b = socket.socketpair()
+    try:
+        b.settimeout(5)
+        pool = twin.BufferPool()
+        pool.lease().release()   # an idle slab is the pool's, not the peer's
+        dec = twin.FrameDecoder("!Q", max_frame_size=1 << 40, pool=pool)
+        a.sendall((1 << 39).to_bytes(8, "big"))
+        frames, held = traced(lambda: dec.read_from(b))
+        assert frames == [] and dec.pending == 8
+        assert held <= 65536 + SLACK
+        a.sendall(b"x" * 100)
+        assert dec.read_from(b) == []
+        assert dec.pending == 108
+    finally:
+        a.close()
+        b.close()
+
+
+def test_size_hint_is_capped(twin):
+    pool = twin.BufferPool(slab_size=1024)
+    dec = twin.FrameDecoder(pool=pool)
+    buf, held = traced(lambda: dec.get_buffer(1 << 62))
+    assert 1 <= len(buf) <= 65536
+    assert held <= 65536 + SLACK
+    buf.release()
+
+
+# -- size arithmetic at the edges: no overflow, the twins agree ----------
+
+def twin_outcome(fn):
+    try:
+        return ("ok", fn())
+    except Exception as exc:   # compared between the twins
+        return (type(exc).__name__, str(exc))
+
+
+EDGE_ENCODERS = [
+    dict(fmt="!Q", max_frame_size=1 << 70),
+    dict(fmt="<Q", max_frame_size=1 << 70, length_adjustment=-(1 << 62)),
+    dict(fmt="!Q", max_frame_size=1 << 70, length_adjustment=1 << 62),
+    dict(fmt="!I", max_frame_size=1 << 40, length_adjustment=-10),
+    dict(length_size=3, max_frame_size=1 << 40, length_adjustment=-(1 << 23)),
+    dict(fmt="!B", length_adjustment=-10),
+    dict(fmt="!Q", length_offset=1 << 20, max_frame_size=1 << 70),
+]
+EDGE_SIZES = [0, 1, 245, 246, 255, 256, (1 << 23), (1 << 24), (1 << 32) - 11, (1 << 32) - 10,
+              (1 << 62) - 1, 1 << 62, (1 << 62) + 1, (1 << 63) - (1 << 20) - 20,
+              (1 << 63) - 10, (1 << 63) - 9, (1 << 63) - 1, 1 << 63, (1 << 64) - 1, 1 << 64,
+              1 << 70, -1, -(1 << 63), -(1 << 63) - 1, -(1 << 70)]
+
+
+@pytest.mark.parametrize("kw", EDGE_ENCODERS, ids=repr)
+def test_encoder_edges_agree(kw):
+    """Near 2**63 and around every clamp, the C encoder gives the pure
+    twin's header or its exception (type and message): never an
+    OverflowError for a size the pure twin calls FrameTooLarge, never a
+    wrapped length."""
+    from cserver import _framing, _framing_py
+    kw = dict(kw)
+    fmt = kw.pop("fmt", None)
+    c, py = _framing.FrameEncoder(fmt, **kw), _framing_py.FrameEncoder(fmt, **kw)
+    assert c.max_frame_size == py.max_frame_size
+    for n in EDGE_SIZES:
+        want = twin_outcome(lambda: py.header(n))
+        assert twin_outcome(lambda: c.header(n)) == want, n
+        assert want[0] in ("ok", "FrameTooLarge", "FrameError", "ValueError"), (n, want)
+        if want[0] == "ok":
+            size, order = py.length_size, py.byteorder
+            value = n - py.length_adjustment
+            assert want[1] == bytes(py.length_offset) + value.to_bytes(size, order)
+
+
+def test_encoder_near_2_63(twin):
+    # body 2**63 - 10 with adjustment -2**62: the field is 2**63 + 2**62 - 10
+    enc = twin.FrameEncoder("!Q", max_frame_size=1 << 70, length_adjustment=-(1 << 62))
+    assert enc.max_frame_size == (1 << 63) - 10
+    assert enc.header((1 << 63) - 10) == ((1 << 63) + (1 << 62) - 10).to_bytes(8, "big")
+    with pytest.raises(FrameTooLarge, match="9223372036854775808 bytes exceeds"):
+        enc.header(1 << 63)
+    with pytest.raises(FrameTooLarge):
+        enc.header(1 << 64)
+    with pytest.raises(ValueError, match="must be >= 0"):
+        enc.header(-(1 << 70))
+
+
+EDGE_DECODERS = EDGE_ENCODERS + [
+    dict(fmt="!Q", max_frame_size=1 << 70, initial_bytes_to_strip=100),
+    dict(fmt="<Q", max_frame_size=1 << 70, length_adjustment=-(1 << 62),
+         initial_bytes_to_strip=0),
+]
+EDGE_VALUES = [0, 1, 9, 10, 255, (1 << 24) - 1, (1 << 32) - 1, (1 << 62) - 1, 1 << 62,
+               (1 << 63) - 20, (1 << 63) - 10, (1 << 63) - 9, (1 << 63) - 1, 1 << 63,
+               (1 << 63) + (1 << 62) - 10, (1 << 63) + (1 << 62) - 9, (1 << 64) - 1]
+
+
+@pytest.mark.parametrize("kw", EDGE_DECODERS, ids=repr)
+def test_decoder_edges_agree(kw):
+    """Every length field value at the edges of 2**62, 2**63, 2**64 and the
+    clamps: the same frames, pending count and error in both twins (and,
+    for a header announcing a huge frame, no attempt to allocate it)."""
+    from cserver import _framing, _framing_py
+    kw = dict(kw)
+    fmt = kw.pop("fmt", None)
+    size = _framing_py.FrameDecoder(fmt, **kw).length_size
+    for value in EDGE_VALUES:
+        if value >= 1 << (8 * size):
+            continue
+        results = []
+        for mod in (_framing, _framing_py):
+            dec = mod.FrameDecoder(fmt, pool=mod.BufferPool(slab_size=256), **kw)
+            header = bytes(dec.length_offset) + value.to_bytes(size, dec.byteorder)
+            out = twin_outcome(lambda: [bytes(f) for f in dec.feed(header + b"abc")])
+            results.append((out, dec.pending, dec.failed,
+                            twin_outcome(lambda: dec.max_frame_size)))
+            dec.close()
+        assert results[0] == results[1], value
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"slab_size": 1 << 70}, {"slab_size": (1 << 30) + 1}, {"max_slabs": 1 << 63},
+    {"max_slabs": 1 << 63, "max_idle": (1 << 63) - 1}, {"max_idle": -1},
+    {"max_slabs": 1 << 62, "max_idle": (1 << 20) + 1},
+])
+def test_pool_parameter_bounds_agree(kwargs):
+    from cserver import _framing, _framing_py
+    c = twin_outcome(lambda: _framing.BufferPool(**kwargs) and None)
+    assert c == twin_outcome(lambda: _framing_py.BufferPool(**kwargs) and None)
+    assert c[0] == "ValueError" and "between" in c[1], c
+
+
+def test_non_contiguous_buffers_agree(twin):
+    strided = memoryview(b"abcdef")[::2]
+    assert twin.encode_frame(strided) == b"\x00\x00\x00\x03ace"
+    assert twin.FrameEncoder("<H").encode(strided) == b"\x03\x00ace"
+    dec = twin.FrameDecoder()
+    with pytest.raises(BufferError):
+        dec.feed(memoryview(b"\x00\x00\x00\x01x\x00")[::2])
+    assert not dec.failed
