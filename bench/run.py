@@ -854,6 +854,22 @@ def machine_info(opts, cserver_version, cserver_build, pin):
             peers[name] = version(name) if version else "?"
         except Exception:
             peers[name] = "not installed"
+    if PYTHON != sys.executable:
+        # the servers' interpreter has its own packages (matplotlib stays
+        # the harness's: it draws the chart)
+        probe = subprocess.run(
+            [PYTHON, "-c", "import json, sys\n"
+             "from importlib.metadata import version\n"
+             "out = {}\n"
+             "for name in sys.argv[1:]:\n"
+             "    try: out[name] = version(name)\n"
+             "    except Exception: out[name] = 'not installed'\n"
+             "print(json.dumps(out))", "uvloop", "twisted", "gevent"],
+            capture_output=True, text=True, timeout=60, cwd=SERVERS_DIR)
+        try:
+            peers.update(json.loads(probe.stdout))
+        except ValueError:
+            peers.update(uvloop="?", twisted="?", gevent="?")
     try:
         git = subprocess.run(["git", "-C", ROOT, "describe", "--always", "--dirty"],
                              capture_output=True, text=True, timeout=10).stdout.strip() or "?"

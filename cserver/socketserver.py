@@ -2,8 +2,9 @@
 """The stdlib-compatible servers, compiled.
 
 This module is a reimplementation of the running interpreter's
-``socketserver`` (3.9 to 3.15, patch level included): same public names, ``__all__``, classes, MRO,
-class attributes, hooks and behaviour, plus what no contract forbids:
+``socketserver`` (3.9 to 3.15, patch level included): same public names,
+``__all__``, classes, MRO, class attributes, hooks and behaviour, plus what
+no contract forbids:
 
 * ``shutdown()`` stops ``serve_forever()`` at once (a wake-up socket is part
   of the poll set) instead of after up to ``poll_interval`` (gh-88932);
@@ -47,7 +48,11 @@ _PY315 = sys.version_info >= (3, 15)
 # gh-128916: server_bind() sets SO_REUSEPORT only on AF_INET/AF_INET6 sockets
 # (Linux 6.12.9+ refuses it on the others with EOPNOTSUPP).  The fix is in
 # 3.14 and was backported to the 3.12.9 and 3.13.2 bug-fix releases; cserver
-# follows the running interpreter's release, patch level included.
+# follows the running interpreter's release, patch level included.  Decided
+# by version, not by reading the stdlib's source at import: that file may be
+# absent (.pyc-only or zipped stdlib), and reading it would cost every import
+# for what CPython's changelog states exactly.  tests/compat checks the rule
+# against the running stdlib's behaviour on every interpreter of the matrix.
 _REUSE_PORT_INET_ONLY = (sys.version_info >= (3, 13, 2)
                          or (3, 12, 9) <= sys.version_info[:3] < (3, 13))
 

@@ -305,6 +305,7 @@ def test_harness_runs_the_servers_with_python_option(bins, tmp_path):
     assert proc.returncode == 0, proc.stderr.decode()[-2000:]
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert records[0]["python"] == "%d.%d.%d" % sys.version_info[:3]
+    assert {"uvloop", "twisted", "gevent"} <= set(records[0]["peers"])
     summaries = [r for r in records if r["type"] == "summary"]
     assert [(s["server"], s["status"]) for s in summaries] == [("asyncio-batched", "ok")]
     invoked = calls.read_text()
