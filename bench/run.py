@@ -4,6 +4,7 @@
     python bench/run.py --quick            # about two minutes
     python bench/run.py                    # the full run (3 rounds)
     python bench/run.py --servers cserver,asyncio --workloads 50c-d16
+    python bench/run.py --quick --python python3.14   # the servers on another CPython
 
 The load generator (bench/loadgen.c) and the C echo server (bench/c_echo.c)
 are compiled here with ``cc -O2`` into bench/bin/.  Each (server, workload,
@@ -12,6 +13,11 @@ generator is pinned to another (when there are two or more); the server's
 process group is killed at the end of its round, whatever happens.  Results:
 bench/results/<date>/results.jsonl, table.md and chart.png (with
 matplotlib), and the table on stdout.  Progress goes to stderr.
+
+``--python`` runs the Python servers (and looks for cserver and the peers)
+with another interpreter than the one running the harness; cserver must be
+built for it (in place: ``python3.14 setup.py build_ext --inplace``, or
+installed in it).
 """
 from __future__ import annotations
 
@@ -36,6 +42,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 BIN = os.path.join(HERE, "bin")
 SERVERS_DIR = os.path.join(HERE, "servers")
+#: The interpreter that runs the Python servers (--python; default: this one).
+PYTHON = sys.executable
 
 # ---------------------------------------------------------------------------
 # Workloads.  Framed echo (4-byte big-endian length + payload) unless said.
@@ -101,7 +109,7 @@ class Server:
         if self.script == "c_echo":
             cmd = [c_echo]
         else:
-            cmd = [sys.executable, os.path.join(SERVERS_DIR, self.script)]
+            cmd = [PYTHON, os.path.join(SERVERS_DIR, self.script)]
         cmd += self.args + address_args
         if self.transport == "udp":
             cmd.append("--udp")
@@ -794,7 +802,7 @@ def cserver_env(source=None):
         env["PYTHONPATH"] = tree + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env["PYTHONDONTWRITEBYTECODE"] = "1"
     probe = subprocess.run(
-        [sys.executable, "-c",
+        [PYTHON, "-c",
          "import cserver, cserver.socketserver as m; print(cserver.version); "
          "print(m.__file__)"], env=env, capture_output=True, text=True, cwd=SERVERS_DIR)
     if probe.returncode != 0:
@@ -803,6 +811,31 @@ def cserver_env(source=None):
     build = "compiled" if where.endswith((".so", ".pyd")) else "NOT COMPILED (pure Python)"
     build += ", " + (("source tree %s" % tree) if (built or source) else "installed")
     return env, version, build
+
+
+def python_version(python):
+    """The version of the interpreter ``python`` (a path or a name on PATH)."""
+    if python == sys.executable:
+        return platform.python_version()
+    return subprocess.run([python, "-c", "import platform; print(platform.python_version())"],
+                          capture_output=True, text=True, timeout=60, check=True).stdout.strip()
+
+
+_importable = {}
+
+
+def importable(module):
+    """Whether the servers' interpreter (PYTHON) can import ``module``."""
+    if module not in _importable:
+        if PYTHON == sys.executable:
+            _importable[module] = importlib.util.find_spec(module) is not None
+        else:
+            probe = subprocess.run(
+                [PYTHON, "-c", "import importlib.util, sys; "
+                 "sys.exit(importlib.util.find_spec(sys.argv[1]) is None)", module],
+                capture_output=True, timeout=60, cwd=SERVERS_DIR)
+            _importable[module] = probe.returncode == 0
+    return _importable[module]
 
 
 def machine_info(opts, cserver_version, cserver_build, pin):
@@ -825,6 +858,22 @@ def machine_info(opts, cserver_version, cserver_build, pin):
             peers[name] = version(name) if version else "?"
         except Exception:
             peers[name] = "not installed"
+    if PYTHON != sys.executable:
+        # the servers' interpreter has its own packages (matplotlib stays
+        # the harness's: it draws the chart)
+        probe = subprocess.run(
+            [PYTHON, "-c", "import json, sys\n"
+             "from importlib.metadata import version\n"
+             "out = {}\n"
+             "for name in sys.argv[1:]:\n"
+             "    try: out[name] = version(name)\n"
+             "    except Exception: out[name] = 'not installed'\n"
+             "print(json.dumps(out))", "uvloop", "twisted", "gevent"],
+            capture_output=True, text=True, timeout=60, cwd=SERVERS_DIR)
+        try:
+            peers.update(json.loads(probe.stdout))
+        except ValueError:
+            peers.update(uvloop="?", twisted="?", gevent="?")
     try:
         git = subprocess.run(["git", "-C", ROOT, "describe", "--always", "--dirty"],
                              capture_output=True, text=True, timeout=10).stdout.strip() or "?"
@@ -840,7 +889,7 @@ def machine_info(opts, cserver_version, cserver_build, pin):
             ",".join(map(str, sorted(server_cpus))), ",".join(map(str, sorted(lg_cpus))))
             if server_cpus else "not pinned"),
         "kernel": platform.release(),
-        "python": platform.python_version(),
+        "python": python_version(PYTHON),
         "cserver": cserver_version,
         "cserver_build": cserver_build,
         "git": git,
@@ -885,7 +934,17 @@ def parse_args(argv):
                    help="run cserver from this source tree (built in place) instead")
     p.add_argument("--bin", help="where to build loadgen and c_echo (default bench/bin)")
     p.add_argument("--list", action="store_true", help="list servers and workloads and exit")
+    p.add_argument("--python", metavar="PYTHON", default=sys.executable,
+                   help="the interpreter that runs the Python servers (default: this one)")
     opts = p.parse_args(argv)
+    found = shutil.which(opts.python)
+    if found is None:
+        p.error("--python %s: no such interpreter" % opts.python)
+    try:
+        python_version(found)
+    except (OSError, subprocess.SubprocessError) as exc:
+        p.error("--python %s does not run: %s" % (opts.python, exc))
+    opts.python = found
     opts.rounds = opts.rounds or (1 if opts.quick else 3)
     opts.warmup = opts.warmup if opts.warmup is not None else (0.2 if opts.quick else 1.0)
     opts.duration = opts.duration or (0.5 if opts.quick else 3.0)
@@ -945,6 +1004,8 @@ def main(argv=None):
         for s in all_s:
             print("server   %-22s %s (%s)" % (s.key, s.title, s.transport))
         return 0
+    global PYTHON
+    PYTHON = opts.python
     bins = build_binaries(opts.bin)
     idle = next(w for w in all_w if w.kind == "idle")
     soft = raise_nofile(idle.conns + 1024)
@@ -979,7 +1040,7 @@ def main(argv=None):
             if w.persistent and srv.max_conns is not None and w.conns > srv.max_conns:
                 records = [{"type": "round", "server": srv.key, "workload": w.name,
                             "status": "n/a", "note": srv.max_conns_why}]
-            elif srv.requires and importlib.util.find_spec(srv.requires) is None:
+            elif srv.requires and not importable(srv.requires):
                 records = [{"type": "round", "server": srv.key, "workload": w.name,
                             "status": "skip",
                             "note": "%s is not installed (pip install .[bench])" % srv.requires}]

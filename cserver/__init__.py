@@ -17,7 +17,8 @@ import sys as _sys
 import types as _types
 
 #: cserver's own release.  (``__version__`` is the stdlib socketserver's,
-#: "0.4", because code that does ``import cserver as socketserver`` may read it.)
+#: "0.4", because code that does ``import cserver as socketserver`` may read
+#: it; on 3.15, as there, reading it warns: see ``__getattr__`` below.)
 version = "0.1.0"
 
 # Modules compiled by Cython from .py sources; in pure mode their sources are
@@ -95,7 +96,7 @@ if PURE:
 from . import socketserver as _compat  # noqa: E402
 from .socketserver import *  # noqa: E402,F401,F403
 from .socketserver import (  # noqa: E402,F401
-    __version__, _ServerSelector, _SocketWriter, _Threads,
+    _ServerSelector, _SocketWriter, _Threads,
     _NoThreads, socket, selectors, threading, os, sys, time, BufferedIOBase,
 )
 # cserver's additions (EXTRA_NAMES), named so that checkers and IDEs see them.
@@ -106,6 +107,15 @@ if hasattr(_compat.socket, "AF_UNIX"):
     from .socketserver import (  # noqa: E402,F401
         ThreadPoolUnixStreamServer, ThreadPoolUnixDatagramServer,
     )
+if _sys.version_info < (3, 15):
+    __version__ = _compat.__version__
+else:
+    def __getattr__(name):
+        """3.15's socketserver: ``__version__`` is deprecated, reading it
+        warns (at the reader's line) and gives "0.4"."""
+        if name == "__version__":
+            return _compat._deprecated_version()
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 # Exactly the stdlib's list: CPython's test_all compares it with the names
 # whose __module__ is "socketserver".  cserver's additions are attributes.

@@ -837,12 +837,18 @@ cdef class Loop:
         self._wake()
 
     def _wake(self):
-        try:
-            os.write(self.wake_w, b"\0")
-        except (BlockingIOError, InterruptedError):
-            pass
-        except OSError:
-            pass  # closed: the loop is gone
+        # The descriptor is read and written with the GIL held: a C write(2)
+        # on the non-blocking pipe never blocks, so close() (which holds the
+        # GIL too) cannot run in between, and a wake-up can never reach a
+        # descriptor number that close() released and the process reused.
+        # (os.write released the GIL between the two.)  EAGAIN: a wake-up is
+        # pending anyway; -1: closed, the loop is gone.  A free-threaded
+        # build needs a lock here (docs/freethreading.md).
+        cdef char zero = 0
+        cdef int fd = self.wake_w
+        if fd >= 0:
+            while c_write(fd, &zero, 1) < 0 and errno == EINTR:
+                pass
 
     def call_at(self, double when, fn, *args):
         cdef TimerHandle h = TimerHandle.__new__(TimerHandle)

@@ -2,8 +2,9 @@
 """The stdlib-compatible servers, compiled.
 
 This module is a reimplementation of the running interpreter's
-``socketserver`` (3.9 to 3.13): same public names, ``__all__``, classes, MRO,
-class attributes, hooks and behaviour, plus what no contract forbids:
+``socketserver`` (3.9 to 3.15, patch level included): same public names,
+``__all__``, classes, MRO, class attributes, hooks and behaviour, plus what
+no contract forbids:
 
 * ``shutdown()`` stops ``serve_forever()`` at once (a wake-up socket is part
   of the poll set) instead of after up to ``poll_interval`` (gh-88932);
@@ -22,11 +23,10 @@ accelerators of the stdlib present their classes under the public module's
 name (``collections.deque``); cserver's own additions report ``cserver``.
 
 The hooks and class attributes users override are listed on BaseServer and
-TCPServer; the listen backlog (``request_queue_size``) stays 5 as in the
-stdlib: raise it for a server under load.
+TCPServer; the listen backlog (``request_queue_size``) is the stdlib's: 5
+up to 3.14 (raise it for a server under load), ``socket.SOMAXCONN`` from
+3.15.
 """
-
-__version__ = "0.4"  # the stdlib module's own version string
 
 import os
 import selectors
@@ -44,6 +44,20 @@ from time import monotonic as time
 
 _PY311 = sys.version_info >= (3, 11)
 _PY312 = sys.version_info >= (3, 12)
+_PY315 = sys.version_info >= (3, 15)
+# gh-128916: server_bind() sets SO_REUSEPORT only on AF_INET/AF_INET6 sockets
+# (Linux 6.12.9+ refuses it on the others with EOPNOTSUPP).  The fix is in
+# 3.14 and was backported to the 3.12.9 and 3.13.2 bug-fix releases; cserver
+# follows the running interpreter's release, patch level included.  Decided
+# by version, not by reading the stdlib's source at import: that file may be
+# absent (.pyc-only or zipped stdlib), and reading it would cost every import
+# for what CPython's changelog states exactly.  tests/compat checks the rule
+# against the running stdlib's behaviour on every interpreter of the matrix.
+_REUSE_PORT_INET_ONLY = (sys.version_info >= (3, 13, 2)
+                         or (3, 12, 9) <= sys.version_info[:3] < (3, 13))
+
+if not _PY315:
+    __version__ = "0.4"  # the stdlib module's own version string
 
 __all__ = ["BaseServer", "TCPServer", "UDPServer",
            "ThreadingUDPServer", "ThreadingTCPServer",
@@ -70,6 +84,46 @@ if hasattr(selectors, "PollSelector"):
     _ServerSelector = selectors.PollSelector
 else:
     _ServerSelector = selectors.SelectSelector
+
+
+# 3.15 deprecates the module's __version__ (still "0.4"): reading it warns,
+# from a module __getattr__, at the line that read it.
+_VERSION_DEPRECATED = "'__version__' is deprecated and slated for removal in Python 3.20"
+_PACKAGE_DIR = os.path.join(os.path.dirname(os.path.realpath(__file__)), "")
+
+
+def _deprecated_version():
+    """Warn that ``__version__`` is deprecated, as the 3.15 stdlib does, and
+    return it.
+
+    The stdlib's warning points at the line that read the attribute
+    (``warnings._deprecated`` with ``stacklevel=3``: past itself and the
+    module ``__getattr__``).  cserver's callers may be compiled (no Python
+    frame) or pure Python (frames), so the level is counted: the first
+    frame outside the cserver package is the reader.
+    """
+    import warnings
+    frame = sys._getframe(0)
+    level = 1
+    while frame is not None and os.path.realpath(frame.f_code.co_filename).startswith(
+            _PACKAGE_DIR):
+        frame = frame.f_back
+        level += 1
+    if (frame is not None and frame.f_code.co_name == "_handle_fromlist"
+            and frame.f_code.co_filename.startswith("<frozen importlib")):
+        # ``from cserver import __version__``: cserver is a package, so the
+        # import system first probes the name with hasattr(); the statement
+        # then reads it (and warns there), as it reads the stdlib module's.
+        return "0.4"
+    warnings.warn(_VERSION_DEPRECATED, DeprecationWarning, stacklevel=level)
+    return "0.4"
+
+
+if _PY315:
+    def __getattr__(name):
+        if name == "__version__":
+            return _deprecated_version()
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class _Waker:
@@ -331,11 +385,13 @@ class TCPServer(BaseServer):
     Class attributes that a subclass or an instance may override:
 
     - ``address_family``, ``socket_type``: of the listening socket;
-    - ``request_queue_size``: the ``listen()`` backlog, 5 as in the stdlib.
-      Raise it for a server under load (e.g. ``socket.SOMAXCONN``): clients
-      beyond the backlog wait for the kernel to retry their SYN;
+    - ``request_queue_size``: the ``listen()`` backlog, as in the stdlib:
+      5 up to 3.14 (raise it for a server under load, e.g. to
+      ``socket.SOMAXCONN``: clients beyond the backlog wait for the kernel
+      to retry their SYN), ``socket.SOMAXCONN`` from 3.15;
     - ``allow_reuse_address``, ``allow_reuse_port`` (3.11+): set
-      SO_REUSEADDR / SO_REUSEPORT before binding;
+      SO_REUSEADDR / SO_REUSEPORT before binding (SO_REUSEPORT only on
+      AF_INET/AF_INET6 sockets from 3.12.9, 3.13.2 and 3.14, as the stdlib);
     - ``timeout``: for ``handle_request()``.
 
     ``server_address`` is replaced by the bound address (port 0 becomes the
@@ -348,7 +404,10 @@ class TCPServer(BaseServer):
 
     socket_type = socket.SOCK_STREAM
 
-    request_queue_size = 5
+    if _PY315:
+        request_queue_size = getattr(socket, "SOMAXCONN", 5)
+    else:
+        request_queue_size = 5
 
     allow_reuse_address = False
 
@@ -368,7 +427,20 @@ class TCPServer(BaseServer):
                 self.server_close()
                 raise
 
-    if _PY311:
+    if _REUSE_PORT_INET_ONLY:
+        def server_bind(self):
+            """Apply the reuse options, bind, and record the bound address.
+
+            SO_REUSEPORT is set on AF_INET/AF_INET6 sockets only (gh-128916).
+            """
+            if self.allow_reuse_address and hasattr(socket, "SO_REUSEADDR"):
+                self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if (self.allow_reuse_port and hasattr(socket, "SO_REUSEPORT")
+                    and self.address_family in (socket.AF_INET, socket.AF_INET6)):
+                self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            self.socket.bind(self.server_address)
+            self.server_address = self.socket.getsockname()
+    elif _PY311:
         def server_bind(self):
             """Apply the reuse options, bind, and record the bound address."""
             if self.allow_reuse_address and hasattr(socket, "SO_REUSEADDR"):

@@ -19,13 +19,23 @@ cserver.install()
 from test import test_socketserver  # noqa: E402  (CPython's own suite)
 
 
+def _test_ids(suite):
+    for test in suite:
+        if isinstance(test, unittest.TestSuite):
+            yield from _test_ids(test)
+        else:
+            yield test.id()
+
+
 def main():
     suite = unittest.defaultTestLoader.loadTestsFromModule(test_socketserver)
+    ids = sorted(_test_ids(suite))
     stream = open("/dev/null", "w") if "-q" in sys.argv else sys.stderr
     result = unittest.TextTestRunner(stream=stream, verbosity=2).run(suite)
     report = {
         "python": "%d.%d.%d" % sys.version_info[:3],
         "run": result.testsRun,
+        "tests": ids,
         "failures": [t.id() for t, _ in result.failures],
         "errors": [t.id() for t, _ in result.errors],
         "skipped": [t.id() for t, _ in result.skipped],

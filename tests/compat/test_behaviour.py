@@ -2,6 +2,7 @@
 cserver (the ``ss`` fixture): the stdlib run is the oracle of the expected
 behaviour, the cserver run must match it.
 """
+import errno
 import itertools
 import os
 import selectors
@@ -13,6 +14,17 @@ import time
 import pytest
 
 HAS_FORK = hasattr(os, "fork")
+#: fork() in a multi-threaded process warns (DeprecationWarning, 3.12+).  On
+#: 3.12-3.14 a warning turned into an error there was only reported as
+#: unraisable; from 3.15 os.fork() raises it in the parent (after the child
+#: was created), so under filterwarnings=error every fork in pytest-xdist's
+#: worker (which runs a second thread) and next to a serve_forever thread
+#: failed, on the stdlib and on cserver alike.  The stdlib's own tests
+#: silence the same warning (warnings_helper.ignore_fork_in_thread_deprecation_
+#: warnings, 3.15); so do these, and only for it.
+FORK_IN_THREADS = pytest.mark.filterwarnings(
+    "ignore:This process .* is multi-threaded, use of fork\\(\\) may lead to deadlocks"
+    ":DeprecationWarning")
 SERVE_THREAD = "serve_forever"  # the name conftest's serve fixture gives its thread
 
 
@@ -69,6 +81,7 @@ def parse_reply(reply):
     return word, int(pid), thread.decode()
 
 
+@FORK_IN_THREADS
 @pytest.mark.parametrize("mixin, order", [(None, "alone")] + [
     (m, o) for m in MIXINS[1:] for o in ["mixin_first", "base_first"]])
 @pytest.mark.parametrize("base", BASES)
@@ -229,6 +242,57 @@ def test_allow_reuse_port(ss, cls_name):
     finally:
         for server in servers:
             server.server_close()
+
+
+#: gh-128916: the stdlib sets SO_REUSEPORT on AF_INET/AF_INET6 only, from
+#: 3.12.9, 3.13.2 and 3.14 (Linux 6.12.9+ refuses it on Unix sockets).
+REUSE_PORT_INET_ONLY = (sys.version_info >= (3, 13, 2)
+                        or (3, 12, 9) <= sys.version_info[:3] < (3, 13))
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="allow_reuse_port is 3.11+")
+@pytest.mark.skipif(not hasattr(socket, "AF_UNIX"), reason="no Unix sockets")
+@pytest.mark.parametrize("cls_name", ["UnixStreamServer", "UnixDatagramServer"])
+def test_allow_reuse_port_on_a_unix_server(ss, short_tmpdir, cls_name):
+    """The running interpreter's rule, patch level included: from 3.12.9,
+    3.13.2 and 3.14 the option is skipped and the server binds; before, it
+    is set, and a kernel that refuses it (6.12.9+) fails the constructor
+    with EOPNOTSUPP, on the stdlib as on cserver."""
+    cls = type("ReusePort", (getattr(ss, cls_name),), {"allow_reuse_port": True})
+    path = os.path.join(short_tmpdir, "r")
+    try:
+        server = cls(path, ss.BaseRequestHandler)
+    except OSError as exc:
+        assert not REUSE_PORT_INET_ONLY, exc
+        assert exc.errno == errno.EOPNOTSUPP, exc
+        return
+    try:
+        assert server.server_address == path
+        value = server.socket.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT)
+        assert bool(value) is (not REUSE_PORT_INET_ONLY)
+    finally:
+        server.server_close()
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="allow_reuse_port is 3.11+")
+@pytest.mark.parametrize("family", ["AF_INET", "AF_INET6"])
+def test_allow_reuse_port_still_set_on_inet_sockets(ss, family):
+    """The gh-128916 guard lets AF_INET and AF_INET6 servers keep it."""
+    if family == "AF_INET6" and not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    cls = type("ReusePort", (ss.TCPServer,), {
+        "allow_reuse_port": True, "address_family": getattr(socket, family)})
+    host = "127.0.0.1" if family == "AF_INET" else "::1"
+    try:
+        server = cls((host, 0), ss.BaseRequestHandler)
+    except OSError as exc:  # a host without ::1
+        if family == "AF_INET6" and exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+            pytest.skip("::1 is not available here: %s" % exc)
+        raise
+    try:
+        assert server.socket.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) != 0
+    finally:
+        server.server_close()
 
 
 def test_hooks_overridden_on_subclass_and_instance(ss, serve, net):
@@ -416,6 +480,7 @@ def _child_pids(net, server, n):
     return pids
 
 
+@FORK_IN_THREADS
 @pytest.mark.skipif(not HAS_FORK, reason="no os.fork")
 def test_fork_children_reaped_by_service_actions(ss, serve, net):
     stream, _ = handlers(ss)
@@ -439,6 +504,7 @@ def _not_our_zombie(pid):
     return not (state == "Z" and ppid == os.getpid())
 
 
+@FORK_IN_THREADS
 @pytest.mark.skipif(not HAS_FORK, reason="no os.fork")
 def test_fork_children_reaped_by_server_close(ss, net):
     stream, _ = handlers(ss)
@@ -458,6 +524,7 @@ def test_fork_children_reaped_by_server_close(ss, net):
     assert all(_not_our_zombie(pid) for pid in pids)
 
 
+@FORK_IN_THREADS
 @pytest.mark.skipif(not HAS_FORK, reason="no os.fork")
 def test_fork_handle_timeout_collects_children(ss, net):
     stream, _ = handlers(ss)

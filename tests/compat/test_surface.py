@@ -11,6 +11,7 @@ import os
 import socket
 import sys
 import types
+import warnings
 
 import pytest
 
@@ -35,7 +36,12 @@ PER_CLASS_STATE = {"_abc_impl"}
 
 def test_stdlib_fixture_is_the_real_stdlib():
     assert stdlib.__file__.endswith(os.path.join("", "socketserver.py"))
-    assert "cserver" not in stdlib.__file__
+    # Not cserver's own file nor its shadow socketserver.py (a path test, not
+    # a substring one: the interpreter itself may live under a directory
+    # named cserver, as the provisioned 3.14/3.15 do).
+    package_dir = os.path.join(os.path.dirname(os.path.realpath(cserver.__file__)), "")
+    assert not os.path.realpath(stdlib.__file__).startswith(package_dir)
+    assert stdlib is not cserver and not hasattr(stdlib, "install")
     # The lists below are not empty (a surface test that compares nothing
     # would pass for anything).
     assert len(STDLIB_NAMES) > 20 and len(STDLIB_CLASSES) >= 17
@@ -196,8 +202,71 @@ def test_extras_are_cserver_classes():
         assert cserver.ThreadPoolUnixDatagramServer.socket_type == socket.SOCK_DGRAM
 
 
-def test_version_string_is_the_stdlib_modules():
-    import socketserver as stdlib
-    import cserver
-    assert cserver.__version__ == stdlib.__version__
-    assert isinstance(cserver.version, str) and cserver.version != stdlib.__version__
+def _read_version(module, how):
+    """Read ``module.__version__`` one way; return the value, the line that
+    read it and the warnings it raised (category, message, file, line)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if how == "attribute":
+            value, line = module.__version__, sys._getframe().f_lineno
+        elif how == "getattr":
+            value, line = getattr(module, "__version__"), sys._getframe().f_lineno
+        else:
+            namespace = {}
+            exec(compile("from %s import __version__" % module.__name__, "<reader>", "exec"),
+                 namespace)
+            value, line = namespace["__version__"], 1
+    return value, line, [(w.category, str(w.message), w.filename, w.lineno) for w in caught]
+
+
+@pytest.mark.parametrize("how", ["attribute", "getattr", "from-import"])
+@pytest.mark.parametrize("name", ["cserver", "cserver.socketserver"])
+def test_version_reads_as_on_the_stdlib(name, how):
+    """``__version__`` is the stdlib's "0.4"; on 3.15 reading it warns, as
+    there, pointing at the line that read it (stacklevel semantics)."""
+    mine = sys.modules[name]
+    value, line, caught = _read_version(mine, how)
+    s_value, s_line, s_caught = _read_version(stdlib, how)
+    assert value == s_value == "0.4"
+    # The same warnings, at the same reader (this file or the exec'd code).
+    assert [w[:2] for w in caught] == [w[:2] for w in s_caught]
+    assert [(w[2], w[3] - line) for w in caught] == [(w[2], w[3] - s_line) for w in s_caught]
+    if sys.version_info >= (3, 15):
+        filename = __file__ if how != "from-import" else "<reader>"
+        assert caught == [(DeprecationWarning,
+                           "'__version__' is deprecated and slated for removal in Python 3.20",
+                           filename, line)]
+        assert "__version__" not in vars(mine) and "__version__" not in vars(stdlib)
+    else:
+        assert caught == []
+        assert vars(mine)["__version__"] == vars(stdlib)["__version__"]
+
+
+def test_version_under_filterwarnings_error_raises_as_on_the_stdlib():
+    """Under ``-W error`` (this suite's setting) the 3.15 read raises."""
+    for module in (stdlib, cserver, cserver.socketserver):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            if sys.version_info >= (3, 15):
+                with pytest.raises(DeprecationWarning, match="__version__"):
+                    module.__version__
+            else:
+                assert module.__version__ == "0.4"
+
+
+def test_missing_attribute_still_raises():
+    for module in (cserver, cserver.socketserver):
+        with pytest.raises(AttributeError, match="no_such_name"):
+            module.no_such_name
+
+
+def test_release_version_is_cserver_version():
+    assert isinstance(cserver.version, str) and cserver.version != "0.4"
+    assert "version" not in cserver.__all__
+
+
+def test_request_queue_size_is_the_stdlibs():
+    expected = getattr(socket, "SOMAXCONN", 5) if sys.version_info >= (3, 15) else 5
+    assert stdlib.TCPServer.request_queue_size == expected
+    assert cserver.TCPServer.request_queue_size == expected
+    assert cserver.UnixStreamServer.request_queue_size == expected

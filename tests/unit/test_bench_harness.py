@@ -331,3 +331,36 @@ def test_requests_refused_outside_stream_kind(bins):
     proc = subprocess.run([bins["loadgen"], "--tcp", "127.0.0.1:9", "--kind", "churn",
                            "--requests", "10"], capture_output=True, text=True, timeout=10)
     assert proc.returncode == 2 and "--requests" in proc.stderr
+
+
+def test_harness_runs_the_servers_with_python_option(bins, tmp_path):
+    """--python PATH: the Python servers (and the probes for cserver and the
+    peers) run under that interpreter, not the harness's own."""
+    calls = tmp_path / "calls"
+    wrapper = tmp_path / "otherpython"
+    wrapper.write_text("#!/bin/sh\necho \"$@\" >> '%s'\nexec '%s' \"$@\"\n" % (calls, sys.executable))
+    wrapper.chmod(0o755)
+    out = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(BENCH, "run.py"), "--quick", "--servers", "asyncio-batched",
+         "--workloads", "1c-d1", "--no-baselines", "--warmup", "0.1", "--duration", "0.3",
+         "--out", str(out), "--bin", os.path.dirname(bins["loadgen"]),
+         "--python", str(wrapper)],
+        capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert records[0]["python"] == "%d.%d.%d" % sys.version_info[:3]
+    assert {"uvloop", "twisted", "gevent"} <= set(records[0]["peers"])
+    summaries = [r for r in records if r["type"] == "summary"]
+    assert [(s["server"], s["status"]) for s in summaries] == [("asyncio-batched", "ok")]
+    invoked = calls.read_text()
+    assert "asyncio_echo.py" in invoked        # the server itself
+    assert "import cserver" in invoked         # the cserver probe
+
+
+def test_harness_python_option_names_a_missing_interpreter(tmp_path):
+    missing = str(tmp_path / "no-such-python")
+    proc = subprocess.run([sys.executable, os.path.join(BENCH, "run.py"), "--python", missing],
+                          capture_output=True, timeout=60)
+    assert proc.returncode == 2
+    assert ("--python %s" % missing).encode() in proc.stderr
