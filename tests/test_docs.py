@@ -79,6 +79,33 @@ RUN_ELSEWHERE = {
         "here it would double this env's time",
     "CSERVER_PURE=1 python3 -m pytest -n 2 tests":
         "the pure-mode suite, which the tox env pure runs",
+    "tox":
+        ".ci/run runs the whole matrix (its test command, after provisioning "
+        "3.14/3.15); here it would run the matrix inside one of its envs",
+    'export PATH="$PATH:$(bash .ci/provision-pythons)"':
+        ".ci/run runs the same script before tox (root, ~760 MB, 1-3 min "
+        "the first time)",
+    "pip install tox && tox -e typing":
+        ".ci/run runs tox -e typing after the matrix",
+    "tox -e fuzz":
+        ".ci/run runs it (FUZZ_SECONDS=60 tox -e asan,fuzz)",
+    "tox -e asan":
+        ".ci/run runs it (FUZZ_SECONDS=60 tox -e asan,fuzz)",
+    "PYTHONPATH=$PWD python tests/fuzz/fuzz_framing.py -max_total_time=28800 "
+    "/tmp/fuzz-corpus tests/fuzz/corpus/framing":
+        "by hand: an 8-hour fuzz run; tox -e fuzz runs the same target for 60 s",
+    'CFLAGS="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-wrapv '
+    '-O1 -g" LDFLAGS="-fsanitize=address,undefined" python setup.py build_ext '
+    '--inplace -j 2 --force':
+        "tox -e asan makes the same sanitized build (from the sdist) and runs "
+        "the same tests under it",
+    "LD_PRELOAD=$(gcc -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0 "
+    "UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 PYTHONPATH=$PWD python -m "
+    "pytest -n 2 tests/unit tests/hostile":
+        "tox -e asan runs these tests under the sanitized build",
+    "python setup.py build_ext --inplace -j 2 --force":
+        "the rebuild after the by-hand sanitizer run above, which tox -e asan "
+        "replaces",
 }
 
 #: Server commands: command -> probe (see _probe).
