@@ -53,6 +53,7 @@ class Loop:
                   on_error: Callable[[Any, Any], None], *, decoder_factory: Any = ...,
                   encoder: Any = ..., pool: Any = ..., nodelay: bool = ...,
                   max_connections: Optional[int] = ..., idle_timeout: Optional[float] = ...,
+                  frame_timeout: Optional[float] = ..., first_byte_timeout: Optional[float] = ...,
                   high_water: int = ..., low_water: Optional[int] = ...,
                   drain_timeout: float = ..., accept_batch: int = ..., logger: Any = ...) -> None: ...
     def add_listener(self, sock: Any) -> None: ...

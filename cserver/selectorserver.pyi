@@ -9,6 +9,7 @@ from typing import Any, Callable, ClassVar, Dict, Iterable, List, Optional, Tupl
 
 from ._framing import BufferPool
 from ._loop import DatagramEndpoint, TimerHandle, Transport
+from .errors import FrameError
 
 _Address = Union[Tuple[Any, ...], str]
 _Buffer = Union[bytes, bytearray, memoryview]
@@ -53,6 +54,9 @@ class FrameHandler(ConnectionHandler):
     max_frame_size: ClassVar[int]
     def frame_received(self, frame: bytes) -> None:
         """Called once per complete frame with its payload."""
+    def frame_error(self, exc: FrameError) -> None:
+        """The peer broke the framing: log it; the connection then closes
+        after the replies already queued are sent."""
     def send_frame(self, payload: _Buffer) -> None:
         """Queue payload with its length header."""
 
@@ -79,6 +83,8 @@ class SelectorServer:
     allow_reuse_port: bool
     loop: Optional[str]
     idle_timeout: Optional[float]
+    first_byte_timeout: Optional[float]
+    frame_timeout: Optional[float]
     max_connections: Optional[int]
     high_water: int
     low_water: Optional[int]
