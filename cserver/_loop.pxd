@@ -22,7 +22,6 @@ cdef enum:
     T_IN_FLUSH = 64      # queued in this pass's flush list
     T_DRAINING = 128     # the loop is stopping: no more reads
     T_RESUMED = 256      # resume_reading() with buffered frames to deliver
-    T_STARTED = 512      # the peer has sent at least one byte
 
 cdef enum:
     # Transport.dkind: which deadline Transport.deadline is (a peer cannot

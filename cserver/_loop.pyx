@@ -469,9 +469,11 @@ cdef class Transport:
         if not (self.flags & T_PAUSED_USER) or self.flags & T_CLOSED:
             return
         self.flags &= ~T_PAUSED_USER
+        # the server paused, not the peer: its clock restarts
         if self.dkind == D_FRAME:
-            # the server paused, not the peer: its frame clock restarts
             self.deadline = self.loop.now + self.loop.frame_timeout
+        elif self.dkind == D_FIRST_BYTE:
+            self.deadline = self.loop.now + self.loop.first_byte_timeout
         if (self.held is not None or self.partial) and not (self.flags & T_RESUMED):
             self.flags |= T_RESUMED
             self.loop.resumed.append(self)
@@ -1294,6 +1296,7 @@ cdef class Loop:
         cdef sockaddr_storage ss
         cdef socklen_t alen
         cdef int fd, err, k
+        cdef bint made
         cdef Transport t
         for k in range(self.accept_batch):
             if self.max_connections and self.nconn >= self.max_connections:
@@ -1348,6 +1351,7 @@ cdef class Loop:
             self.total_conn += 1
             if self.nconn > self.peak_conn:
                 self.peak_conn = self.nconn
+            made = False
             try:
                 handler = self.factory(t, addr)
                 if handler is None:
@@ -1365,14 +1369,18 @@ cdef class Loop:
                     t.on_data = handler.data_received
                 self._ctl(fd, 0, EPOLLIN)
                 t.events = EPOLLIN
+                made = True
                 handler.connection_made()
             except Exception:
                 # the handler class, its __init__, the decoder or
                 # connection_made raised (MemoryError included): this
                 # connection only is closed, reported and counted
                 self._handler_failed(t)
+                if not made:
+                    t.handler = None
                 if t.handler is None:
-                    # the handler could not even be built: no connection_lost
+                    # the handler could not even be set up (its class, its
+                    # decoder): no connection_made, so no connection_lost
                     t.flags |= T_CLOSED
                     if t.events:
                         self._ctl(fd, t.events, 0)
