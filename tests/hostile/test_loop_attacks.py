@@ -190,15 +190,24 @@ def test_decoder_construction_failure_closes_that_connection_only(kind, monkeypa
             raise MemoryError("injected: no memory for a decoder")
         return real(*args, **kwargs)
 
+    class Lifecycle(Echo):
+        def connection_made(self):
+            self.server.events.append("made")
+
+        def connection_lost(self, exc):
+            self.server.events.append("lost")
+
     monkeypatch.setattr(cserver._framing, "FrameDecoder", flaky_decoder)
-    with serving(make(Echo, kind)) as server:
+    with serving(make(Lifecycle, kind)) as server:
         with connect(server) as bad:
             with contextlib.suppress(OSError):
                 bad.sendall(frame(b"x"))
             assert recv_until_eof(bad) == b""
         assert wait_for(lambda: server.errors == [MemoryError])
         assert_serves(server)
-        assert server.stats()["connections"] <= 1
+        assert wait_for(lambda: server.stats()["connections"] == 0)
+        # the failed connection never got connection_made, so no connection_lost
+        assert server.events == ["made", "lost"]
 
 
 def test_a_raising_handle_error_does_not_stop_the_loop(kind, caplog):
