@@ -133,7 +133,7 @@ def test_slow_peers_are_closed_and_a_good_client_is_served(kind, variant):
                     s.sendall(STARTS[variant])
             if variant == "first_byte":
                 # silent: nothing at all until the deadline
-                time.sleep(SLOW / 2)
+                time.sleep(SLOW / 4)
                 assert not any(is_closed(s) for s in slow)
                 deadline = time.monotonic() + TIMEOUT
                 while time.monotonic() < deadline and not all(is_closed(s) for s in slow):
@@ -176,13 +176,13 @@ def test_complete_frames_reset_the_frame_deadline(kind):
     # A client that sends complete frames, each within frame_timeout, is
     # never cut off however long it stays.
     server = cserver.SelectorTCPServer(("127.0.0.1", 0), Echo, loop=kind,
-                                       frame_timeout=SLOW, first_byte_timeout=SLOW)
+                                       frame_timeout=1.0, first_byte_timeout=1.0)
     with running(server):
         with socket.create_connection(server.server_address, timeout=TIMEOUT) as s:
-            for i in range(8):          # ~1.6 s, four times the deadline
+            for i in range(8):          # ~1.6 s, longer than the deadline
                 f = frame(b"%d" % i)
                 s.sendall(f[:3])
-                time.sleep(SLOW / 2)
+                time.sleep(0.2)
                 s.sendall(f[3:])
                 assert s.recv(100) == f
         assert server.stats()["frame_timeouts"] == 0
@@ -222,7 +222,7 @@ def test_defaults_protect():
 
 
 class LineEcho(cserver.StreamRequestHandler):
-    timeout = SLOW / 2          # a socket timeout: reset by every byte
+    timeout = 2.0               # a socket timeout: reset by every byte
 
     def handle(self):
         try:
