@@ -23,6 +23,14 @@ cdef enum:
     T_DRAINING = 128     # the loop is stopping: no more reads
     T_RESUMED = 256      # resume_reading() with buffered frames to deliver
 
+cdef enum:
+    # Transport.dkind: which deadline Transport.deadline is (a peer cannot
+    # reset these by trickling: they are set once per connection/frame)
+    D_NONE = 0
+    D_FIRST_BYTE = 1     # accepted, nothing received yet (first_byte_timeout)
+    D_FRAME = 2          # a frame is in progress (frame_timeout)
+    D_CLOSE = 3          # closing after a protocol error: flush until then
+
 
 @cython.final
 cdef class Transport:
@@ -39,6 +47,8 @@ cdef class Transport:
     cdef bint partial         # dec holds the start of a frame
     cdef object held          # bytes received but not delivered (paused)
     cdef double last_active
+    cdef double deadline      # absolute loop time; meaning given by dkind
+    cdef int dkind
     cdef Py_ssize_t high_water, low_water
     cdef object close_exc
 
@@ -111,6 +121,8 @@ cdef class Loop:
     cdef bint nodelay
     cdef Py_ssize_t max_connections
     cdef double idle_timeout
+    cdef double frame_timeout
+    cdef double first_byte_timeout
     cdef Py_ssize_t high_water, low_water
     cdef double drain_timeout
     cdef int accept_batch
@@ -123,9 +135,16 @@ cdef class Loop:
     cdef Py_ssize_t total_conn, rejected, bytes_in, bytes_out
     cdef Py_ssize_t frames_in, frames_out, handler_errors, frame_errors
     cdef Py_ssize_t accept_errors, peak_conn
+    cdef Py_ssize_t internal_errors
+    cdef Py_ssize_t idle_timeouts, frame_timeouts, first_byte_timeouts, close_timeouts
     cdef Py_ssize_t wbuf_bytes, wbuf_peak
     cdef int _trim_buffers(self) except -1
     cdef int _call_guarded(self, fn, tuple args) except -1
+    cdef int _report(self, object request, object address) except -1
+    cdef int _internal_failed(self, Transport t, str where) except -1
+    cdef int _bad_frame(self, Transport t, object exc) except -1
+    cdef int _deliver_pending(self, Transport t) except -1
+    cdef int _dispatch_guarded(self, int fd, uint32_t ev) except -1
 
     cdef int _ctl(self, int fd, uint32_t old, uint32_t new) except -1
     cdef int _update(self, Transport t) except -1
@@ -146,5 +165,6 @@ cdef class Loop:
     cdef int _run_ready(self) except -1
     cdef int _run_timers(self) except -1
     cdef int _check_idle(self) except -1
+    cdef int _expire(self, Transport t, object exc) except -1
     cdef int _poll(self, int timeout_ms) except -1
     cdef int _timeout_ms(self)

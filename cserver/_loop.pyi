@@ -101,6 +101,8 @@ class Loop:
         nodelay: bool = True,
         max_connections: int | None = None,
         idle_timeout: float | None = None,
+        frame_timeout: float | None = None,
+        first_byte_timeout: float | None = None,
         high_water: int = 65536,
         low_water: int | None = None,
         drain_timeout: float = 5.0,

@@ -49,6 +49,7 @@ import heapq
 import logging
 import os
 import socket
+import sys
 
 cdef extern from *:
     """
@@ -259,6 +260,10 @@ cdef inline double _monotonic() noexcept:
     return <double>ts.tv_sec + <double>ts.tv_nsec * 1e-9
 
 
+cdef object _current_exception():
+    return sys.exc_info()[1]
+
+
 cdef object _oserror(int err):
     return OSError(err, strerror(err).decode("utf-8", "replace"))
 
@@ -464,6 +469,11 @@ cdef class Transport:
         if not (self.flags & T_PAUSED_USER) or self.flags & T_CLOSED:
             return
         self.flags &= ~T_PAUSED_USER
+        # the server paused, not the peer: its clock restarts
+        if self.dkind == D_FRAME:
+            self.deadline = self.loop.now + self.loop.frame_timeout
+        elif self.dkind == D_FIRST_BYTE:
+            self.deadline = self.loop.now + self.loop.first_byte_timeout
         if (self.held is not None or self.partial) and not (self.flags & T_RESUMED):
             self.flags |= T_RESUMED
             self.loop.resumed.append(self)
@@ -546,9 +556,7 @@ cdef class DatagramEndpoint:
                         return
                     err = errno
                     if err != EAGAIN and err != EWOULDBLOCK and err != EINTR:
-                        cb = getattr(self.handler, "error_received", None)
-                        if cb is not None:
-                            cb(_oserror(err))
+                        _error_received(loop, self, _oserror(err))
                         return
                     break
         if not self.queue:
@@ -562,9 +570,7 @@ cdef class DatagramEndpoint:
             except (BlockingIOError, InterruptedError):
                 pass
             except OSError as exc:
-                cb = getattr(self.handler, "error_received", None)
-                if cb is not None:
-                    cb(exc)
+                _error_received(self.loop, self, exc)
                 return
         self.queue.append((bytes(data), addr))
         if not (self.events & EPOLLOUT):
@@ -576,6 +582,21 @@ cdef class DatagramEndpoint:
 
     def get_write_buffer_size(self):
         return sum(len(d) for d, a in self.queue)
+
+
+cdef int _error_received(Loop loop, DatagramEndpoint ep, object exc) except -1:
+    """Pass a socket error to the datagram handler's ``error_received``,
+    under the loop's guarded-call policy (its exception is reported through
+    ``handle_error`` and counted; it never propagates into the loop)."""
+    cb = getattr(ep.handler, "error_received", None)
+    if cb is None:
+        return 0
+    try:
+        cb(exc)
+    except Exception:
+        loop.handler_errors += 1
+        loop._report(ep, None)
+    return 0
 
 
 cdef class TimerHandle:
@@ -657,6 +678,7 @@ cdef class Loop:
         self.accept_batch = 128
         self.accept_backoff = 0.0
         self.now = _monotonic()
+        self.next_idle_check = 1e18
 
     def __dealloc__(self):
         if self.mmsg != NULL:
@@ -678,6 +700,7 @@ cdef class Loop:
 
     def configure(self, factory, on_error, *, decoder_factory=None, encoder=None,
                   pool=None, bint nodelay=True, max_connections=None, idle_timeout=None,
+                  frame_timeout=None, first_byte_timeout=None,
                   Py_ssize_t high_water=65536, low_water=None,
                   double drain_timeout=5.0, int accept_batch=128, logger=None):
         """Set the knobs, once, before ``run()``.
@@ -687,7 +710,13 @@ cdef class Loop:
         is called inside ``except`` blocks.  Framed mode: give
         ``decoder_factory()`` (returns a new ``cserver._framing.FrameDecoder``),
         ``encoder`` (a ``cserver._framing.FrameEncoder``) and the decoders'
-        ``pool`` (a ``cserver._framing.BufferPool``, for ``stats()``)."""
+        ``pool`` (a ``cserver._framing.BufferPool``, for ``stats()``).
+
+        Deadlines (seconds; None or 0 turns one off): ``idle_timeout``
+        (no I/O at all), ``first_byte_timeout`` (from accept to the first
+        byte received), ``frame_timeout`` (framed mode: from the first byte
+        of a frame to its last); the last two are not reset by bytes that
+        trickle in."""
         self.factory = factory
         self.on_error = on_error
         self.framed = decoder_factory is not None
@@ -701,6 +730,13 @@ cdef class Loop:
         self.idle_timeout = idle_timeout or 0.0
         if self.idle_timeout < 0:
             raise ValueError("idle_timeout must be >= 0, not %r" % (idle_timeout,))
+        self.frame_timeout = frame_timeout or 0.0
+        if self.frame_timeout < 0:
+            raise ValueError("frame_timeout must be >= 0, not %r" % (frame_timeout,))
+        self.first_byte_timeout = first_byte_timeout or 0.0
+        if self.first_byte_timeout < 0:
+            raise ValueError("first_byte_timeout must be >= 0, not %r"
+                             % (first_byte_timeout,))
         if self.max_connections < 0:
             raise ValueError("max_connections must be >= 0, not %r" % (max_connections,))
         self.high_water = high_water
@@ -715,9 +751,15 @@ cdef class Loop:
         self.next_idle_check = _monotonic() + self._idle_period()
 
     def _idle_period(self):
-        if self.idle_timeout <= 0:
+        """How often the deadline sweep runs: a quarter of the shortest
+        timeout, between 10 ms and 1 s (a deadline fires at most that late)."""
+        cdef double shortest = 1e18
+        for timeout in (self.idle_timeout, self.frame_timeout, self.first_byte_timeout):
+            if 0 < timeout < shortest:
+                shortest = timeout
+        if shortest >= 1e17:
             return 1e18
-        return min(max(self.idle_timeout / 4.0, 0.01), 1.0)
+        return min(max(shortest / 4.0, 0.01), 1.0)
 
     # -- registration --------------------------------------------------------
 
@@ -883,7 +925,18 @@ cdef class Loop:
             fn(*args)
         except Exception:
             self.handler_errors += 1
-            self.on_error(None, None)
+            self._report(None, None)
+        return 0
+
+    cdef int _report(self, object request, object address) except -1:
+        """Call ``handle_error(request, address)`` (inside an ``except``
+        block); if it raises too, log that on the loop's logger: a broken
+        error hook never stops the loop."""
+        try:
+            self.on_error(request, address)
+        except Exception:
+            self.logger.exception("handle_error() raised while reporting an error "
+                                  "of %r", address)
         return 0
 
     cdef int _run_timers(self) except -1:
@@ -899,21 +952,70 @@ cdef class Loop:
         return 0
 
     cdef int _check_idle(self) except -1:
+        """The deadline sweep (every ``_idle_period()``): close connections
+        silent for ``idle_timeout``, and those whose first-byte, frame or
+        close-after-error deadline passed.  The deadlines are one double
+        per transport, set in C when a connection is accepted / a frame
+        starts, and never moved by the bytes of the same frame: a peer that
+        trickles a byte a second cannot keep a frame open."""
         cdef Transport t
         cdef double limit
-        if self.idle_timeout <= 0 or self.now < self.next_idle_check:
+        cdef double now = self.now
+        cdef double next_close = 1e18
+        if now < self.next_idle_check:
             return 0
-        self.next_idle_check = self.now + self._idle_period()
-        limit = self.now - self.idle_timeout
+        self.next_idle_check = now + self._idle_period()
+        limit = now - self.idle_timeout if self.idle_timeout > 0 else -1e18
         for obj in self.objs:
-            if type(obj) is Transport:
-                t = <Transport>obj
-                if t.last_active < limit and not (t.flags & (T_CLOSED | T_ABORT)):
-                    self.logger.info("closing idle connection from %r (silent for %.1f s)",
-                                     t.client_address, self.now - t.last_active)
-                    t.flags |= T_CLOSING | T_ABORT
-                    t.close_exc = TimeoutError("idle for more than %r s" % self.idle_timeout)
-                    t._schedule_flush()
+            if type(obj) is not Transport:
+                continue
+            t = <Transport>obj
+            if t.flags & (T_CLOSED | T_ABORT):
+                continue
+            if t.dkind == D_CLOSE and now < t.deadline < next_close:
+                next_close = t.deadline
+            if t.dkind != D_NONE and now >= t.deadline:
+                if t.dkind == D_CLOSE:
+                    self.close_timeouts += 1
+                    self.logger.info("closing connection from %r: its replies were not "
+                                     "read within %.1f s of the protocol error",
+                                     t.client_address, self.drain_timeout)
+                    # the error that closed it stays close_exc
+                    self._expire(t, t.close_exc)
+                    continue
+                if not (t.flags & (T_PAUSED_USER | T_CLOSING | T_EOF)):
+                    if t.dkind == D_FIRST_BYTE:
+                        self.first_byte_timeouts += 1
+                        self.logger.info("closing connection from %r: no data within "
+                                         "first_byte_timeout (%r s)", t.client_address,
+                                         self.first_byte_timeout)
+                        self._expire(t, TimeoutError(
+                            "no data within first_byte_timeout (%r s)"
+                            % self.first_byte_timeout))
+                    else:
+                        self.frame_timeouts += 1
+                        self.logger.info("closing connection from %r: frame not complete "
+                                         "within frame_timeout (%r s)", t.client_address,
+                                         self.frame_timeout)
+                        self._expire(t, TimeoutError(
+                            "frame not complete within frame_timeout (%r s)"
+                            % self.frame_timeout))
+                    continue
+            if t.last_active < limit:
+                self.idle_timeouts += 1
+                self.logger.info("closing idle connection from %r (silent for %.1f s)",
+                                 t.client_address, now - t.last_active)
+                self._expire(t, TimeoutError("idle for more than %r s" % self.idle_timeout))
+        # a close-after-error deadline is kept even with every timeout off
+        if next_close < self.next_idle_check:
+            self.next_idle_check = next_close
+        return 0
+
+    cdef int _expire(self, Transport t, object exc) except -1:
+        t.flags |= T_CLOSING | T_ABORT
+        t.dkind = D_NONE
+        t.close_exc = exc
+        t._schedule_flush()
         return 0
 
     cdef int _trim_buffers(self) except -1:
@@ -943,7 +1045,7 @@ cdef class Loop:
             deadline = (<tuple>self.timers[0])[0]
         if self.wbuf_bytes > 0 and self.next_trim < deadline:
             deadline = self.next_trim
-        if self.idle_timeout > 0 and self.next_idle_check < deadline:
+        if self.next_idle_check < deadline:
             deadline = self.next_idle_check
         if self.accept_paused_backoff and self.accept_resume_at < deadline:
             deadline = self.accept_resume_at
@@ -1036,7 +1138,7 @@ cdef class Loop:
                     try:
                         cb(None)
                     except Exception:
-                        self.on_error(None, None)
+                        self._report(None, None)
         self.endpoints = []
         self.listeners = []
         self.recent_addrs = []
@@ -1076,28 +1178,27 @@ cdef class Loop:
                 n = 0
             self.now = _monotonic()
             for i in range(n):
-                self._dispatch(evs[i].data.fd, evs[i].events)
+                self._dispatch_guarded(evs[i].data.fd, evs[i].events)
         else:
             ready = self.selector.select(None if timeout_ms < 0 else timeout_ms / 1000.0)
             self.now = _monotonic()
             for key, mask in ready:
-                self._dispatch(key.fd, (EPOLLIN if mask & 1 else 0) | (EPOLLOUT if mask & 2 else 0))
+                self._dispatch_guarded(
+                    key.fd, (EPOLLIN if mask & 1 else 0) | (EPOLLOUT if mask & 2 else 0))
         if self.resumed:
             lst = self.resumed
             self.resumed = []
             for obj in lst:
                 t = <Transport>obj
-                t.flags &= ~T_RESUMED
-                if not (t.flags & (T_CLOSING | T_CLOSED | T_PAUSED_USER)):
-                    if t.held is not None:
-                        self._deliver_held(t)
-                    elif t.partial:
-                        self._deliver(t, NULL, 0, True)
+                try:
+                    self._deliver_pending(t)
+                except Exception:
+                    self._internal_failed(t, "delivering buffered frames")
         if self.ready:
             self._run_ready()
         if self.timers:
             self._run_timers()
-        if self.idle_timeout > 0:
+        if self.now >= self.next_idle_check:
             self._check_idle()
         if self.wbuf_bytes > 0 and self.now >= self.next_trim:
             self._trim_buffers()
@@ -1107,6 +1208,54 @@ cdef class Loop:
                 self._set_accepting(True)
         if self.flush_list:
             self._flush_all()
+        return 0
+
+    cdef int _dispatch_guarded(self, int fd, uint32_t ev) except -1:
+        """``_dispatch`` under the loop's last line of defence: an exception
+        that escaped every narrower handler (MemoryError while building or
+        decoding, an OSError from the poller about one fd) closes that
+        connection, logged and counted in ``internal_errors``; the loop goes
+        on."""
+        try:
+            self._dispatch(fd, ev)
+        except Exception:
+            obj = self.objs[fd] if fd < len(self.objs) else None
+            if type(obj) is Transport:
+                self._internal_failed(<Transport>obj, "serving the connection")
+            else:
+                self.internal_errors += 1
+                self._report(None, None)
+        return 0
+
+    cdef int _internal_failed(self, Transport t, str where) except -1:
+        """Called inside an ``except`` block, for an exception raised by the
+        server's own machinery for one connection (decoder, buffers,
+        building it): report it, count it, close that connection now."""
+        self.internal_errors += 1
+        exc = _current_exception()
+        try:
+            self.logger.error("closing connection from %r: %s failed: %s: %s",
+                              t.client_address, where, type(exc).__name__, exc)
+        except Exception:
+            pass
+        self._report(t, t.client_address)
+        if not (t.flags & T_CLOSED):
+            try:
+                self._finish_close(t, exc)
+            except Exception:
+                self._report(t, t.client_address)
+        return 0
+
+    cdef int _deliver_pending(self, Transport t) except -1:
+        """After ``resume_reading()``: deliver the frames held across the
+        pause (bytes kept in ``held``, or complete frames still in the
+        decoder's buffer), before anything new is read."""
+        t.flags &= ~T_RESUMED
+        if not (t.flags & (T_CLOSING | T_CLOSED | T_PAUSED_USER)):
+            if t.held is not None:
+                self._deliver_held(t)
+            elif t.partial:
+                self._deliver(t, NULL, 0, True)
         return 0
 
     cdef int _dispatch(self, int fd, uint32_t ev) except -1:
@@ -1153,6 +1302,7 @@ cdef class Loop:
         cdef sockaddr_storage ss
         cdef socklen_t alen
         cdef int fd, err, k
+        cdef bint made
         cdef Transport t
         for k in range(self.accept_batch):
             if self.max_connections and self.nconn >= self.max_connections:
@@ -1184,19 +1334,30 @@ cdef class Loop:
             self.accept_backoff = 0.0
             if ls.tcp and self.nodelay:
                 cs_nodelay(fd)
-            addr = cs_addr_to_py(&ss, alen)
-            t = Transport.__new__(Transport)
+            try:
+                addr = cs_addr_to_py(&ss, alen)
+                t = Transport.__new__(Transport)
+                self._register_obj(fd, t)
+            except Exception:
+                # no memory for even the transport: drop this connection
+                self.internal_errors += 1
+                c_close(fd)
+                self._report(None, None)
+                continue
             t.loop = self
             t.fd = fd
             t.client_address = addr
             t.high_water = self.high_water
             t.low_water = self.low_water
             t.last_active = self.now
-            self._register_obj(fd, t)
+            if self.first_byte_timeout > 0:
+                t.dkind = D_FIRST_BYTE
+                t.deadline = self.now + self.first_byte_timeout
             self.nconn += 1
             self.total_conn += 1
             if self.nconn > self.peak_conn:
                 self.peak_conn = self.nconn
+            made = False
             try:
                 handler = self.factory(t, addr)
                 if handler is None:
@@ -1214,11 +1375,18 @@ cdef class Loop:
                     t.on_data = handler.data_received
                 self._ctl(fd, 0, EPOLLIN)
                 t.events = EPOLLIN
+                made = True
                 handler.connection_made()
             except Exception:
+                # the handler class, its __init__, the decoder or
+                # connection_made raised (MemoryError included): this
+                # connection only is closed, reported and counted
                 self._handler_failed(t)
+                if not made:
+                    t.handler = None
                 if t.handler is None:
-                    # the handler could not even be built: no connection_lost
+                    # the handler could not even be set up (its class, its
+                    # decoder): no connection_made, so no connection_lost
                     t.flags |= T_CLOSED
                     if t.events:
                         self._ctl(fd, t.events, 0)
@@ -1234,7 +1402,7 @@ cdef class Loop:
         self.handler_errors += 1
         t.flags |= T_CLOSING | T_ABORT
         t._schedule_flush()
-        self.on_error(t, t.client_address)
+        self._report(t, t.client_address)
         return 0
 
     cdef int _read(self, Transport t) except -1:
@@ -1247,14 +1415,18 @@ cdef class Loop:
             if n > 0:
                 self.bytes_in += n
                 t.last_active = self.now
+                if t.dkind == D_FIRST_BYTE:
+                    t.dkind = D_NONE
                 try:
                     t.on_data(PyBytes_FromStringAndSize(self.slab, n))
                 except Exception:
                     self._handler_failed(t)
                 return 0
-        elif t.held is not None:
-            # resumed with bytes received before the pause: they go first
-            self._deliver_held(t)
+        elif t.held is not None or t.flags & T_RESUMED:
+            # resumed with bytes received before the pause (``held``, or
+            # complete frames still in the decoder's buffer): they go first,
+            # before anything new, an end of stream included, is read
+            self._deliver_pending(t)
             return 0
         elif not t.partial:
             # common case: frames decoded in place in the shared slab; the
@@ -1263,6 +1435,8 @@ cdef class Loop:
             if n > 0:
                 self.bytes_in += n
                 t.last_active = self.now
+                if t.dkind == D_FIRST_BYTE:
+                    t.dkind = D_NONE
                 self._deliver(t, self.slab, n, False)
                 return 0
         else:
@@ -1273,11 +1447,21 @@ cdef class Loop:
             except FrameError as exc:
                 self._bad_frame(t, exc)
                 return 0
+            except Exception:
+                self._internal_failed(t, "getting a receive buffer")
+                return 0
             n = recv(t.fd, ptr, room, 0)
             if n > 0:
                 self.bytes_in += n
                 t.last_active = self.now
-                t.dec.write_done(n)
+                try:
+                    t.dec.write_done(n)
+                except FrameError as exc:
+                    self._bad_frame(t, exc)
+                    return 0
+                except Exception:
+                    self._internal_failed(t, "decoding")
+                    return 0
                 self._deliver(t, NULL, 0, True)
                 return 0
         if n == 0:
@@ -1296,6 +1480,9 @@ cdef class Loop:
             except FrameError as exc:
                 t.flags |= T_EOF
                 self._bad_frame(t, exc)
+                return 0
+            except Exception:
+                self._internal_failed(t, "decoding")
                 return 0
         t.flags |= T_EOF
         try:
@@ -1317,8 +1504,9 @@ cdef class Loop:
         ``data`` is kept (``held``) for ``resume_reading()``."""
         cdef FrameDecoder dec = t.dec
         cdef const char *frame
-        cdef Py_ssize_t frame_size, used = 0, pos = 0
+        cdef Py_ssize_t frame_size, used = 0, pos = 0, delivered = 0
         cdef int r
+        cdef bint was_partial = t.partial
         try:
             while True:
                 if t.flags & (T_CLOSING | T_CLOSED | T_PAUSED_USER):
@@ -1332,6 +1520,7 @@ cdef class Loop:
                 if r == 0:
                     break
                 self.frames_in += 1
+                delivered += 1
                 # a frame larger than a pool slab was received straight into
                 # a bytes object: deliver that object, no copy
                 obj = dec.take_frame_object()
@@ -1345,10 +1534,24 @@ cdef class Loop:
         except FrameError as exc:
             self._bad_frame(t, exc)
             return 0
+        except Exception:
+            # MemoryError (or any other failure) of the decoder or of the
+            # frame's bytes object: this connection only
+            self._internal_failed(t, "decoding")
+            return 0
         # next_frame returned 0: every byte is consumed.  Decoding in place,
         # the decoder holds a partial frame iff it took bytes in that call;
         # reading into its buffer, ask it.
         t.partial = used > 0 if not buffered else dec.pending > 0
+        # The frame deadline: armed when a frame starts (the first bytes of
+        # a new frame arrived in this read) and left alone while the same
+        # frame continues, so trickling bytes cannot extend it.
+        if t.partial:
+            if (not was_partial or delivered) and self.frame_timeout > 0:
+                t.dkind = D_FRAME
+                t.deadline = self.now + self.frame_timeout
+        elif t.dkind == D_FRAME:
+            t.dkind = D_NONE
         return 0
 
     cdef int _deliver_held(self, Transport t) except -1:
@@ -1356,12 +1559,34 @@ cdef class Loop:
         t.held = None
         return self._deliver(t, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), False)
 
-    def _bad_frame(self, Transport t, exc):
+    cdef int _bad_frame(self, Transport t, object exc) except -1:
+        """The peer broke the framing: the handler's ``frame_error(exc)``
+        runs (it may still send a last frame, or ``abort()``), then the
+        connection closes once the replies already queued are sent (within
+        ``drain_timeout`` seconds; a peer that does not read them is then
+        cut off).  ``connection_lost`` gets ``exc``."""
         self.frame_errors += 1
-        self.logger.warning("closing connection from %r: %s", t.client_address, exc)
-        t.flags |= T_CLOSING | T_ABORT
+        hook = getattr(t.handler, "frame_error", None)
+        if hook is None:
+            self.logger.warning("closing connection from %r: %s", t.client_address, exc)
+        else:
+            try:
+                hook(exc)
+            except Exception:
+                self._handler_failed(t)
+                return 0
+        if t.flags & T_CLOSED:
+            return 0
+        if not (t.flags & T_ABORT):
+            t.dkind = D_CLOSE
+            t.deadline = self.now + self.drain_timeout
+            if t.deadline < self.next_idle_check:
+                self.next_idle_check = t.deadline
+        t.flags |= T_CLOSING
         t.close_exc = exc
         t._schedule_flush()
+        self._update(t)
+        return 0
 
     # -- writing ---------------------------------------------------------------
 
@@ -1463,7 +1688,7 @@ cdef class Loop:
                 handler.connection_lost(exc)
             except Exception:
                 self.handler_errors += 1
-                self.on_error(t, t.client_address)
+                self._report(t, t.client_address)
         return 0
 
     # -- datagrams -------------------------------------------------------------
@@ -1504,7 +1729,7 @@ cdef class Loop:
                         ep.on_datagram(PyBytes_FromStringAndSize(cs_mmsg_data(mm, i), n), addr)
                     except Exception:
                         self.handler_errors += 1
-                        self.on_error(ep, addr)
+                        self._report(ep, addr)
                 if cnt < CS_MMSG_N:
                     return 0
             if self.mmsg != NULL:
@@ -1528,17 +1753,11 @@ cdef class Loop:
                 ep.on_datagram(PyBytes_FromStringAndSize(self.slab, n), addr)
             except Exception:
                 self.handler_errors += 1
-                self.on_error(ep, addr)
+                self._report(ep, addr)
         return 0
 
     def _dgram_error(self, DatagramEndpoint ep, int err):
-        cb = getattr(ep.handler, "error_received", None)
-        if cb is not None:
-            try:
-                cb(_oserror(err))
-            except Exception:
-                self.handler_errors += 1
-                self.on_error(ep, None)
+        _error_received(self, ep, _oserror(err))
 
     cdef int _dgram_write(self, DatagramEndpoint ep) except -1:
         while ep.queue:
@@ -1551,9 +1770,7 @@ cdef class Loop:
             except (BlockingIOError, InterruptedError):
                 return 0
             except OSError as exc:
-                cb = getattr(ep.handler, "error_received", None)
-                if cb is not None:
-                    cb(exc)
+                _error_received(self, ep, exc)
             else:
                 self.bytes_out += len(data)
             ep.queue.popleft()
@@ -1578,6 +1795,11 @@ cdef class Loop:
             "handler_errors": self.handler_errors,
             "frame_errors": self.frame_errors,
             "accept_errors": self.accept_errors,
+            "internal_errors": self.internal_errors,
+            "idle_timeouts": self.idle_timeouts,
+            "first_byte_timeouts": self.first_byte_timeouts,
+            "frame_timeouts": self.frame_timeouts,
+            "close_timeouts": self.close_timeouts,
             "accepting": any((<Listener>ls).events != 0 for ls in self.listeners),
             "timers": len(self.timers),
             "pool": {

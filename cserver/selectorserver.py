@@ -41,7 +41,8 @@ Class variables that may be overridden by derived classes or instances
 - address_family, socket_type, allow_reuse_address (True),
   allow_reuse_port (False), request_queue_size (4096: the listen backlog)
 - loop (None: $CSERVER_LOOP, else "epoll" where available, else "selectors")
-- idle_timeout (None), max_connections (None), high_water (64 KiB),
+- idle_timeout (None), first_byte_timeout (10 s), frame_timeout (30 s),
+  max_connections (None), high_water (64 KiB),
   low_water (high_water / 4), drain_timeout (5.0 s), tcp_nodelay (True),
   read_size (256 KiB), accept_batch (128), workers (1)
 """
@@ -65,7 +66,7 @@ __all__ = ["SelectorServer", "SelectorTCPServer", "SelectorUnixStreamServer",
 logger = logging.getLogger("cserver.selectorserver")
 
 _OPTIONS = frozenset((
-    "loop", "idle_timeout", "max_connections", "high_water", "low_water",
+    "loop", "idle_timeout", "first_byte_timeout", "frame_timeout", "max_connections", "high_water", "low_water",
     "drain_timeout", "tcp_nodelay", "read_size", "accept_batch", "workers",
     "allow_reuse_address", "allow_reuse_port", "request_queue_size",
     "buffer_pool",
@@ -164,8 +165,10 @@ class FrameHandler(ConnectionHandler):
 
     Override ``frame_received(frame)``: called once per complete frame, with
     the payload as ``bytes`` (decoded in C).  Reply with
-    ``send_frame(payload)``.  A frame that breaks the framing (too large,
-    negative length) closes the connection with a logged reason;
+    ``send_frame(payload)``.  A peer that breaks the framing (a header
+    announcing more than ``max_frame_size``, an impossible length, end of
+    stream inside a frame) gets ``frame_error(exc)`` called, then its
+    connection closes once the replies already queued are sent;
     ``connection_lost`` gets the ``FrameError``.
 
     The framing is declared by class attributes with the framing layer's
@@ -195,6 +198,16 @@ class FrameHandler(ConnectionHandler):
 
     def frame_received(self, frame):
         """Called once per complete frame with its payload (``bytes``)."""
+
+    def frame_error(self, exc):
+        """The peer broke the framing (``exc`` is a ``cserver.FrameError``):
+        log it (a warning on ``cserver.selectorserver`` naming the limit and
+        the value seen).  When this returns, the connection is closed after
+        the replies already queued (those to the good frames before the bad
+        one) are sent, within ``drain_timeout`` seconds; an override may
+        still ``send_frame()`` a last reply, or ``abort()`` to discard them.
+        As ``FramedRequestHandler.frame_error``."""
+        logger.warning("closing connection from %r: %s", self.client_address, exc)
 
     def send_frame(self, payload):
         """Queue ``payload`` with its length header."""
@@ -245,6 +258,12 @@ class SelectorServer:
     allow_reuse_port = False
     loop = None
     idle_timeout = None
+    # Deadlines that trickling cannot reset (docs/selectorserver.md,
+    # "What one peer can cost"): a new connection must send its first byte
+    # within first_byte_timeout; a frame must be complete within
+    # frame_timeout of its first byte.  None turns one off.
+    first_byte_timeout = 10.0
+    frame_timeout = 30.0
     max_connections = None
     high_water = 64 * 1024
     low_water = None
@@ -362,7 +381,8 @@ class SelectorServer:
             core.configure(
                 make_handler, self.handle_error,
                 nodelay=self.tcp_nodelay, max_connections=self.max_connections,
-                idle_timeout=self.idle_timeout, high_water=self.high_water,
+                idle_timeout=self.idle_timeout, frame_timeout=self.frame_timeout,
+                first_byte_timeout=self.first_byte_timeout, high_water=self.high_water,
                 low_water=self.low_water, drain_timeout=self.drain_timeout,
                 accept_batch=self.accept_batch, logger=logger, **options)
             self._attach(core)

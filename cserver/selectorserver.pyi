@@ -54,6 +54,8 @@ logger: logging.Logger
 class _Options(TypedDict, total=False):
     loop: _LoopKind | None
     idle_timeout: float | None
+    first_byte_timeout: float | None
+    frame_timeout: float | None
     max_connections: int | None
     high_water: int
     low_water: int | None
@@ -108,6 +110,9 @@ class FrameHandler(ConnectionHandler):
     max_frame_size: ClassVar[int]
     def frame_received(self, frame: bytes) -> None:
         """Called once per complete frame with its payload."""
+    def frame_error(self, exc: FrameError) -> None:
+        """The peer broke the framing: log it; the connection then closes
+        after the replies already queued are sent."""
     def send_frame(self, payload: ReadableBuffer) -> None:
         """Queue payload with its length header."""
 
@@ -136,6 +141,8 @@ class SelectorServer:
     allow_reuse_port: bool
     loop: _LoopKind | None
     idle_timeout: float | None
+    first_byte_timeout: float | None
+    frame_timeout: float | None
     max_connections: int | None
     high_water: int
     low_water: int | None

@@ -724,6 +724,15 @@ if hasattr(socket, 'AF_UNIX'):
 # wait in the kernel's listen backlog (``request_queue_size``), where TCP's
 # own flow control applies, instead of being dropped or queued without bound.
 # shutdown() interrupts that wait.
+#
+# A bounded pool can be starved: max_workers + queue_size peers that trickle
+# a byte a second hold every worker (a socket timeout does not help, each
+# byte resets it).  ``request_timeout`` bounds how long one request may hold
+# a worker, whatever its peer sends: a watchdog thread shuts the request's
+# socket down (SHUT_RDWR) when its deadline passes, so the handler's blocked
+# recv()/send() returns (EOF, EPIPE) and the worker is freed.  The watchdog
+# and the worker closing the socket take the pool lock, so the watchdog never
+# touches a socket that is being closed.
 # ---------------------------------------------------------------------------
 
 class _ThreadPool:
@@ -731,14 +740,19 @@ class _ThreadPool:
 
     __module__ = "cserver"
 
-    def __init__(self, server, max_workers, queue_size, daemon):
+    def __init__(self, server, max_workers, queue_size, daemon, request_timeout=None):
         self.server = server
+        self.request_timeout = request_timeout
+        self.deadlines = {}    # request socket -> deadline (running requests)
+        self.timed_out = 0     # requests cut off by the watchdog
+        self.watchdog = None
         self.max_workers = max_workers
         self.capacity = max_workers + queue_size
         self.daemon = daemon
         lock = threading.Lock()
         self.not_empty = threading.Condition(lock)
         self.slot_free = threading.Condition(lock)
+        self.watch = _threading_module.Condition(lock)
         self.queue = deque()
         self.pending = 0       # queued + running requests
         self.idle = 0          # workers waiting for a request
@@ -794,15 +808,19 @@ class _ThreadPool:
                         finally:
                             self.idle -= 1
                     request, client_address = self.queue.popleft()
+                    if self.request_timeout and isinstance(request, _socket_module.socket):
+                        self._arm(request)
                 try:
                     server.process_request_thread(request, client_address)
                 finally:
                     with self.slot_free:
+                        self.deadlines.pop(request, None)
                         self.pending -= 1
                         self.slot_free.notify()
         finally:
             with self.not_empty:
                 self.workers.remove(me)
+                self.watch.notify()
                 # A worker only leaves normally once the queue is empty.  If
                 # a handler killed it (SystemExit, KeyboardInterrupt: what
                 # process_request_thread does not catch, and what ends one
@@ -811,12 +829,63 @@ class _ThreadPool:
                 if self.queue and len(self.workers) < self.max_workers:
                     self._start_worker()
 
+    # -- the request deadline (request_timeout) ------------------------------
+
+    def _arm(self, request):
+        # Called with the lock held, as a worker takes the request.
+        self.deadlines[request] = time() + self.request_timeout
+        if self.watchdog is None:
+            self.watchdog = _threading_module.Thread(
+                target=self._watch, name="cserver-watchdog", daemon=True)
+            self.watchdog.start()
+        else:
+            self.watch.notify()
+
+    def forget(self, request):
+        """The request is being closed: the watchdog must not touch it."""
+        if self.deadlines:
+            with self.watch:
+                self.deadlines.pop(request, None)
+
+    def _watch(self):
+        deadlines = self.deadlines
+        with self.watch:
+            while not (self.closing and not self.workers):
+                now = time()
+                wait = None
+                for request, deadline in list(deadlines.items()):
+                    if deadline <= now:
+                        del deadlines[request]
+                        self._cut_off(request)
+                    elif wait is None or deadline - now < wait:
+                        wait = deadline - now
+                self.watch.wait(wait)
+            self.watchdog = None
+
+    def _cut_off(self, request):
+        # Called with the lock held, so the worker cannot close the socket
+        # meanwhile; its handler's blocked recv()/send() then returns.
+        self.timed_out += 1
+        try:
+            peer = request.getpeername()
+        except OSError:
+            peer = None
+        try:
+            request.shutdown(_socket_module.SHUT_RDWR)
+        except OSError:
+            pass  # already gone
+        import logging
+        logging.getLogger("cserver.socketserver").warning(
+            "request from %r still running after request_timeout (%r s): "
+            "its connection is shut down", peer, self.request_timeout)
+
     def close(self, join):
         """Let the workers finish the queue, then stop them."""
         with self.not_empty:
             self.closing = True
             self.not_empty.notify_all()
             self.slot_free.notify_all()
+            self.watch.notify()
         if join:
             while True:
                 with self.not_empty:
@@ -825,6 +894,10 @@ class _ThreadPool:
                     break
                 for worker in workers:
                     worker.join()
+            with self.not_empty:
+                watchdog = self.watchdog
+            if watchdog is not None:
+                watchdog.join()
 
 
 class ThreadPoolMixIn:
@@ -840,6 +913,15 @@ class ThreadPoolMixIn:
       means ``max_workers``.  When the workers are busy and the queue is
       full, the server stops accepting until a worker is free: further
       clients wait in the listen backlog (``request_queue_size``).
+    - request_timeout: most seconds one request (one connection, for a
+      stream server) may hold a worker, 30 by default; then its socket is
+      shut down (SHUT_RDWR), so the handler's blocked read returns end of
+      stream whatever the peer trickles, and the worker is freed (a worker
+      running CPU-bound or blocked elsewhere than on that socket is not
+      interrupted).  None turns it off.  Without it, max_workers +
+      queue_size peers sending a byte a second hold every worker: a socket
+      ``timeout`` does not help, each byte resets it.  Not applied to
+      datagram servers (their requests own no socket).
     - daemon_threads, block_on_close: as in ThreadingMixIn.  server_close()
       lets the workers finish every queued request and, if block_on_close,
       joins them.
@@ -852,6 +934,7 @@ class ThreadPoolMixIn:
 
     max_workers = None
     queue_size = None
+    request_timeout = 30.0
     daemon_threads = False
     block_on_close = True
 
@@ -868,7 +951,17 @@ class ThreadPoolMixIn:
                 raise ValueError("max_workers must be an int >= 1, got %r" % (max_workers,))
             if not isinstance(queue_size, int) or queue_size < 0:
                 raise ValueError("queue_size must be an int >= 0, got %r" % (queue_size,))
-            pool = _ThreadPool(self, max_workers, queue_size, self.daemon_threads)
+            request_timeout = self.request_timeout
+            if request_timeout is not None and (
+                    isinstance(request_timeout, bool)
+                    or not isinstance(request_timeout, (int, float))
+                    or not request_timeout > 0):
+                raise ValueError("request_timeout must be a number > 0 or None, got %r"
+                                 % (request_timeout,))
+            if self.socket_type != _socket_module.SOCK_STREAM:
+                request_timeout = None
+            pool = _ThreadPool(self, max_workers, queue_size, self.daemon_threads,
+                               request_timeout)
             vars(self)["_cserver_thread_pool"] = pool
         return pool
 
@@ -887,6 +980,13 @@ class ThreadPoolMixIn:
         """Queue the request for the next free worker."""
         self._cserver_pool().submit(request, client_address)
 
+    def shutdown_request(self, request):
+        # the request deadline's watchdog lets go of the socket first
+        pool = vars(self).get("_cserver_thread_pool")
+        if pool is not None:
+            pool.forget(request)
+        super().shutdown_request(request)
+
     def shutdown(self):
         self._BaseServer__shutdown_request = True
         pool = vars(self).get("_cserver_thread_pool")
@@ -901,14 +1001,16 @@ class ThreadPoolMixIn:
             pool.close(join=self.block_on_close)
 
     def pool_stats(self):
-        """Return a dict: workers, idle, queued, pending and capacity."""
+        """Return a dict: workers, idle, queued, pending, capacity and
+        timed_out (requests cut off by ``request_timeout``)."""
         pool = vars(self).get("_cserver_thread_pool")
         if pool is None:
-            return {"workers": 0, "idle": 0, "queued": 0, "pending": 0, "capacity": 0}
+            return {"workers": 0, "idle": 0, "queued": 0, "pending": 0, "capacity": 0,
+                    "timed_out": 0}
         with pool.not_empty:
             return {"workers": len(pool.workers), "idle": pool.idle,
                     "queued": len(pool.queue), "pending": pool.pending,
-                    "capacity": pool.capacity}
+                    "capacity": pool.capacity, "timed_out": pool.timed_out}
 
 
 class ThreadPoolTCPServer(ThreadPoolMixIn, TCPServer):

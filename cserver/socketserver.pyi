@@ -181,6 +181,7 @@ class ThreadPoolMixIn:
 
     max_workers: int | None
     queue_size: int | None
+    request_timeout: float | None
     daemon_threads: bool
     block_on_close: bool
     def process_request_thread(self, request: _RequestType, client_address: _RetAddress) -> None: ...
@@ -188,7 +189,7 @@ class ThreadPoolMixIn:
     def shutdown(self) -> None: ...
     def server_close(self) -> None: ...
     def pool_stats(self) -> dict[str, int]:
-        """workers, idle, queued, pending (queued + running) and capacity."""
+        """workers, idle, queued, pending (queued + running), capacity, timed_out."""
     def _handle_request_noblock(self) -> None: ...
 
 if sys.platform != "win32":
