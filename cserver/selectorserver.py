@@ -82,7 +82,7 @@ def _loop_kind(requested):
     if kind is None:
         return "epoll" if _loop.HAVE_EPOLL else "selectors"
     if kind not in ("epoll", "selectors"):
-        raise ValueError("loop must be 'epoll' or 'selectors', not %r" % (kind,))
+        raise ValueError("loop must be 'epoll' or 'selectors', got %r" % (kind,))
     if kind == "epoll" and not _loop.HAVE_EPOLL:
         return "selectors"
     return kind

@@ -29,8 +29,23 @@ def _env():
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "cserver"] + list(args), env=_env(),
-                          stdin=subprocess.DEVNULL, capture_output=True, timeout=TIMEOUT)
+    """Run the command; on a timeout kill its whole process group (its own
+    session: a supervisor and its workers), then fail."""
+    proc = subprocess.Popen([sys.executable, "-m", "cserver"] + list(args), env=_env(),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # a worker it may have left behind
+        except ProcessLookupError:
+            pass
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def assert_one_line_error(result, *words):
@@ -144,9 +159,9 @@ def test_second_signal_cuts_the_drain_short(workers):
     proc = subprocess.Popen([sys.executable, "-m", "cserver", "echo", "--port", "0",
                              "--workers", workers, "--drain-timeout", "60"],
                             env=_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
+                            stderr=subprocess.STDOUT, start_new_session=True)
     lines = []
-    reader = threading.Thread(target=_read_lines, args=(proc.stdout, lines))
+    reader = threading.Thread(target=_read_lines, args=(proc.stdout, lines), daemon=True)
     reader.start()
     client = None
     try:
@@ -175,9 +190,11 @@ def test_second_signal_cuts_the_drain_short(workers):
     finally:
         if client is not None:
             client.close()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(TIMEOUT)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever it left behind
+        except ProcessLookupError:
+            pass
+        proc.wait(TIMEOUT)
         reader.join(TIMEOUT)
         proc.stdout.close()
     assert code == 0, "".join(lines)
