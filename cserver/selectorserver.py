@@ -35,8 +35,10 @@ Methods that may be overridden:
 - handle_error(request, client_address)
 
 Class variables that may be overridden by derived classes or instances
-(read once, when the loop is built by ``serve_forever()`` or the first
-``call_*``; the same names are accepted as keyword arguments):
+(checked by the constructor, before any socket exists, with errors that name
+the option and the value; read once, when the loop is built by
+``serve_forever()`` or the first ``call_*``; the same names are accepted as
+keyword arguments):
 
 - address_family, socket_type, allow_reuse_address (True),
   allow_reuse_port (False), request_queue_size (4096: the listen backlog)
