@@ -387,8 +387,8 @@ class SelectorServer:
             raise ValueError("workers must be 1 where os.fork() does not exist, got %r"
                              % (self.workers,))
         if self.buffer_pool is not None and not isinstance(self.buffer_pool, _framing.BufferPool):
-            raise TypeError("buffer_pool must be a cserver.BufferPool or None, got %r"
-                            % (self.buffer_pool,))
+            raise TypeError("buffer_pool must be a BufferPool of the compiled framing layer "
+                            "(cserver._framing.BufferPool) or None, got %r" % (self.buffer_pool,))
 
     def _check_handler_class(self):
         """Reject a handler of the wrong family (a stdlib-style request
