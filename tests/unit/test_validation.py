@@ -9,7 +9,6 @@ where the mistake is made, with a message naming the option and the value.
   asyncio does.
 """
 import math
-import socket
 import threading
 
 import pytest
