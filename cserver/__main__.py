@@ -3,20 +3,29 @@
 Framed by default (each length-prefixed frame, ``"!I"`` header, is sent
 back); ``--raw`` echoes bytes as they come.  Logs the address, the pid and
 the number of workers at start; Ctrl-C or SIGTERM stops it cleanly (open
-connections are drained for up to ``--drain-timeout`` seconds, then closed).
+connections are drained for up to ``--drain-timeout`` seconds, then closed;
+a second Ctrl-C or SIGTERM closes them at once).
+
+A mistake on the command line or in the environment (a bad number, an
+address in use or that does not resolve, a path that cannot be used, another
+server already listening there) is one line on stderr and exit status 2,
+never a traceback.
 """
 
 import argparse
 import logging
+import math
 import os
 import signal
 import socket
 import stat
 import sys
 
-from . import selectorserver
+from . import selectorserver, version
 
 log = logging.getLogger("cserver")
+
+PROG = "python -m cserver"
 
 
 class FramedEcho(selectorserver.FrameHandler):
@@ -33,75 +42,241 @@ class RawEcho(selectorserver.ConnectionHandler):
         self.write(data)
 
 
+class UsageError(Exception):
+    """A user's mistake: reported as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line (no usage block)."""
+
+    def error(self, message):
+        self.exit(2, "%s: error: %s (see --help)\n" % (self.prog, message))
+
+
+# -- argument types: each names the value it refuses -------------------------
+
+
+def _int(text):
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("not an integer: %r" % (text,)) from None
+
+
+def _port(text):
+    port = _int(text)
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError("a TCP port is 0-65535 (0: any free port), got %s"
+                                         % (text,))
+    return port
+
+
+def _positive_int(text):
+    number = _int(text)
+    if number < 1:
+        raise argparse.ArgumentTypeError("must be a positive integer, got %s" % (text,))
+    return number
+
+
+def _size(text):
+    number = _int(text)
+    if number < 0:
+        raise argparse.ArgumentTypeError("must be an integer >= 0, got %s" % (text,))
+    return number
+
+
+def _seconds(text, zero_ok):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("not a number of seconds: %r" % (text,)) from None
+    if math.isnan(value) or value < 0 or (value == 0 and not zero_ok):
+        raise argparse.ArgumentTypeError("must be a number of seconds %s, got %s"
+                                         % (">= 0" if zero_ok else "> 0", text))
+    return value
+
+
+def _timeout(text):
+    return _seconds(text, zero_ok=False)
+
+
+def _drain(text):
+    return _seconds(text, zero_ok=True)
+
+
 def _parser():
-    p = argparse.ArgumentParser(prog="python -m cserver", description=__doc__.split("\n\n")[0])
+    p = _Parser(prog=PROG, description="cserver's command line.",
+                epilog="Run '%s echo --help' for the echo server's options." % PROG)
+    p.add_argument("--version", action="version", version="cserver " + version,
+                   help="print cserver's release and exit")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    echo = sub.add_parser("echo", help="run an echo server (length-prefixed frames by default)")
+    echo = sub.add_parser(
+        "echo", help="run an echo server (length-prefixed frames by default)",
+        description="Run an echo server on the multiplexing loop. Framed by default: "
+                    "each frame (a 4-byte big-endian length, then the payload) is sent "
+                    "back; --raw echoes bytes as they come. Ctrl-C or SIGTERM stops it "
+                    "(buffered replies are sent for up to --drain-timeout seconds); a "
+                    "second one closes the connections at once.")
     echo.add_argument("--raw", action="store_true", help="echo raw bytes instead of frames")
-    echo.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    echo.add_argument("--port", type=int, default=9000, help="TCP port (default 9000; 0: any)")
-    echo.add_argument("--unix", metavar="PATH", help="listen on a Unix socket instead of TCP")
-    echo.add_argument("--workers", type=int, default=1,
-                      help="worker processes, each with its own SO_REUSEPORT listener")
-    echo.add_argument("--idle-timeout", type=float, default=None,
-                      help="close connections silent for this many seconds")
-    echo.add_argument("--max-connections", type=int, default=None)
-    echo.add_argument("--max-frame-size", type=int, default=None)
-    echo.add_argument("--drain-timeout", type=float, default=5.0)
+    echo.add_argument("--host", default="127.0.0.1",
+                      help="address to bind (default 127.0.0.1; an IPv6 address binds IPv6)")
+    echo.add_argument("--port", type=_port, default=9000,
+                      help="TCP port, 0-65535 (default 9000; 0: any free port)")
+    echo.add_argument("--unix", metavar="PATH",
+                      help="listen on a Unix socket at PATH instead of TCP (a stale socket "
+                           "left there is replaced; a live one is an error)")
+    echo.add_argument("--workers", type=_positive_int, default=1, metavar="N",
+                      help="worker processes, each with its own SO_REUSEPORT listener "
+                           "(default 1)")
+    echo.add_argument("--idle-timeout", type=_timeout, default=None, metavar="S",
+                      help="close connections silent for S seconds (default: never)")
+    echo.add_argument("--max-connections", type=_positive_int, default=None, metavar="N",
+                      help="stop accepting at N open connections (default: no limit)")
+    echo.add_argument("--max-frame-size", type=_size, default=None, metavar="BYTES",
+                      help="largest frame payload accepted (default 1 MiB; framed mode)")
+    echo.add_argument("--drain-timeout", type=_drain, default=5.0, metavar="S",
+                      help="seconds a stop spends sending buffered replies (default 5)")
     echo.add_argument("--loop", choices=("epoll", "selectors"), default=None,
                       help="event loop (default: $CSERVER_LOOP, else epoll where available)")
     echo.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
     return p
 
 
+# -- Unix socket paths -----------------------------------------------------------
+
+
+def _claim_unix_path(path):
+    """Make ``path`` free for a new socket: nothing there, or a stale socket
+    (one that refuses connections: its server is gone), which is removed.
+    A socket that accepts a connection belongs to a live server: never
+    remove it."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise UsageError("cannot use --unix %s: %s" % (path, exc.strerror)) from None
+    if not stat.S_ISSOCK(st.st_mode):
+        raise UsageError("--unix %s exists and is not a socket (not removed)" % (path,))
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(path)
+    except ConnectionRefusedError:
+        pass  # stale: nobody listens
+    except (socket.timeout, BlockingIOError):
+        raise UsageError("another server is listening on --unix %s (its backlog is full)"
+                         % (path,)) from None
+    except OSError as exc:
+        raise UsageError("--unix %s is a socket in use (%s); not removed"
+                         % (path, exc.strerror or exc)) from None
+    else:
+        raise UsageError("another server is listening on --unix %s" % (path,))
+    finally:
+        probe.close()
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise UsageError("cannot remove the stale socket --unix %s: %s"
+                         % (path, exc.strerror)) from None
+
+
+def _identity(path):
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _release_unix_path(path, identity):
+    """Remove the socket at ``path`` if it is still the one this process
+    created (same device and inode), never a successor's."""
+    if identity is not None and _identity(path) == identity:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
+def _make_server(args, handler, options):
+    """Build the server, turning the mistakes into UsageError."""
+    if args.unix:
+        if not hasattr(socket, "AF_UNIX"):
+            raise UsageError("--unix: Unix sockets are not available here")
+        where = args.unix
+        _claim_unix_path(args.unix)
+    else:
+        where = "[%s]:%d" % (args.host, args.port) if ":" in args.host else \
+            "%s:%d" % (args.host, args.port)
+    try:
+        if args.unix:
+            return selectorserver.SelectorUnixStreamServer(args.unix, handler, **options)
+        return selectorserver.SelectorTCPServer((args.host, args.port), handler, **options)
+    except socket.gaierror as exc:
+        raise UsageError("cannot listen on %s: bad --host %r (%s)"
+                         % (where, args.host, exc.strerror or exc)) from None
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        if where in reason:  # the library named the address already
+            raise UsageError(reason) from None
+        raise UsageError("cannot listen on %s: %s" % (where, reason)) from None
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise UsageError(str(exc)) from None
+
+
 def main(argv=None):
+    """Run the command line; return the exit status."""
+    try:
+        return _main(argv)
+    except UsageError as exc:
+        sys.stderr.write("%s echo: error: %s\n" % (PROG, exc))
+        return 2
+    except KeyboardInterrupt:  # Ctrl-C before the server took over the signal
+        return 130
+
+
+def _main(argv):
     args = _parser().parse_args(argv)
+    if args.raw and args.max_frame_size is not None:
+        raise UsageError("--max-frame-size %d: frames are not decoded with --raw"
+                         % (args.max_frame_size,))
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
-    if args.workers < 1:
-        log.error("--workers must be >= 1")
-        return 2
     handler = RawEcho if args.raw else FramedEcho
-    if args.max_frame_size is not None and not args.raw:
+    if args.max_frame_size is not None:
         handler = type("FramedEcho", (FramedEcho,), {"max_frame_size": args.max_frame_size})
     options = dict(workers=args.workers, idle_timeout=args.idle_timeout,
                    max_connections=args.max_connections, drain_timeout=args.drain_timeout,
                    loop=args.loop)
-    if args.unix:
-        if not hasattr(socket, "AF_UNIX"):
-            log.error("Unix sockets are not available here")
-            return 2
-        try:
-            if stat.S_ISSOCK(os.stat(args.unix).st_mode):
-                os.unlink(args.unix)  # a stale socket from an earlier run
-        except FileNotFoundError:
-            pass
-        server = selectorserver.SelectorUnixStreamServer(args.unix, handler, **options)
-        where = args.unix
-    else:
-        server = selectorserver.SelectorTCPServer((args.host, args.port), handler, **options)
-        where = "%s:%d" % (server.server_address[0], server.server_address[1])
-    with server:
-        if args.workers == 1:
-            # SIGTERM and Ctrl-C: a graceful stop (the handler runs on the
-            # loop's thread between passes); the supervisor of workers
-            # installs its own.
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(sig, lambda signum, frame: server._request_stop())
-        log.info("echo server (%s, %s loop) listening on %s, pid %d, workers %d",
-                 "raw" if args.raw else "framed", selectorserver._loop_kind(args.loop),
-                 where, os.getpid(), args.workers)
-        try:
-            server.serve_forever()
-        except KeyboardInterrupt:
-            pass
-        log.info("stopped")
-    if args.unix:
-        try:
-            os.unlink(args.unix)
-        except OSError:
-            pass
+    server = _make_server(args, handler, options)
+    identity = _identity(args.unix) if args.unix else None
+    try:
+        with server:
+            if args.unix:
+                where = args.unix
+            else:
+                where = "%s:%d" % (server.server_address[0], server.server_address[1])
+            if args.workers == 1:
+                # SIGTERM and Ctrl-C: a graceful stop, a second one cuts the
+                # drain short (the handler runs on the loop's thread between
+                # passes); the supervisor of workers installs its own.
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    signal.signal(sig, server._stop_on_signal)
+            log.info("echo server (%s, %s loop) listening on %s, pid %d, workers %d",
+                     "raw" if args.raw else "framed", selectorserver._loop_kind(args.loop),
+                     where, os.getpid(), args.workers)
+            try:
+                server.serve_forever()
+            except KeyboardInterrupt:
+                pass
+            log.info("stopped")
+    finally:
+        if args.unix:
+            _release_unix_path(args.unix, identity)
     return 0
 
 

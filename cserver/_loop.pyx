@@ -618,6 +618,13 @@ cdef class TimerHandle:
         return "<TimerHandle when=%r%s>" % (self.when, " cancelled" if self.cancelled else "")
 
 
+def _check_callable(method, fn):
+    # As asyncio does: a callback that is not callable fails at the call
+    # that schedules it, not later inside the loop.
+    if not callable(fn):
+        raise TypeError("%s() needs a callable, got %r" % (method, fn))
+
+
 @cython.final
 cdef class Loop:
     """The event loop core (internal).  ``kind`` is ``"epoll"`` or
@@ -871,10 +878,12 @@ cdef class Loop:
 
     def call_soon(self, fn, *args):
         """Run ``fn(*args)`` on the loop thread at the next pass."""
+        _check_callable("call_soon", fn)
         self.ready.append((fn, args))
 
     def call_soon_threadsafe(self, fn, *args):
         """Like ``call_soon`` but safe from any thread: wakes the loop."""
+        _check_callable("call_soon_threadsafe", fn)
         self.ready.append((fn, args))
         self._wake()
 
@@ -893,7 +902,13 @@ cdef class Loop:
                 pass
 
     def call_at(self, double when, fn, *args):
-        cdef TimerHandle h = TimerHandle.__new__(TimerHandle)
+        """Run ``fn(*args)`` on the loop when ``time()`` reaches ``when``;
+        returns a handle with ``cancel()``.  Loop thread only."""
+        cdef TimerHandle h
+        _check_callable("call_at", fn)
+        if when != when:  # NaN: no place in the heap (it would stall every timer)
+            raise ValueError("call_at() needs a time, got when=nan")
+        h = TimerHandle.__new__(TimerHandle)
         h.when = when
         h.fn = fn
         h.args = args
@@ -904,6 +919,9 @@ cdef class Loop:
     def call_later(self, double delay, fn, *args):
         """Run ``fn(*args)`` on the loop after ``delay`` seconds; returns a
         handle with ``cancel()``.  Loop thread only."""
+        _check_callable("call_later", fn)
+        if delay != delay:
+            raise ValueError("call_later() needs a delay in seconds, got delay=nan")
         return self.call_at(_monotonic() + delay, fn, *args)
 
     def time(self):

@@ -35,8 +35,10 @@ Methods that may be overridden:
 - handle_error(request, client_address)
 
 Class variables that may be overridden by derived classes or instances
-(read once, when the loop is built by ``serve_forever()`` or the first
-``call_*``; the same names are accepted as keyword arguments):
+(checked by the constructor, before any socket exists, with errors that name
+the option and the value; read once, when the loop is built by
+``serve_forever()`` or the first ``call_*``; the same names are accepted as
+keyword arguments):
 
 - address_family, socket_type, allow_reuse_address (True),
   allow_reuse_port (False), request_queue_size (4096: the listen backlog)
@@ -47,8 +49,12 @@ Class variables that may be overridden by derived classes or instances
   read_size (256 KiB), accept_batch (128), workers (1)
 """
 
+import errno
 import logging
+import numbers
+import operator
 import os
+import select
 import signal
 import socket
 import sys
@@ -79,10 +85,78 @@ def _loop_kind(requested):
     if kind is None:
         return "epoll" if _loop.HAVE_EPOLL else "selectors"
     if kind not in ("epoll", "selectors"):
-        raise ValueError("loop must be 'epoll' or 'selectors', not %r" % (kind,))
+        raise ValueError("loop must be 'epoll' or 'selectors', got %r" % (kind,))
     if kind == "epoll" and not _loop.HAVE_EPOLL:
         return "selectors"
     return kind
+
+
+# -- option validation -------------------------------------------------------
+#
+# Every option is checked when the server is built (and again when its loop
+# is built, for values changed on the instance in between), with a message
+# that names the option and the value: a mistake fails at the line that made
+# it, never at the first connection, and is never silently coerced.
+
+#: the loop's smallest shared receive buffer
+_MIN_READ_SIZE = 4096
+
+
+def _describe_int(minimum, none_ok):
+    text = "a positive int" if minimum == 1 else "an int >= %d" % minimum
+    return text + " or None" if none_ok else text
+
+
+def _check_int(name, value, minimum, none_ok=False):
+    """``value`` must be an int (``__index__``, not a bool) >= ``minimum``."""
+    if value is None and none_ok:
+        return
+    if isinstance(value, bool):
+        number = None
+    else:
+        try:
+            number = operator.index(value)
+        except TypeError:
+            number = None
+    if number is None:
+        raise TypeError("%s must be %s, got %r" % (name, _describe_int(minimum, none_ok), value))
+    if number < minimum:
+        raise ValueError("%s must be %s, got %r" % (name, _describe_int(minimum, none_ok), value))
+
+
+def _check_seconds(name, value, none_ok=False, zero_ok=True):
+    """``value`` must be a real number of seconds (not NaN, not negative;
+    not zero unless ``zero_ok``; infinity allowed)."""
+    if value is None and none_ok:
+        return
+    what = ("a number of seconds >= 0" if zero_ok else "a positive number of seconds")
+    if none_ok:
+        what += " or None"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError("%s must be %s, got %r" % (name, what, value))
+    if value != value or value < 0 or (value == 0 and not zero_ok):
+        raise ValueError("%s must be %s, got %r" % (name, what, value))
+
+
+def _handler_kind(handler_class):
+    """A one-word description of a handler class's family, or None."""
+    if not isinstance(handler_class, type):
+        return None
+    if issubclass(handler_class, FrameHandler):
+        return "a cserver.FrameHandler"
+    if issubclass(handler_class, ConnectionHandler):
+        return "a cserver.ConnectionHandler"
+    if issubclass(handler_class, DatagramHandler):
+        return "a cserver.DatagramHandler"
+    bases = []
+    for module_name in ("cserver.socketserver", "socketserver"):
+        module = sys.modules.get(module_name)
+        base = getattr(module, "BaseRequestHandler", None)
+        if isinstance(base, type):
+            bases.append(base)
+    if bases and issubclass(handler_class, tuple(bases)):
+        return "a socketserver request handler"
+    return None
 
 
 
@@ -283,6 +357,9 @@ class SelectorServer:
             setattr(self, name, value)
         self.server_address = server_address
         self.RequestHandlerClass = RequestHandlerClass
+        # before any socket exists: a mistake leaves nothing behind
+        self._check_options()
+        self._check_handler_class()
         self._core = None
         self._closed_stats = None
         self._extra_sockets = []
@@ -290,6 +367,8 @@ class SelectorServer:
         self._loop_thread = None
         self._is_worker = False
         self._stop_workers = False
+        self._signal_pipe = None
+        self._stop_signals = 0
         self.worker_id = None
         self.__shutdown_request = False
         self.__is_shut_down = threading.Event()
@@ -306,6 +385,56 @@ class SelectorServer:
                 self.server_close()
                 raise
 
+    def _check_options(self):
+        """Raise TypeError/ValueError naming the first bad option and its
+        value (called by ``__init__`` and again when the loop is built)."""
+        _loop_kind(self.loop)
+        _check_int("request_queue_size", self.request_queue_size, 0)
+        _check_seconds("idle_timeout", self.idle_timeout, none_ok=True, zero_ok=False)
+        _check_seconds("first_byte_timeout", self.first_byte_timeout, none_ok=True, zero_ok=False)
+        _check_seconds("frame_timeout", self.frame_timeout, none_ok=True, zero_ok=False)
+        _check_int("max_connections", self.max_connections, 1, none_ok=True)
+        _check_int("high_water", self.high_water, 0)
+        if self.low_water is not None:
+            _check_int("low_water", self.low_water, 0)
+            if self.low_water > self.high_water:
+                raise ValueError("low_water must be <= high_water (%r), got %r"
+                                 % (self.high_water, self.low_water))
+        _check_seconds("drain_timeout", self.drain_timeout)
+        _check_int("read_size", self.read_size, _MIN_READ_SIZE)
+        _check_int("accept_batch", self.accept_batch, 1)
+        _check_int("workers", self.workers, 1)
+        if self.workers > 1 and not hasattr(os, "fork"):
+            raise ValueError("workers must be 1 where os.fork() does not exist, got %r"
+                             % (self.workers,))
+        if self.buffer_pool is not None and not isinstance(self.buffer_pool, _framing.BufferPool):
+            raise TypeError("buffer_pool must be a BufferPool of the compiled framing layer "
+                            "(cserver._framing.BufferPool) or None, got %r" % (self.buffer_pool,))
+
+    def _check_handler_class(self):
+        """Reject a handler of the wrong family (a stdlib-style request
+        handler here, a stream handler on UDP and the reverse) and a
+        FrameHandler whose framing attributes are invalid, now rather than
+        at the first connection."""
+        handler_class = self.RequestHandlerClass
+        name = type(self).__name__
+        if not callable(handler_class):
+            raise TypeError("%s: RequestHandlerClass must be a handler class, got %r"
+                            % (name, handler_class))
+        kind = _handler_kind(handler_class)
+        if self.socket_type == socket.SOCK_DGRAM:
+            wanted, fits = "a cserver.DatagramHandler subclass", ("a cserver.DatagramHandler",)
+        else:
+            wanted = "a cserver.ConnectionHandler or FrameHandler subclass"
+            fits = ("a cserver.ConnectionHandler", "a cserver.FrameHandler")
+        if kind is not None and kind not in fits:
+            raise TypeError("%s needs %s, got %s (%s)"
+                            % (name, wanted, handler_class.__qualname__, kind))
+        if self._framed():
+            fmt, layout = layout_of(handler_class)
+            strip = getattr(handler_class, "initial_bytes_to_strip", None)
+            _framing.FrameDecoder(fmt, initial_bytes_to_strip=strip, **layout)
+
     def _reuseport_workers(self):
         return (self.workers or 1) > 1 and self.address_family in (
             socket.AF_INET, socket.AF_INET6)
@@ -317,9 +446,35 @@ class SelectorServer:
             self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if (self.allow_reuse_port or self._reuseport_workers()) and \
                 hasattr(socket, "SO_REUSEPORT"):
+            if not self.allow_reuse_port:
+                self._probe_port()
             self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         self.socket.bind(self.server_address)
         self.server_address = self.socket.getsockname()
+
+    def _probe_port(self):
+        """Workers share their port through SO_REUSEPORT, which would also
+        let them share it with an unrelated server already listening there
+        (both start, the kernel splits the traffic).  A plain bind without
+        SO_REUSEPORT fails if anything listens on the address: raise that as
+        EADDRINUSE naming the address."""
+        address = self.server_address
+        if not isinstance(address, tuple) or len(address) < 2 or not address[1]:
+            return  # port 0: the kernel picks a free one
+        probe = socket.socket(self.address_family, self.socket_type)
+        try:
+            if self.allow_reuse_address:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    raise
+                raise OSError(errno.EADDRINUSE, "another server listens on %s:%s (workers "
+                              "would share its port through SO_REUSEPORT)"
+                              % (address[0], address[1])) from None
+        finally:
+            probe.close()
 
     def server_activate(self):
         """Listen (stream sockets)."""
@@ -348,6 +503,7 @@ class SelectorServer:
             self.RequestHandlerClass, FrameHandler)
 
     def _new_core(self):
+        self._check_options()  # again: the instance may have changed since __init__
         core = _loop.Loop(_loop_kind(self.loop), self.read_size)
         options = {}
         if self._framed():
@@ -508,19 +664,51 @@ class SelectorServer:
         return core.connections() if core is not None else []
 
     # -- workers ------------------------------------------------------------------
+    #
+    # Stop signals.  This module is compiled: CPython runs a Python signal
+    # handler only when something calls PyErr_CheckSignals() (the interpreter
+    # between bytecodes, or a C call that an EINTR cut short), and compiled
+    # code between two C calls does neither.  A SIGTERM that arrived while the
+    # supervisor ran between its waits, or that the kernel delivered to
+    # another thread, stayed pending until a second signal.  So the
+    # supervisor does not depend on its handler running: its waits are a
+    # select() on a pipe installed as the signal wake-up fd
+    # (signal.set_wakeup_fd), into which the C-level handler writes each
+    # signal's number whatever the process was doing, and it reads the stop
+    # signals from there.  Every SIGINT/SIGTERM is seen within one wait
+    # (_SUPERVISOR_TICK) of its arrival.
+
+    def _stop_on_signal(self, signum, frame=None):
+        """The SIGTERM/SIGINT handler of a serving process (``python -m
+        cserver echo``, each worker): the first signal stops gracefully
+        (no new connections, buffered data sent for up to ``drain_timeout``
+        seconds), the next one closes every connection now."""
+        self._stop_signals = getattr(self, "_stop_signals", 0) + 1
+        name = _signal_name(signum)
+        core = self._core
+        if self._stop_signals == 1:
+            logger.info("%s: stopping (buffered data is sent for up to %s s; "
+                        "again to stop now)", name, self.drain_timeout)
+            self._request_stop()
+        else:
+            logger.warning("%s again: cutting the drain short, closing %d connections now",
+                           name, core.nconn if core is not None else 0)
+            if core is not None:
+                core.call_soon_threadsafe(self._abort_connections)
+
+    def _abort_connections(self):
+        """Close every connection now, discarding what is buffered (loop thread)."""
+        for handler in self.connections():
+            transport = getattr(handler, "transport", None)
+            if transport is not None:
+                transport.abort()
 
     def _supervise(self):
         n = int(self.workers)
-        main = threading.current_thread() is threading.main_thread()
-        previous = {}
+        signals = None
+        if threading.current_thread() is threading.main_thread():
+            signals = _StopSignals()
         self._stop_workers = False
-
-        def on_signal(signum, frame):
-            self._stop_workers = True
-
-        if main:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                previous[sig] = signal.signal(sig, on_signal)
         children = {}
         started = {}
         delays = [0.0] * n
@@ -529,7 +717,10 @@ class SelectorServer:
         # start, and a restarted worker takes over its predecessor's socket
         # (and its queue).  Unix sockets: the workers share the one socket.
         self._worker_sockets = [self.socket]
+        self._signal_pipe = signals
         try:
+            if signals is not None:
+                signals.install()
             if self._reuseport_workers():
                 for slot in range(1, n):
                     self._worker_sockets.append(self._reuseport_socket())
@@ -539,7 +730,7 @@ class SelectorServer:
                 started[slot] = time.monotonic()
             logger.info("supervisor pid %d: %d workers %s", os.getpid(), n,
                         sorted(children))
-            while not self._stop_workers and not self.__shutdown_request:
+            while not self._supervisor_stopping(signals):
                 for pid in list(children):
                     try:
                         done, status = os.waitpid(pid, os.WNOHANG)
@@ -548,7 +739,7 @@ class SelectorServer:
                     if done == 0:
                         continue
                     slot = children.pop(pid)
-                    if self._stop_workers:
+                    if self._supervisor_stopping(signals):
                         break
                     lived = time.monotonic() - started[slot]
                     delays[slot] = 0.0 if lived > 5.0 else min(max(delays[slot] * 2, 0.1), 5.0)
@@ -556,23 +747,41 @@ class SelectorServer:
                                  slot, pid, _describe_status(status), lived,
                                  " in %.1f s" % delays[slot] if delays[slot] else "")
                     end = time.monotonic() + delays[slot]
-                    while time.monotonic() < end and not self._stop_workers:
-                        time.sleep(0.05)
-                    if self._stop_workers:
+                    while not self._supervisor_stopping(signals):
+                        left = end - time.monotonic()
+                        if left <= 0:
+                            break
+                        self._supervisor_wait(signals, min(left, _SUPERVISOR_TICK))
+                    if self._supervisor_stopping(signals):
                         break
                     new = self._spawn(slot)
                     children[new] = slot
                     started[slot] = time.monotonic()
                     logger.info("worker %d restarted: pid %d", slot, new)
-                time.sleep(0.05)
+                self._supervisor_wait(signals, _SUPERVISOR_TICK)
         finally:
-            self._stop_children(children)
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-            self._stop_workers = False
-            for sock in self._worker_sockets[1:]:
-                sock.close()
-            self._worker_sockets = [self.socket]
+            try:
+                self._stop_children(children, signals)
+            finally:
+                self._signal_pipe = None
+                if signals is not None:
+                    signals.uninstall()
+                self._stop_workers = False
+                for sock in self._worker_sockets[1:]:
+                    sock.close()
+                self._worker_sockets = [self.socket]
+
+    def _supervisor_stopping(self, signals):
+        if signals is not None and signals.count:
+            self._stop_workers = True
+        return self._stop_workers or self.__shutdown_request
+
+    def _supervisor_wait(self, signals, timeout):
+        """Sleep up to ``timeout`` seconds, less if a stop signal arrives."""
+        if signals is None:
+            time.sleep(timeout)
+        else:
+            signals.wait(timeout)
 
     def _reuseport_socket(self):
         sock = socket.socket(self.address_family, self.socket_type)
@@ -588,12 +797,18 @@ class SelectorServer:
             raise
         return sock
 
-    def _stop_children(self, children):
+    def _stop_children(self, children, signals=None):
+        """SIGTERM every worker and reap them: they drain for up to
+        ``drain_timeout``; a stop signal during that wait is forwarded (the
+        workers then close their connections at once); a worker still
+        running ``drain_timeout + 2`` s later is killed."""
         for pid in children:
             try:
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
+        seen = signals.count if signals is not None else 0
+        cut = False
         deadline = time.monotonic() + (self.drain_timeout or 0) + 2.0
         while children and time.monotonic() < deadline:
             for pid in list(children):
@@ -603,8 +818,21 @@ class SelectorServer:
                     done = pid
                 if done:
                     children.pop(pid)
-            if children:
-                time.sleep(0.02)
+            if not children:
+                break
+            if not cut and signals is not None and signals.count > min(seen, 1):
+                # a signal after the one that started the stop (or after a
+                # shutdown() call): the user does not want to wait
+                cut = True
+                logger.warning("stop signal again: cutting the drain short (%d workers "
+                               "close their connections now)", len(children))
+                for pid in children:
+                    try:
+                        os.kill(pid, signal.SIGTERM)
+                    except ProcessLookupError:
+                        pass
+                deadline = min(deadline, time.monotonic() + 2.0)
+            self._supervisor_wait(signals, 0.02)
         for pid in list(children):
             logger.error("worker pid %d did not stop in time: killing it", pid)
             try:
@@ -615,12 +843,25 @@ class SelectorServer:
         logger.info("all workers stopped")
 
     def _spawn(self, slot):
-        pid = os.fork()
+        # Stop signals are blocked across fork() until the worker has its
+        # own handlers and has dropped the supervisor's wake-up fd: a SIGTERM
+        # meant for a new worker must not reach the supervisor's pipe.
+        mask = None
+        if self._signal_pipe is not None and hasattr(signal, "pthread_sigmask"):
+            mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            pid = os.fork()
+        except BaseException:
+            if mask is not None:
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            raise
         if pid:
+            if mask is not None:
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             return pid
         code = 0
         try:
-            self._run_worker(slot)
+            self._run_worker(slot, mask)
         except BaseException:
             code = 1
             try:
@@ -634,9 +875,15 @@ class SelectorServer:
             finally:
                 os._exit(code)
 
-    def _run_worker(self, slot):
+    def _run_worker(self, slot, mask=None):
+        if self._signal_pipe is not None:
+            self._signal_pipe.close_in_child()
+            self._signal_pipe = None
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, lambda signum, frame: self._request_stop())
+        signal.signal(signal.SIGTERM, self._stop_on_signal)
+        self._stop_signals = 0
+        if mask is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         self._is_worker = True
         self.worker_id = slot
         self._core = None
@@ -651,6 +898,79 @@ class SelectorServer:
             self.serve_forever()
         finally:
             self.server_close()
+
+
+#: the longest a supervisor wait lasts (it polls its workers this often)
+_SUPERVISOR_TICK = 0.05
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def _ignore_signal(signum, frame):
+    """The supervisor's Python-level handler: it exists so that the C-level
+    one writes to the wake-up fd; the supervisor reads the signal there."""
+
+
+class _StopSignals:
+    """SIGTERM/SIGINT as the supervisor sees them: through a wake-up pipe
+    (see "Stop signals" above).  ``count`` is the number received."""
+
+    def __init__(self):
+        self.count = 0
+        self.previous = {}
+        self.previous_fd = None
+        self.r, self.w = os.pipe()
+        os.set_blocking(self.r, False)
+        os.set_blocking(self.w, False)
+
+    def install(self):
+        # the wake-up fd first: no signal may be caught before it is there
+        self.previous_fd = signal.set_wakeup_fd(self.w, warn_on_full_buffer=False)
+        for sig in _STOP_SIGNALS:
+            self.previous[sig] = signal.signal(sig, _ignore_signal)
+
+    def wait(self, timeout):
+        """Wait up to ``timeout`` s or until a signal; count the stop signals."""
+        if timeout > 0:
+            select.select([self.r], [], [], timeout)
+        while True:
+            try:
+                data = os.read(self.r, 512)
+            except BlockingIOError:
+                break
+            if not data:
+                break
+            for number in data:
+                if number in _STOP_SIGNALS:
+                    self.count += 1
+
+    def uninstall(self):
+        try:
+            for sig, handler in self.previous.items():
+                signal.signal(sig, handler)
+            if self.previous_fd is not None:
+                signal.set_wakeup_fd(self.previous_fd)
+        finally:
+            self.previous = {}
+            self.previous_fd = None
+            self._close()
+
+    def close_in_child(self):
+        """In a forked worker: drop the supervisor's wake-up fd and pipe."""
+        signal.set_wakeup_fd(-1)
+        self._close()
+
+    def _close(self):
+        for fd in (self.r, self.w):
+            if fd >= 0:
+                os.close(fd)
+        self.r = self.w = -1
+
+
+def _signal_name(signum):
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return "signal %d" % signum
 
 
 def _describe_status(status):

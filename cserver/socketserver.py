@@ -176,6 +176,23 @@ class _Waker:
 _wakers = {}
 
 
+def _check_request_handler(server_class, handler_class):
+    """Refuse a handler of cserver's multiplexing server (driven by its
+    loop with asyncio's callbacks, built as ``Handler(transport,
+    client_address, server)``): here it would fail at the first request.
+    Anything else the stdlib accepts (any callable) is accepted."""
+    mux = sys.modules.get("cserver.selectorserver")
+    if mux is None or not isinstance(handler_class, type):
+        return  # not loaded: no class can derive from its handlers
+    for base in ("FrameHandler", "ConnectionHandler", "DatagramHandler"):
+        if issubclass(handler_class, getattr(mux, base)):
+            raise TypeError("%s needs a socketserver request handler (BaseRequestHandler, "
+                            "StreamRequestHandler, ...), got %s (a cserver.%s: serve it with "
+                            "cserver.Selector%sServer)"
+                            % (server_class.__name__, handler_class.__qualname__, base,
+                               "UDP" if base == "DatagramHandler" else "TCP"))
+
+
 class BaseServer:
     """The loop and the request pipeline, independent of the socket kind.
 
@@ -204,6 +221,7 @@ class BaseServer:
 
     def __init__(self, server_address, RequestHandlerClass):
         """Store the address and the handler class; extend, don't replace."""
+        _check_request_handler(type(self), RequestHandlerClass)
         self.server_address = server_address
         self.RequestHandlerClass = RequestHandlerClass
         self.__is_shut_down = threading.Event()
@@ -938,26 +956,61 @@ class ThreadPoolMixIn:
     daemon_threads = False
     block_on_close = True
 
+    def __init__(self, *args, **kwargs):
+        # Fail before the socket exists: a bad pool size must never leave a
+        # listening socket that no worker will serve.
+        self._cserver_pool_options()
+        super().__init__(*args, **kwargs)
+
+    def _cserver_pool_options(self):
+        """``(max_workers, queue_size, request_timeout)`` with the defaults
+        applied; raises TypeError/ValueError naming the bad option and its
+        value."""
+        max_workers = self.max_workers
+        if max_workers is not None and (isinstance(max_workers, bool)
+                                        or not isinstance(max_workers, int)):
+            raise TypeError("max_workers must be a positive int or None, got %r"
+                            % (max_workers,))
+        if max_workers is not None and max_workers < 1:
+            raise ValueError("max_workers must be a positive int or None, got %r"
+                             % (max_workers,))
+        queue_size = self.queue_size
+        if queue_size is not None and (isinstance(queue_size, bool)
+                                       or not isinstance(queue_size, int)):
+            raise TypeError("queue_size must be an int >= 0 or None, got %r" % (queue_size,))
+        if queue_size is not None and queue_size < 0:
+            raise ValueError("queue_size must be an int >= 0 or None, got %r" % (queue_size,))
+        if max_workers is None:
+            max_workers = min(32, (os.cpu_count() or 1) + 4)
+        if queue_size is None:
+            queue_size = max_workers
+        request_timeout = self.request_timeout
+        if request_timeout is not None and (isinstance(request_timeout, bool)
+                                            or not isinstance(request_timeout, (int, float))):
+            raise TypeError("request_timeout must be a number > 0 or None, got %r"
+                            % (request_timeout,))
+        if request_timeout is not None and not request_timeout > 0:
+            raise ValueError("request_timeout must be a number > 0 or None, got %r"
+                             % (request_timeout,))
+        return max_workers, queue_size, request_timeout
+
+    def serve_forever(self, poll_interval=0.5):
+        # The pool is built (and its options checked again: an instance may
+        # have changed them) before the first accept.  If that fails, the
+        # listening socket is closed: clients are refused, never left
+        # waiting in a backlog that nobody serves.
+        try:
+            self._cserver_pool()
+        except BaseException:
+            self.server_close()
+            self._BaseServer__is_shut_down.set()  # a shutdown() must not wait for us
+            raise
+        super().serve_forever(poll_interval)
+
     def _cserver_pool(self):
         pool = vars(self).get("_cserver_thread_pool")
         if pool is None:
-            max_workers = self.max_workers
-            if max_workers is None:
-                max_workers = min(32, (os.cpu_count() or 1) + 4)
-            queue_size = self.queue_size
-            if queue_size is None:
-                queue_size = max_workers
-            if not isinstance(max_workers, int) or max_workers < 1:
-                raise ValueError("max_workers must be an int >= 1, got %r" % (max_workers,))
-            if not isinstance(queue_size, int) or queue_size < 0:
-                raise ValueError("queue_size must be an int >= 0, got %r" % (queue_size,))
-            request_timeout = self.request_timeout
-            if request_timeout is not None and (
-                    isinstance(request_timeout, bool)
-                    or not isinstance(request_timeout, (int, float))
-                    or not request_timeout > 0):
-                raise ValueError("request_timeout must be a number > 0 or None, got %r"
-                                 % (request_timeout,))
+            max_workers, queue_size, request_timeout = self._cserver_pool_options()
             if self.socket_type != _socket_module.SOCK_STREAM:
                 request_timeout = None
             pool = _ThreadPool(self, max_workers, queue_size, self.daemon_threads,

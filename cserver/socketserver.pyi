@@ -184,6 +184,9 @@ class ThreadPoolMixIn:
     request_timeout: float | None
     daemon_threads: bool
     block_on_close: bool
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        """Builds the pool first: bad ``max_workers``/``queue_size`` set on
+        the instance raise here and close the listening socket."""
     def process_request_thread(self, request: _RequestType, client_address: _RetAddress) -> None: ...
     def process_request(self, request: _RequestType, client_address: _RetAddress) -> None: ...
     def shutdown(self) -> None: ...

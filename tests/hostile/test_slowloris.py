@@ -286,12 +286,19 @@ def test_request_timeout_none_keeps_a_slow_request():
         assert server.pool_stats()["timed_out"] == 0
 
 
-@pytest.mark.parametrize("bad", [0, -1, "3", True])
-def test_request_timeout_is_validated(bad):
+@pytest.mark.parametrize("bad, error", [(0, ValueError), (-1, ValueError),
+                                        (float("nan"), ValueError), ("3", TypeError),
+                                        (True, TypeError)])
+def test_request_timeout_is_validated(bad, error):
+    # at construction (a class attribute) ...
+    Server = type("Server", (cserver.ThreadPoolTCPServer,), {"request_timeout": bad})
+    with pytest.raises(error, match="request_timeout must be a number > 0 or None, got"):
+        Server(("127.0.0.1", 0), LineEcho)
+    # ... and when the pool is built (set on the instance later)
     server = cserver.ThreadPoolTCPServer(("127.0.0.1", 0), LineEcho)
     try:
         server.request_timeout = bad
-        with pytest.raises(ValueError, match="request_timeout"):
+        with pytest.raises(error, match="request_timeout"):
             server.process_request(None, None)
     finally:
         server.server_close()

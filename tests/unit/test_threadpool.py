@@ -271,28 +271,68 @@ def test_handle_error_default_output(serve, net, capfd):
     assert lines[-1] == "-" * 40
 
 
-@pytest.mark.parametrize("attrs", [
-    {"max_workers": 0}, {"max_workers": -1}, {"max_workers": 1.5}, {"max_workers": "2"},
-    {"queue_size": -1}, {"queue_size": 2.0}, {"max_workers": 2, "queue_size": "x"}])
-def test_invalid_sizes_raise_value_error(attrs, net):
-    server = make_server(**attrs)
+BAD_SIZES = [
+    ({"max_workers": 0}, ValueError), ({"max_workers": -1}, ValueError),
+    ({"max_workers": 1.5}, TypeError), ({"max_workers": "2"}, TypeError),
+    ({"max_workers": True}, TypeError), ({"queue_size": -1}, ValueError),
+    ({"queue_size": 2.0}, TypeError), ({"max_workers": 2, "queue_size": "x"}, TypeError)]
+
+
+@pytest.mark.parametrize("attrs, error", BAD_SIZES)
+def test_invalid_sizes_fail_at_construction(attrs, error, fd_count):
+    # Declared on the class: the constructor refuses them before any socket
+    # exists, with a message naming the option and the value.
+    before = fd_count()
+    with pytest.raises(error) as info:
+        make_server(**attrs)
+    name, value = [(k, v) for k, v in attrs.items() if (k, v) != ("max_workers", 2)][0]
+    assert str(info.value).startswith(name + " must be ")
+    assert str(info.value).endswith("got %r" % (value,))
+    assert fd_count() == before
+
+
+@pytest.mark.parametrize("attrs, error", BAD_SIZES)
+def test_invalid_sizes_set_later_never_leave_an_unserved_listener(attrs, error, net):
+    # Set on the instance after construction: serve_forever() refuses them
+    # before its first accept and closes the listening socket, so a client
+    # is refused instead of hanging in a backlog nobody serves, and a
+    # shutdown() from another thread does not wait forever.
+    server = cserver.ThreadPoolTCPServer(("127.0.0.1", 0), GatedEcho)
+    address = server.server_address
+    errors = []
+
+    def run():
+        try:
+            server.serve_forever(0.05)
+        except BaseException as exc:
+            errors.append(exc)
+
+    for key, value in attrs.items():
+        setattr(server, key, value)
+    thread = threading.Thread(target=run)
     try:
-        with net.connect(server.server_address):
-            with pytest.raises(ValueError) as info:
-                server.handle_request()
-        name = "queue_size" if "queue_size" in attrs else "max_workers"
-        assert name in str(info.value)
-        assert server.pool_stats()["workers"] == 0
+        thread.start()
+        thread.join(10)
+        assert not thread.is_alive()
+        assert [type(e) for e in errors] == [error]
+        assert server.socket.fileno() == -1  # closed
+        with pytest.raises(ConnectionRefusedError):
+            net.connect(address).close()
+        server.shutdown()  # returns
     finally:
+        if thread.is_alive():
+            server.shutdown()
+        thread.join(10)
         server.server_close()
-    # Set on the instance, the same.
+    # handle_request() refuses them too, in the caller's thread
     server = cserver.ThreadPoolTCPServer(("127.0.0.1", 0), GatedEcho)
     try:
         for key, value in attrs.items():
             setattr(server, key, value)
         with net.connect(server.server_address):
-            with pytest.raises(ValueError):
+            with pytest.raises(error):
                 server.handle_request()
+        assert server.pool_stats()["workers"] == 0
     finally:
         server.server_close()
 
@@ -303,8 +343,8 @@ def test_default_sizes(serve, net):
             self.wfile.write(self.rfile.readline())
 
     server = cserver.ThreadPoolTCPServer(("127.0.0.1", 0), Echo)
+    assert server.pool_stats()["capacity"] == 0  # no pool before serve_forever()
     serve(server)
-    assert server.pool_stats()["capacity"] == 0  # no pool before a request
     assert net.stream_exchange(server.server_address, b"x\n") == b"x\n"
     default = min(32, (os.cpu_count() or 1) + 4)
     assert server.pool_stats()["capacity"] == 2 * default

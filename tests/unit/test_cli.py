@@ -1,0 +1,202 @@
+"""``python -m cserver``: every user mistake is one line on stderr and exit
+status 2 (no traceback, nothing logged first); ``--version``; help without
+markup; a second stop signal cuts the drain short.
+
+Every test runs the command in a subprocess with a timeout.
+"""
+import os
+import re
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+import cserver
+
+TIMEOUT = 10.0
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(cserver.__file__)))
+
+
+def _env():
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def run_cli(*args):
+    """Run the command; on a timeout kill its whole process group (its own
+    session: a supervisor and its workers), then fail."""
+    proc = subprocess.Popen([sys.executable, "-m", "cserver"] + list(args), env=_env(),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # a worker it may have left behind
+        except ProcessLookupError:
+            pass
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def assert_one_line_error(result, *words):
+    """Exit status 2, nothing on stdout, one line on stderr naming words."""
+    err = result.stderr.decode()
+    assert result.returncode == 2, err
+    assert result.stdout == b""
+    assert err.endswith("\n") and err.count("\n") == 1, err
+    assert "Traceback" not in err
+    assert err.startswith("python -m cserver")
+    for word in words:
+        assert word in err, (word, err)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--port", "70000"], ["--port", "70000"]),
+    (["--port", "-1"], ["--port", "-1"]),
+    (["--port", "eighty"], ["--port", "eighty"]),
+    (["--idle-timeout", "-1"], ["--idle-timeout", "-1"]),
+    (["--idle-timeout", "0"], ["--idle-timeout", "0"]),
+    (["--idle-timeout", "nan"], ["--idle-timeout", "nan"]),
+    (["--max-connections", "0"], ["--max-connections", "0"]),
+    (["--max-connections", "-5"], ["--max-connections", "-5"]),
+    (["--workers", "0"], ["--workers", "0"]),
+    (["--workers", "two"], ["--workers", "two"]),
+    (["--drain-timeout", "-2"], ["--drain-timeout", "-2"]),
+    (["--max-frame-size", "-1"], ["--max-frame-size", "-1"]),
+    (["--raw", "--max-frame-size", "10"], ["--max-frame-size", "10", "--raw"]),
+    (["--loop", "kqueue"], ["--loop", "kqueue"]),
+    (["--bogus"], ["--bogus"]),
+])
+def test_bad_values_are_one_line(args, words):
+    assert_one_line_error(run_cli("echo", *args), *words)
+
+
+def test_no_command_is_one_line():
+    assert_one_line_error(run_cli(), "COMMAND")
+
+
+def test_bad_host_is_one_line():
+    assert_one_line_error(run_cli("echo", "--host", "no-such-host.invalid", "--port", "0"),
+                          "no-such-host.invalid")
+
+
+def test_host_not_on_this_machine_is_one_line():
+    # 192.0.2.0/24 is TEST-NET-1: never a local address
+    assert_one_line_error(run_cli("echo", "--host", "192.0.2.1", "--port", "0"), "192.0.2.1")
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_address_in_use_is_one_line(workers):
+    # The other server sets SO_REUSEPORT as cserver's workers do: without
+    # the probe, both would start and split the traffic.
+    with socket.socket() as other:
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = str(other.getsockname()[1])
+        result = run_cli("echo", "--port", port, "--workers", workers)
+    assert_one_line_error(result, "127.0.0.1:" + port, "in use" if workers == "1" else
+                          "another server")
+
+
+@pytest.mark.parametrize("path", ["/nonexistent-cserver-dir/echo.sock",
+                                  "/tmp/" + "x" * 120,
+                                  "/dev/null/echo.sock"])
+def test_unusable_unix_path_is_one_line(path):
+    assert_one_line_error(run_cli("echo", "--unix", path), path)
+
+
+def test_version():
+    result = run_cli("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.decode() == "cserver %s\n" % cserver.version
+
+
+@pytest.mark.parametrize("args", [["--help"], ["echo", "--help"]])
+def test_help_has_no_markup(args):
+    result = run_cli(*args)
+    assert result.returncode == 0, result.stderr
+    text = result.stdout.decode()
+    assert "usage: python -m cserver" in text
+    for markup in ("``", ":class:", ":func:", "**"):
+        assert markup not in text
+
+
+# -- a second stop signal cuts the drain short ----------------------------------------
+
+
+def _read_lines(stream, lines):
+    for line in iter(stream.readline, b""):
+        lines.append(line.decode("utf-8", "replace"))
+
+
+def _wait_line(lines, pattern, timeout=TIMEOUT):
+    rx = re.compile(pattern)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in list(lines):
+            m = rx.search(line)
+            if m:
+                return m
+        time.sleep(0.01)
+    raise AssertionError("no line matching %r in:\n%s" % (pattern, "".join(lines)))
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_second_signal_cuts_the_drain_short(workers):
+    # A client that sends and never reads leaves replies buffered in the
+    # server; the first SIGINT starts a 60 s drain, the second ends it.
+    proc = subprocess.Popen([sys.executable, "-m", "cserver", "echo", "--port", "0",
+                             "--workers", workers, "--drain-timeout", "60"],
+                            env=_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    lines = []
+    reader = threading.Thread(target=_read_lines, args=(proc.stdout, lines), daemon=True)
+    reader.start()
+    client = None
+    try:
+        port = int(_wait_line(lines, r"listening on 127\.0\.0\.1:(\d+)").group(1))
+        if workers != "1":
+            _wait_line(lines, r"supervisor pid")
+        client = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.settimeout(0.5)
+        payload = struct.pack("!I", 60000) + b"x" * 60000
+        try:
+            for _ in range(2000):  # bounded: the server stops reading long before
+                client.sendall(payload)
+        except socket.timeout:
+            pass  # the server's write buffer is full: it paused reading us
+        else:
+            raise AssertionError("the server never pushed back")
+        proc.send_signal(signal.SIGINT)
+        _wait_line(lines, r"SIGINT: stopping" if workers == "1" else r"SIGTERM: stopping")
+        time.sleep(0.2)
+        assert proc.poll() is None  # draining: the client reads nothing
+        started = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(TIMEOUT)
+        assert time.monotonic() - started < TIMEOUT  # well inside the 60 s drain
+    finally:
+        if client is not None:
+            client.close()
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever it left behind
+        except ProcessLookupError:
+            pass
+        proc.wait(TIMEOUT)
+        reader.join(TIMEOUT)
+        proc.stdout.close()
+    assert code == 0, "".join(lines)
+    assert any("again: cutting the drain short" in line for line in lines), "".join(lines)
+    assert "Traceback" not in "".join(lines)
