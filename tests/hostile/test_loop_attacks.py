@@ -183,8 +183,9 @@ def test_decoder_construction_failure_closes_that_connection_only(kind, monkeypa
     calls = []
 
     def flaky_decoder(*args, **kwargs):
-        # call 1 validates the layout when the loop is built; call 2 is the
-        # first connection's decoder: it runs out of memory
+        # (the server's constructor validated the layout before this was
+        # installed) call 1 validates it again when the loop is built;
+        # call 2 is the first connection's decoder: it runs out of memory
         calls.append(1)
         if len(calls) == 2:
             raise MemoryError("injected: no memory for a decoder")
@@ -197,8 +198,9 @@ def test_decoder_construction_failure_closes_that_connection_only(kind, monkeypa
         def connection_lost(self, exc):
             self.server.events.append("lost")
 
+    server = make(Lifecycle, kind)
     monkeypatch.setattr(cserver._framing, "FrameDecoder", flaky_decoder)
-    with serving(make(Lifecycle, kind)) as server:
+    with serving(server) as server:
         with connect(server) as bad:
             with contextlib.suppress(OSError):
                 bad.sendall(frame(b"x"))
