@@ -48,8 +48,10 @@ import collections
 import heapq
 import logging
 import os
+import signal
 import socket
 import sys
+import threading
 
 cdef extern from *:
     """
@@ -1100,6 +1102,7 @@ cdef class Loop:
             raise RuntimeError("configure() the loop before run()")
         self.running = True
         self.now = _monotonic()
+        saved_wakeup = self._install_signal_wakeup()
         try:
             while not self.stopping:
                 self._poll(self._timeout_ms())
@@ -1115,10 +1118,25 @@ cdef class Loop:
             while _monotonic() < self.drain_deadline and self._pending_writes():
                 self._poll(self._timeout_ms())
         finally:
+            if saved_wakeup is not None:
+                signal.set_wakeup_fd(saved_wakeup)
             self._close_all()
             self.running = False
             self.stopping = False
         return None
+
+    def _install_signal_wakeup(self):
+        """On the main thread: make CPython's C signal handler write to the
+        wake pipe, so that a signal wakes the poller wherever it lands (just
+        before the wait, or in another thread, which never interrupts this
+        one's wait) and its Python handler runs at the next pass.  Returns
+        the wake-up fd to restore, or None where nothing was installed."""
+        if threading.current_thread() is not threading.main_thread():
+            return None
+        try:
+            return signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
+        except (ValueError, OSError):
+            return None
 
     def _pending_writes(self):
         cdef Transport t

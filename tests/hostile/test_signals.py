@@ -207,3 +207,53 @@ def test_stop_signals_at_random_moments_under_load():
             assert "all workers stopped" in text, text
             assert "did not stop in time" not in text, text
             assert not [pid for pid in pids if _is_cserver_process(pid)], text
+
+
+# A single-process server: its loop waits in epoll_wait (or the selector)
+# with no timeout when it has no connections.  A signal that the kernel
+# delivers to another thread of the process (or one that lands between the
+# loop's check of pending signals and its wait) does not interrupt that
+# wait; the loop makes CPython's signal handler write to its wake pipe so
+# that the wait ends and the Python handler runs at once.
+_OFF_THREAD_SIGNAL = r"""
+import signal, sys, threading
+import cserver
+
+class Echo(cserver.FrameHandler):
+    def frame_received(self, frame):
+        self.send_frame(frame)
+
+server = cserver.SelectorTCPServer(("127.0.0.1", 0), Echo, loop=sys.argv[1])
+
+def kick():
+    sys.stdin.readline()
+    signal.pthread_kill(threading.get_ident(), signal.SIGINT)   # this thread, not main
+
+threading.Thread(target=kick, daemon=True).start()
+print("READY", flush=True)
+try:
+    server.serve_forever()
+except KeyboardInterrupt:
+    print("STOPPED", flush=True)
+finally:
+    server.server_close()
+"""
+
+
+@pytest.mark.parametrize("loop", ["epoll", "selectors"])
+def test_a_signal_caught_by_another_thread_stops_a_single_process_server(loop):
+    proc = subprocess.Popen([sys.executable, "-c", _OFF_THREAD_SIGNAL, loop], env=_env(),
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        assert proc.stdout.readline() == b"READY\n"
+        time.sleep(0.3)              # the loop is in its wait, with no timeout
+        proc.stdin.write(b"go\n")
+        proc.stdin.flush()
+        out, err = proc.communicate(timeout=TIMEOUT)
+        assert out == b"STOPPED\n", err.decode(errors="replace")[-2000:]
+        assert proc.returncode == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
