@@ -147,6 +147,9 @@ cdef class FrameDecoder:
     cdef Py_ssize_t _big_fill
     # the last big frame delivered by next_frame (kept until the next call)
     cdef object _last
+    # read_from() is receiving into the buffer (sock.recv_into releases the
+    # GIL): every other call that could move or free it is refused meanwhile
+    cdef bint _reading
 
     cdef int next_frame(self, const char* data, Py_ssize_t length,
                         Py_ssize_t* consumed, const char** frame,

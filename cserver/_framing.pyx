@@ -315,6 +315,11 @@ cdef inline void _write_length(unsigned char* p, unsigned long long v, int size,
             v >>= 8
 
 
+cdef int _busy() except -1:
+    raise RuntimeError("FrameDecoder is in use: read_from() is receiving into its buffer "
+                       "(one decoder serves one reader at a time)")
+
+
 @cython.final
 @cython.no_gc_clear
 cdef class FrameDecoder:
@@ -777,6 +782,8 @@ cdef class FrameDecoder:
         FrameTooLarge; frames completed earlier in the same ``data`` are
         returned first and the error is raised by the next call."""
         cdef Py_buffer view
+        if self._reading:
+            _busy()
         if self._error is not None:
             self._raise_failed()
         PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
@@ -791,12 +798,16 @@ cdef class FrameDecoder:
         for a frame bigger than a slab.  It is valid only until the next
         call on this decoder; do not keep it."""
         cdef char* ptr
+        if self._reading:
+            _busy()
         cdef Py_ssize_t n = self.get_write_buffer(sizehint, &ptr)
         return PyMemoryView_FromMemory(ptr, n, PyBUF_WRITE)
 
     def buffer_updated(self, Py_ssize_t nbytes):
         """``nbytes`` were written into ``get_buffer()``; return the frames
         they completed."""
+        if self._reading:
+            _busy()
         self.write_done(nbytes)
         return self._drain(NULL, 0, None)
 
@@ -806,11 +817,18 @@ cdef class FrameDecoder:
         end of stream (IncompleteFrame if it ended inside a frame).  Socket
         errors and timeouts propagate."""
         cdef char* ptr
+        if self._reading:
+            _busy()
         cdef Py_ssize_t n = self.get_write_buffer(0, &ptr)
         view = PyMemoryView_FromMemory(ptr, n, PyBUF_WRITE)
+        # recv_into releases the GIL: another thread (or a socket object that
+        # calls back into this decoder) must not move or free the buffer
+        # while the kernel writes into it
+        self._reading = True
         try:
             n = sock.recv_into(view)
         finally:
+            self._reading = False
             view.release()
         if n == 0:
             self.check_eof()
@@ -821,10 +839,14 @@ cdef class FrameDecoder:
     def eof(self):
         """End of stream: raise IncompleteFrame if a partial frame is
         buffered."""
+        if self._reading:
+            _busy()
         self.check_eof()
 
     def close(self):
         """Drop any buffered bytes and give the buffer back to the pool."""
+        if self._reading:
+            _busy()
         self.release_buffer()
 
     def __repr__(self):

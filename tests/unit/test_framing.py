@@ -6,6 +6,7 @@ with the encoder under test.
 import array
 import socket
 import threading
+import time
 import tracemalloc
 
 import pytest
@@ -820,3 +821,59 @@ def test_non_contiguous_buffers_agree(twin):
     with pytest.raises(BufferError):
         dec.feed(memoryview(b"\x00\x00\x00\x01x\x00")[::2])
     assert not dec.failed
+
+
+def test_decoder_refuses_calls_while_read_from_receives(ctwin):
+    # read_from() hands recv_into a raw view of the decoder's buffer and
+    # recv_into releases the GIL: a call that could move or free that buffer
+    # meanwhile (from another thread, or from a socket object calling back)
+    # is refused instead of letting the read land in freed memory.
+    dec = ctwin.FrameDecoder()
+    attempts = {}
+
+    class Reentrant:
+        def recv_into(self, view):
+            for name, call in [("feed", lambda: dec.feed(b"\x00\x00\x00\x01x")),
+                               ("get_buffer", lambda: dec.get_buffer()),
+                               ("buffer_updated", lambda: dec.buffer_updated(1)),
+                               ("read_from", lambda: dec.read_from(self)),
+                               ("eof", lambda: dec.eof()),
+                               ("close", lambda: dec.close())]:
+                with pytest.raises(RuntimeError, match="read_from"):
+                    call()
+                attempts[name] = True
+            frame = b"\x00\x00\x00\x02ok"
+            view[:len(frame)] = frame
+            return len(frame)
+
+    assert dec.read_from(Reentrant()) == [b"ok"]
+    assert len(attempts) == 6
+    assert dec.feed(b"\x00\x00\x00\x01!") == [b"!"]   # usable again afterwards
+
+
+def test_decoder_refuses_another_thread_while_read_from_blocks(ctwin):
+    dec = ctwin.FrameDecoder()
+    a, b = socket.socketpair()
+    try:
+        a.settimeout(10)
+        result = []
+        reader = threading.Thread(target=lambda: result.append(dec.read_from(a)))
+        reader.start()
+        try:
+            deadline = time.monotonic() + 10
+            error = None
+            while time.monotonic() < deadline:       # until the reader is in recv_into
+                try:
+                    dec.feed(b"")
+                except RuntimeError as exc:
+                    error = exc
+                    break
+                time.sleep(0.001)
+            assert error is not None and "read_from" in str(error)
+        finally:
+            b.sendall(b"\x00\x00\x00\x03abc")
+            reader.join(10)
+        assert not reader.is_alive() and result == [[b"abc"]]
+    finally:
+        a.close()
+        b.close()
