@@ -294,8 +294,8 @@ _OOM_CHILD = textwrap.dedent(r"""
 #: Under ``tox -e asan`` the ASan runtime is preloaded into every child: a
 #: child that exhausts its RLIMIT_AS on purpose then kills ASan's own
 #: allocator before the loop sees a MemoryError.  Every other tox env runs
-#: this test; the asan env runs the decoder's out-of-memory paths through the
-#: unit tests instead.
+#: this test; the asan env still runs the loop's injected-MemoryError tests
+#: (decoder construction, every handler point).
 UNDER_ASAN = "libasan" in os.environ.get("LD_PRELOAD", "")
 
 
