@@ -151,6 +151,7 @@ cdef class FrameDecoder:
     # GIL): every other call that could move or free it is refused meanwhile
     cdef bint _reading
 
+    cpdef FrameDecoder clone(self)
     cdef int next_frame(self, const char* data, Py_ssize_t length,
                         Py_ssize_t* consumed, const char** frame,
                         Py_ssize_t* frame_size) except -1

@@ -111,6 +111,8 @@ class FrameDecoder:
         pool: BufferPool | None = None,
         copy: bool = True,
     ) -> None: ...
+    def clone(self) -> FrameDecoder:
+        """A new, empty decoder with this one's layout, pool and copy mode."""
     @property
     def length_size(self) -> int: ...
     @property

@@ -375,6 +375,25 @@ cdef class FrameDecoder:
     def __dealloc__(self):
         self._free_storage()
 
+    cpdef FrameDecoder clone(self):
+        """A new, empty decoder with this one's layout, pool and copy mode.
+
+        The layout is not validated again: a server validates one
+        prototype at start-up and clones it for each connection."""
+        cdef FrameDecoder d = FrameDecoder.__new__(FrameDecoder)
+        d.length_size = self.length_size
+        d.big_endian = self.big_endian
+        d.length_offset = self.length_offset
+        d.length_adjustment = self.length_adjustment
+        d.initial_bytes_to_strip = self.initial_bytes_to_strip
+        d.max_frame_size = self.max_frame_size
+        d.header_size = self.header_size
+        d.pool = self.pool
+        d.copy = self.copy
+        d._min_value = self._min_value
+        d._max_value = self._max_value
+        return d
+
     # -- C API ------------------------------------------------------------
 
     cdef void _free_storage(self) noexcept:

@@ -345,6 +345,20 @@ class FrameDecoder:
         self._error = None
         self._scratch = None
 
+    def clone(self):
+        """A new, empty decoder with this one's layout, pool and copy mode.
+
+        The layout is not validated again: a server validates one
+        prototype at start-up and clones it for each connection."""
+        d = object.__new__(type(self))
+        d.__dict__.update(self.__dict__)
+        d._buf = bytearray()
+        d._pos = 0
+        d._need = -1
+        d._error = None
+        d._scratch = None
+        return d
+
     @property
     def byteorder(self):
         return "big" if self.big_endian else "little"

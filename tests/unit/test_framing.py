@@ -877,3 +877,19 @@ def test_decoder_refuses_another_thread_while_read_from_blocks(ctwin):
     finally:
         a.close()
         b.close()
+
+
+def test_clone_is_an_empty_decoder_with_the_same_layout(twin):
+    pool = twin.BufferPool(slab_size=4096)
+    d = twin.FrameDecoder("<H", max_frame_size=1000, pool=pool, copy=False)
+    assert d.feed(b"\x03\x00ab") == []
+    c = d.clone()
+    assert type(c) is type(d)
+    assert (c.length_size, c.big_endian, c.max_frame_size, c.header_size, c.copy) == (
+        2, False, 1000, 2, False)
+    assert c.pool is pool and c.pending == 0
+    assert [bytes(f) for f in c.feed(b"\x01\x00z")] == [b"z"]
+    assert [bytes(f) for f in d.feed(b"c")] == [b"abc"]
+    with pytest.raises(FrameTooLarge):
+        c.feed(b"\xe9\x03")
+    assert not d.failed
