@@ -22,6 +22,7 @@ installed in it).
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import importlib.machinery
 import importlib.util
@@ -104,6 +105,7 @@ class Server:
         self.group = group        # c, stdlib, python (peers), cserver
         self.workers = workers
         self.is_cserver = cserver_kind
+        self.env = None           # the Runner's environment unless set (--before)
 
     def command(self, address_args, workers, c_echo):
         if self.script == "c_echo":
@@ -120,6 +122,25 @@ class Server:
 
 C_REF = {"tcp": "c-epoll", "udp": "c-epoll-udp"}
 STDLIB_REF = {"tcp": "stdlib-threading", "udp": "stdlib-udp"}
+
+
+def with_before(srvs, tree):
+    """``srvs`` with, after each cserver server, a copy named ``KEY@before``
+    that runs cserver from ``tree`` (for a before/after in one run)."""
+    env, version, build = cserver_env(tree, "--before")
+    if "NOT COMPILED" in build or version == "not importable":
+        raise SystemExit("--before %s: cserver there is %s; build it in place first"
+                         % (tree, build if version != "not importable" else version))
+    out = []
+    for s in srvs:
+        out.append(s)
+        if s.is_cserver:
+            b = copy.copy(s)
+            b.key = s.key + "@before"
+            b.title = s.title + " [before: %s]" % tree
+            b.env = env
+            out.append(b)
+    return out
 
 
 def servers():
@@ -375,7 +396,8 @@ class Runner:
         errlog = open(os.path.join(self.tmpdir, "server.err"), "w+b")
         proc = None
         try:
-            proc = spawn(server.command(address_args, self.workers, self.c_echo), cpus, self.env,
+            proc = spawn(server.command(address_args, self.workers, self.c_echo), cpus,
+                         server.env or self.env,
                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errlog)
             status, where = wait_ready(proc, opts.ready_timeout)
             if status != "ready":
@@ -785,7 +807,7 @@ def chart(path, wls, srvs, summ, meta):
 # ---------------------------------------------------------------------------
 
 
-def cserver_env(source=None):
+def cserver_env(source=None, option="--cserver-from"):
     """Environment for the servers, and how cserver is found: ``source`` (a
     tree with cserver/ built in place), else this source tree when it is
     built in place, else the installed package."""
@@ -808,6 +830,9 @@ def cserver_env(source=None):
     if probe.returncode != 0:
         return env, "not importable", "-"
     version, where = probe.stdout.split()[:2]
+    if source and not os.path.abspath(where).startswith(pkg + os.sep):
+        raise SystemExit("%s %s: cserver is imported from %s, not from that tree; "
+                         "build it in place first" % (option, source, where))
     build = "compiled" if where.endswith((".so", ".pyd")) else "NOT COMPILED (pure Python)"
     build += ", " + (("source tree %s" % tree) if (built or source) else "installed")
     return env, version, build
@@ -932,6 +957,12 @@ def parse_args(argv):
     p.add_argument("--out", help="results directory (default bench/results/<date>)")
     p.add_argument("--cserver-from", metavar="DIR",
                    help="run cserver from this source tree (built in place) instead")
+    p.add_argument("--before", metavar="DIR",
+                   help="also run every selected cserver server from this source tree (built "
+                        "in place), as KEY@before, in the same run")
+    p.add_argument("--interleave", action="store_true",
+                   help="run round 1 of every cell, then round 2 of every cell, ... "
+                        "(a slow phase of the machine then hits every cell alike)")
     p.add_argument("--bin", help="where to build loadgen and c_echo (default bench/bin)")
     p.add_argument("--list", action="store_true", help="list servers and workloads and exit")
     p.add_argument("--python", metavar="PYTHON", default=sys.executable,
@@ -1014,6 +1045,8 @@ def main(argv=None):
         idle.title = "%d idle connections (RLIMIT_NOFILE %d): server RSS per connection" % (
             idle.conns, soft)
     env, cs_version, cs_build = cserver_env(opts.cserver_from)
+    if opts.before:
+        all_s = with_before(all_s, opts.before)
     wls, cells = select_cells(opts, all_w, all_s)
     runner = Runner(opts, bins, env)
     meta = machine_info(opts, cs_version, cs_build,
@@ -1032,53 +1065,65 @@ def main(argv=None):
                   "(python setup.py build_ext --inplace, or pip install .)\n")
     summ = {}
     skipped = {}
+    records = {(srv.key, w.name): [] for srv, w in cells}
+    done = set()    # cells that ran out of rounds early (n/a, skip, a first round failed)
+    if opts.interleave:
+        jobs = [(i, n, c) for i in range(opts.rounds) for n, c in enumerate(cells, 1)]
+    else:
+        jobs = [(i, n, c) for n, c in enumerate(cells, 1) for i in range(opts.rounds)]
     started = time.monotonic()
     try:
-        for n, (srv, w) in enumerate(cells, 1):
+        for i, n, (srv, w) in jobs:
             key = (srv.key, w.name)
-            records = []
+            if key in done:
+                continue
             if w.persistent and srv.max_conns is not None and w.conns > srv.max_conns:
-                records = [{"type": "round", "server": srv.key, "workload": w.name,
-                            "status": "n/a", "note": srv.max_conns_why}]
-            elif srv.requires and not importable(srv.requires):
-                records = [{"type": "round", "server": srv.key, "workload": w.name,
-                            "status": "skip",
-                            "note": "%s is not installed (pip install .[bench])" % srv.requires}]
-            elif srv.key in skipped:
-                records = [dict(skipped[srv.key], workload=w.name)]
+                records[key] = [{"type": "round", "server": srv.key, "workload": w.name,
+                                 "status": "n/a", "note": srv.max_conns_why}]
+                done.add(key)
+                continue
+            if srv.requires and not importable(srv.requires):
+                records[key] = [{"type": "round", "server": srv.key, "workload": w.name,
+                                 "status": "skip",
+                                 "note": "%s is not installed (pip install .[bench])" % srv.requires}]
+                done.add(key)
+                continue
+            if srv.key in skipped:
+                records[key] = [dict(skipped[srv.key], workload=w.name)]
+                done.add(key)
+                continue
+            log.write("[%3d/%d %5.0fs] %-10s %-24s round %d/%d ... " % (
+                n, len(cells), time.monotonic() - started, w.name, srv.key, i + 1,
+                opts.rounds))
+            log.flush()
+            rec = runner.round(srv, w, i)
+            records[key].append(rec)
+            jsonl.write(json.dumps(rec) + "\n")
+            jsonl.flush()
+            if rec["status"] == "ok":
+                if w.kind == "idle":
+                    log.write("%.1f KiB/conn (%s held)\n" % (
+                        rec.get("rss_per_conn_kib") or 0, rec.get("held")))
+                else:
+                    lg = rec["loadgen"]
+                    log.write("%s req/s, p99 %.0f us, cpu server %.0f%% loadgen %.0f%%%s\n" % (
+                        fmt_num(rec["rps"]), lg["lat_us"]["p99"], rec["server_cpu_pct"],
+                        lg["cpu_pct"],
+                        ", %d MISMATCHES" % lg["mismatches"] if lg["mismatches"] else ""))
             else:
-                for i in range(opts.rounds):
-                    log.write("[%3d/%d %5.0fs] %-10s %-24s round %d/%d ... " % (
-                        n, len(cells), time.monotonic() - started, w.name, srv.key, i + 1,
-                        opts.rounds))
-                    log.flush()
-                    rec = runner.round(srv, w, i)
-                    records.append(rec)
-                    jsonl.write(json.dumps(rec) + "\n")
-                    jsonl.flush()
-                    if rec["status"] == "ok":
-                        if w.kind == "idle":
-                            log.write("%.1f KiB/conn (%s held)\n" % (
-                                rec.get("rss_per_conn_kib") or 0, rec.get("held")))
-                        else:
-                            lg = rec["loadgen"]
-                            log.write("%s req/s, p99 %.0f us, cpu server %.0f%% loadgen %.0f%%%s\n" % (
-                                fmt_num(rec["rps"]), lg["lat_us"]["p99"], rec["server_cpu_pct"],
-                                lg["cpu_pct"],
-                                ", %d MISMATCHES" % lg["mismatches"] if lg["mismatches"] else ""))
-                    else:
-                        log.write("%s: %s\n" % (rec["status"], rec.get("note", "")))
-                        if rec["status"] == "skip":
-                            skipped[srv.key] = rec
-                            break
-                        if rec["status"] == "error" and i == 0 and not any(
-                                r.get("status") == "ok" for r in records):
-                            break  # a server that fails its first round is not retried
-            summ[key] = summarize(records, w, srv)
+                log.write("%s: %s\n" % (rec["status"], rec.get("note", "")))
+                if rec["status"] == "skip":
+                    skipped[srv.key] = rec
+                    done.add(key)
+                elif rec["status"] == "error" and i == 0:
+                    done.add(key)  # a server that fails its first round is not retried
     except KeyboardInterrupt:
         log.write("\ninterrupted: reporting what was measured\n")
     finally:
         runner.close()
+    for srv, w in cells:
+        if records[(srv.key, w.name)]:
+            summ[(srv.key, w.name)] = summarize(records[(srv.key, w.name)], w, srv)
     for w in wls:
         add_ratios([s for (k, wn), s in summ.items() if wn == w.name], w)
     meta["loadavg_end"] = "%.2f %.2f %.2f" % os.getloadavg()

@@ -364,3 +364,36 @@ def test_harness_python_option_names_a_missing_interpreter(tmp_path):
                           capture_output=True, timeout=60)
     assert proc.returncode == 2
     assert ("--python %s" % missing).encode() in proc.stderr
+
+
+def test_harness_before_tree_and_interleaved_rounds(bins, tmp_path):
+    """--before DIR adds KEY@before servers run from DIR; --interleave runs
+    round 1 of every cell before round 2 of any."""
+    import cserver
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "cserver").symlink_to(os.path.dirname(os.path.abspath(cserver.__file__)))
+    out = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(BENCH, "run.py"), "--quick", "--rounds", "2",
+         "--interleave", "--servers", "cserver-mux-raw", "--workloads", "1c-d1",
+         "--no-baselines", "--warmup", "0.1", "--duration", "0.3", "--out", str(out),
+         "--bin", os.path.dirname(bins["loadgen"]), "--before", str(tree)],
+        capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    rounds = [(r["server"], r["round"]) for r in records if r["type"] == "round"]
+    assert rounds == [("cserver-mux-raw", 0), ("cserver-mux-raw@before", 0),
+                      ("cserver-mux-raw", 1), ("cserver-mux-raw@before", 1)]
+    summaries = {r["server"]: r["status"] for r in records if r["type"] == "summary"}
+    assert summaries == {"cserver-mux-raw": "ok", "cserver-mux-raw@before": "ok"}
+
+
+def test_harness_before_tree_must_hold_a_built_cserver(tmp_path):
+    (tmp_path / "cserver").mkdir()
+    proc = subprocess.run([sys.executable, os.path.join(BENCH, "run.py"), "--quick",
+                           "--servers", "cserver-mux", "--workloads", "1c-d1",
+                           "--before", str(tmp_path)],
+                          capture_output=True, timeout=60)
+    assert proc.returncode != 0
+    assert b"--before" in proc.stderr and b"build it in place" in proc.stderr
