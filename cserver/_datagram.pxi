@@ -6,6 +6,15 @@ cdef class DatagramEndpoint(Handle):
     """The datagram socket of a UDP server (internal; the handler reaches it
     as ``self.transport``)."""
 
+    cdef int start(self) except -1:
+        """Start reading; ``connection_made()`` if the handler has it."""
+        self.loop.poller.add(self.fd, EPOLLIN)
+        self.events = EPOLLIN
+        cb = getattr(self.handler, "connection_made", None)
+        if cb is not None:
+            cb()
+        return 0
+
     cdef int on_events(self, uint32_t ev) except -1:
         if ev & EPOLLOUT:
             self._write_queued()
@@ -177,3 +186,15 @@ cdef class DatagramEndpoint(Handle):
 
     def get_write_buffer_size(self):
         return sum(len(d) for d, a in self.queue)
+
+
+cdef DatagramEndpoint _new_endpoint(Loop loop, object sock, object handler_factory):
+    cdef DatagramEndpoint ep = DatagramEndpoint.__new__(DatagramEndpoint)
+    sock.setblocking(False)
+    ep.loop = loop
+    ep.fd = sock.fileno()
+    ep.sock = sock
+    ep.queue = collections.deque()
+    ep.handler = handler_factory(ep)
+    ep.on_datagram = ep.handler.datagram_received
+    return ep

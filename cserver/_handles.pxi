@@ -37,7 +37,7 @@ cdef class Waker(Handle):
             pass
         return 0
 
-    def wake(self):
+    cdef int wake(self) except -1:
         # The descriptor is read and written with the GIL held: a C write(2)
         # on the non-blocking pipe never blocks, so close() (which holds the
         # GIL too) cannot run in between, and a wake-up can never reach a
@@ -50,6 +50,20 @@ cdef class Waker(Handle):
         if fd >= 0:
             while c_write(fd, &zero, 1) < 0 and errno == EINTR:
                 pass
+        return 0
+
+    def install_signal_wakeup(self):
+        """On the main thread: make CPython's C signal handler write to the
+        wake pipe, so that a signal wakes the poller wherever it lands (just
+        before the wait, or in another thread, which never interrupts this
+        one's wait) and its Python handler runs at the next pass.  Returns
+        the wake-up fd to restore, or None where nothing was installed."""
+        if threading.current_thread() is not threading.main_thread():
+            return None
+        try:
+            return signal.set_wakeup_fd(self.wfd, warn_on_full_buffer=False)
+        except (ValueError, OSError):
+            return None
 
     def close(self):
         if self.fd >= 0:

@@ -81,26 +81,12 @@ cdef class Listener(Handle):
             c_close(fd)
             loop._report(None, None)
             return 0
-        t.client_address = addr
-        t.high_water = loop.high_water
-        t.low_water = loop.low_water
-        t.last_active = loop.now
-        if loop.first_byte_timeout > 0:
-            t.dkind = D_FIRST_BYTE
-            t.deadline = loop.now + loop.first_byte_timeout
-        loop.nconn += 1
-        loop.total_conn += 1
-        if loop.nconn > loop.peak_conn:
-            loop.peak_conn = loop.nconn
+        t._start(addr)
         try:
             handler = loop.factory(t, addr)
             if handler is None:
                 loop.rejected += 1
-                t._set_state(S_CLOSED)
-                loop._forget(t)
-                loop.nconn -= 1
-                c_close(fd)
-                return 0
+                return t._discard()
             t.handler = handler
             if loop.framed:
                 t.dec = loop.decoder.clone()
@@ -117,15 +103,17 @@ cdef class Listener(Handle):
             # connection only is closed, reported and counted
             t._handler_failed()
             if not made:
-                t.handler = None
-            if t.handler is None:
                 # the handler could not even be set up (its class, its
                 # decoder): no connection_made, so no connection_lost
-                t._set_state(S_CLOSED)
-                if t.events:
-                    loop.poller.remove(fd, t.events)
-                    t.events = 0
-                loop._forget(t)
-                loop.nconn -= 1
-                c_close(fd)
+                t._discard()
         return 0
+
+
+cdef Listener _new_listener(Loop loop, object sock):
+    cdef Listener ls = Listener.__new__(Listener)
+    sock.setblocking(False)
+    ls.loop = loop
+    ls.fd = sock.fileno()
+    ls.sock = sock
+    ls.tcp = sock.family in (socket.AF_INET, socket.AF_INET6)
+    return ls

@@ -50,6 +50,14 @@ cdef enum:
     T_RESUMED = 256      # resume_reading() with buffered frames to deliver
 
 cdef enum:
+    # Transport.doing: whose code runs on the hot read path, so that an
+    # exception that propagates to the loop's dispatcher is told apart
+    # without a try block per frame (Transport._failed)
+    W_SERVING = 0        # the loop's own machinery
+    W_DECODING = 1       # the decoder, or building a frame's bytes
+    W_HANDLER = 2        # the handler's data_received / frame_received
+
+cdef enum:
     # Transport.dkind: which deadline Transport.deadline is (a peer cannot
     # reset these by trickling: they are set once per connection/frame)
     D_NONE = 0
@@ -91,6 +99,7 @@ cdef class Handle:
 @cython.final
 cdef class Waker(Handle):
     cdef int wfd
+    cdef int wake(self) except -1
 
 
 @cython.final
@@ -109,10 +118,13 @@ cdef class Transport(Handle):
     cdef double last_active
     cdef double deadline      # absolute loop time; meaning given by dkind
     cdef int dkind
+    cdef int doing            # W_*: see _failed
     cdef Py_ssize_t high_water, low_water
     cdef object close_exc
 
     cdef int _set_state(self, int new) except -1
+    cdef int _start(self, object addr) except -1
+    cdef int _discard(self) except -1
     cdef int _begin_close(self, object exc) except -1
     cdef int _abort(self, object exc) except -1
     cdef int _buffer(self, const char *p, Py_ssize_t n) except -1
@@ -130,6 +142,7 @@ cdef class Transport(Handle):
     cdef int _deliver(self, const char *data, Py_ssize_t n, bint buffered) except -1
     cdef int _deliver_pending(self) except -1
     cdef int _bad_frame(self, object exc) except -1
+    cdef int _failed(self, str where) except -1
     cdef int _handler_failed(self) except -1
     cdef int _internal_failed(self, str where) except -1
     cdef int _flush(self) except -1
@@ -155,6 +168,7 @@ cdef class DatagramEndpoint(Handle):
     cdef object on_datagram
     cdef object queue
     cdef bint closed
+    cdef int start(self) except -1
     cdef int _received(self, const char *data, Py_ssize_t n, object addr) except -1
     cdef int _read_batches(self) except -1
     cdef int _read_one_by_one(self) except -1

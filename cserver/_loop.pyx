@@ -383,18 +383,7 @@ cdef class Loop:
         self.accept_batch = max(accept_batch, 1)
         if logger is not None:
             self.logger = logger
-        self.next_idle_check = _monotonic() + self._idle_period()
-
-    def _idle_period(self):
-        """How often the deadline sweep runs: a quarter of the shortest
-        timeout, between 10 ms and 1 s (a deadline fires at most that late)."""
-        cdef double shortest = 1e18
-        for timeout in (self.idle_timeout, self.frame_timeout, self.first_byte_timeout):
-            if 0 < timeout < shortest:
-                shortest = timeout
-        if shortest >= 1e17:
-            return 1e18
-        return min(max(shortest / 4.0, 0.01), 1.0)
+        self.next_idle_check = _monotonic() + _idle_period(self)
 
     # -- handles -----------------------------------------------------------------
 
@@ -418,12 +407,7 @@ cdef class Loop:
     def add_listener(self, sock):
         """Accept connections from a listening socket (kept open by the
         caller, who also closes it)."""
-        cdef Listener ls = Listener.__new__(Listener)
-        sock.setblocking(False)
-        ls.loop = self
-        ls.fd = sock.fileno()
-        ls.sock = sock
-        ls.tcp = sock.family in (socket.AF_INET, socket.AF_INET6)
+        cdef Listener ls = _new_listener(self, sock)
         self._register(ls)
         self.listeners.append(ls)
         if not (self.accept_paused_limit or self.accept_paused_backoff):
@@ -432,26 +416,15 @@ cdef class Loop:
     def add_datagram_endpoint(self, sock, handler_factory):
         """Serve a datagram socket; ``handler_factory(endpoint)`` returns the
         handler whose ``datagram_received(data, addr)`` is called."""
-        cdef DatagramEndpoint ep = DatagramEndpoint.__new__(DatagramEndpoint)
+        cdef DatagramEndpoint ep
         if CS_HAVE_EPOLL and self.mmsg == NULL:
             self.mmsg = PyMem_Malloc(sizeof(cs_mmsg_t))
             if self.mmsg == NULL:
                 raise MemoryError()
-        sock.setblocking(False)
-        ep.loop = self
-        ep.fd = sock.fileno()
-        ep.sock = sock
-        ep.queue = collections.deque()
-        handler = handler_factory(ep)
-        ep.handler = handler
-        ep.on_datagram = handler.datagram_received
+        ep = _new_endpoint(self, sock, handler_factory)
         self._register(ep)
         self.endpoints.append(ep)
-        self.poller.add(ep.fd, EPOLLIN)
-        ep.events = EPOLLIN
-        cb = getattr(handler, "connection_made", None)
-        if cb is not None:
-            cb()
+        ep.start()
         return ep
 
     cdef int _set_accepting(self, bint on) except -1:
@@ -562,7 +535,7 @@ cdef class Loop:
             try:
                 t._deliver_pending()
             except Exception:
-                t._internal_failed("delivering buffered frames")
+                t._failed("delivering buffered frames")
         return 0
 
     # -- housekeeping --------------------------------------------------------------
@@ -591,7 +564,7 @@ cdef class Loop:
         cdef double now = self.now
         cdef double next_close = 1e18
         cdef double limit = now - self.idle_timeout if self.idle_timeout > 0 else -1e18
-        self.next_idle_check = now + self._idle_period()
+        self.next_idle_check = now + _idle_period(self)
         for t in self._transports():
             if t.state == S_ABORTING:
                 continue
@@ -684,7 +657,7 @@ cdef class Loop:
             h.on_events(ev)
         except Exception:
             if type(h) is Transport:
-                (<Transport>h)._internal_failed("serving the connection")
+                (<Transport>h)._failed("serving the connection")
             else:
                 self.internal_errors += 1
                 self._report(None, None)
@@ -725,7 +698,7 @@ cdef class Loop:
             raise RuntimeError("configure() the loop before run()")
         self.running = True
         self.now = _monotonic()
-        saved_wakeup = self._install_signal_wakeup()
+        saved_wakeup = self.waker.install_signal_wakeup()
         try:
             while not self.stopping:
                 self._pass(self._timeout_ms())
@@ -745,19 +718,6 @@ cdef class Loop:
             self.running = False
             self.stopping = False
         return None
-
-    def _install_signal_wakeup(self):
-        """On the main thread: make CPython's C signal handler write to the
-        wake pipe, so that a signal wakes the poller wherever it lands (just
-        before the wait, or in another thread, which never interrupts this
-        one's wait) and its Python handler runs at the next pass.  Returns
-        the wake-up fd to restore, or None where nothing was installed."""
-        if threading.current_thread() is not threading.main_thread():
-            return None
-        try:
-            return signal.set_wakeup_fd(self.waker.wfd, warn_on_full_buffer=False)
-        except (ValueError, OSError):
-            return None
 
     def _pending_writes(self):
         cdef Transport t
@@ -833,6 +793,18 @@ cdef class Loop:
         """The handlers of the open connections (a new list)."""
         cdef Transport t
         return [t.handler for t in self._transports() if t.handler is not None]
+
+
+cdef double _idle_period(Loop loop) except? -1.0:
+    """How often the deadline sweep runs: a quarter of the shortest
+    timeout, between 10 ms and 1 s (a deadline fires at most that late)."""
+    cdef double shortest = 1e18
+    for timeout in (loop.idle_timeout, loop.frame_timeout, loop.first_byte_timeout):
+        if 0 < timeout < shortest:
+            shortest = timeout
+    if shortest >= 1e17:
+        return 1e18
+    return min(max(shortest / 4.0, 0.01), 1.0)
 
 
 def _at_least_zero(name, value):

@@ -93,6 +93,36 @@ cdef class Transport(Handle):
             self.events = want
         return 0
 
+    cdef int _start(self, object addr) except -1:
+        """A connection was accepted from ``addr``: its limits and first
+        deadline, and the loop's counts."""
+        cdef Loop loop = self.loop
+        self.client_address = addr
+        self.high_water = loop.high_water
+        self.low_water = loop.low_water
+        self.last_active = loop.now
+        if loop.first_byte_timeout > 0:
+            self.dkind = D_FIRST_BYTE
+            self.deadline = loop.now + loop.first_byte_timeout
+        loop.nconn += 1
+        loop.total_conn += 1
+        if loop.nconn > loop.peak_conn:
+            loop.peak_conn = loop.nconn
+        return 0
+
+    cdef int _discard(self) except -1:
+        """Close a connection that never got ``connection_made`` (refused,
+        or its handler could not be set up): no ``connection_lost``."""
+        self.handler = None
+        self._set_state(S_CLOSED)
+        if self.events:
+            self.loop.poller.remove(self.fd, self.events)
+            self.events = 0
+        self.loop._forget(self)
+        self.loop.nconn -= 1
+        c_close(self.fd)
+        return 0
+
     cdef int on_events(self, uint32_t ev) except -1:
         cdef int err
         if self.state == S_CLOSED:
@@ -232,10 +262,10 @@ cdef class Transport(Handle):
         self.last_active = loop.now
         if self.dkind == D_FIRST_BYTE:
             self.dkind = D_NONE
-        try:
-            self.on_data(PyBytes_FromStringAndSize(loop.slab, n))
-        except Exception:
-            self._handler_failed()
+        # an exception propagates to the dispatcher: see _failed
+        self.doing = W_HANDLER
+        self.on_data(PyBytes_FromStringAndSize(loop.slab, n))
+        self.doing = W_SERVING
         return 0
 
     cdef int _read_framed(self) except -1:
@@ -308,7 +338,12 @@ cdef class Transport(Handle):
         """Call ``frame_received`` once per complete frame decoded (by the
         framing layer's C decoder) from what it buffered and ``data[:n]``.
         Stops early when the handler paused reading or closed: the rest of
-        ``data`` is kept (``held``) for ``resume_reading()``."""
+        ``data`` is kept (``held``) for ``resume_reading()``.
+
+        No try block per frame: an exception (the decoder's FrameError or
+        MemoryError, the handler's anything) propagates to the loop's
+        dispatcher, whose one ``except`` hands it to ``_failed``; ``doing``
+        says whose it was."""
         cdef FrameDecoder dec = self.dec
         cdef Loop loop = self.loop
         cdef const char *frame
@@ -316,34 +351,28 @@ cdef class Transport(Handle):
         cdef int r
         cdef bint was_partial = self.partial
         while True:
+            self.doing = W_DECODING
             if self.state != S_OPEN or self.flags & T_PAUSED_USER:
                 if pos < n and self.state == S_OPEN:
                     self.held = PyBytes_FromStringAndSize(data + pos, n - pos)
                 self.partial = buffered
+                self.doing = W_SERVING
                 return 0
-            try:
-                r = dec.next_frame(data + pos if pos < n else NULL, n - pos,
-                                   &used, &frame, &frame_size)
-                pos += used
-                if r == 0:
-                    break
-                loop.frames_in += 1
-                delivered += 1
-                # a frame larger than a pool slab was received straight into
-                # a bytes object: deliver that object, no copy
-                obj = dec.take_frame_object()
-                if obj is None:
-                    obj = PyBytes_FromStringAndSize(frame, frame_size)
-            except FrameError as exc:
-                return self._bad_frame(exc)
-            except Exception:
-                # MemoryError (or any other failure) of the decoder or of
-                # the frame's bytes object: this connection only
-                return self._internal_failed("decoding")
-            try:
-                self.on_data(obj)
-            except Exception:
-                return self._handler_failed()
+            r = dec.next_frame(data + pos if pos < n else NULL, n - pos,
+                               &used, &frame, &frame_size)
+            pos += used
+            if r == 0:
+                break
+            loop.frames_in += 1
+            delivered += 1
+            # a frame larger than a pool slab was received straight into a
+            # bytes object: deliver that object, no copy
+            obj = dec.take_frame_object()
+            if obj is None:
+                obj = PyBytes_FromStringAndSize(frame, frame_size)
+            self.doing = W_HANDLER
+            self.on_data(obj)
+        self.doing = W_SERVING
         # next_frame returned 0: every byte is consumed.  Decoding in place,
         # the decoder holds a partial frame iff it took bytes in that call;
         # reading into its buffer, ask it.
@@ -400,6 +429,23 @@ cdef class Transport(Handle):
                 loop.next_idle_check = self.deadline
         self._begin_close(exc)
         return self._update()
+
+    cdef int _failed(self, str where) except -1:
+        """Called inside the dispatcher's ``except`` block for an exception
+        that propagated out of this connection's handling: the handler's
+        goes to the guarded-call policy, a FrameError of the decoder is the
+        peer's protocol error, anything else is the server's own failure
+        (``where``)."""
+        cdef int doing = self.doing
+        self.doing = W_SERVING
+        if doing == W_HANDLER:
+            return self._handler_failed()
+        if doing == W_DECODING:
+            exc = _current_exception()
+            if isinstance(exc, FrameError):
+                return self._bad_frame(exc)
+            where = "decoding"
+        return self._internal_failed(where)
 
     cdef int _handler_failed(self) except -1:
         """Called inside an ``except`` block, for an exception of a handler
