@@ -177,6 +177,22 @@ cdef class DatagramEndpoint(Handle):
     cdef int _lost(self) except -1
 
 
+cdef class TimerHandle:
+    cdef readonly double when
+    cdef object fn
+    cdef tuple args
+    cdef readonly bint cancelled
+
+
+@cython.final
+cdef class Timers:
+    cdef list heap
+    cdef Py_ssize_t seq
+    cdef TimerHandle push(self, double when, object fn, tuple args)
+    cdef double next_when(self) except? -1.0
+    cdef int run_due(self, Loop loop) except -1
+
+
 @cython.final
 cdef class Loop:
     cdef Poller poller
@@ -189,8 +205,7 @@ cdef class Loop:
     cdef Transport flush_head, flush_tail
     cdef list resumed
     cdef list ready            # (fn, args) to run at the next pass
-    cdef list timers           # heap of (when, seq, TimerHandle)
-    cdef Py_ssize_t timer_seq
+    cdef Timers timers
     # shared receive slab
     cdef char *slab
     cdef void *mmsg            # recvmmsg buffers (Linux, UDP only)
@@ -246,7 +261,6 @@ cdef class Loop:
     cdef int _flush_all(self) except -1
     cdef int _run_resumed(self) except -1
     cdef int _run_ready(self) except -1
-    cdef int _run_timers(self) except -1
     cdef int _housekeeping(self) except -1
     cdef int _check_idle(self) except -1
     cdef int _trim_buffers(self) except -1

@@ -39,7 +39,7 @@ class SelectorsPoller(Poller):
 class Handle:
     """A descriptor the loop polls (internal)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *args: object, **kwargs: object) -> None:
         """Raises TypeError: handles are created by the loop."""
     @property
     def fd(self) -> int: ...
@@ -48,7 +48,7 @@ class Handle:
 class Waker(Handle):
     """The loop's wake-up pipe (internal)."""
 
-    def wake(self) -> None: ...
+    def install_signal_wakeup(self) -> int | None: ...
     def close(self) -> None: ...
 
 @final

@@ -48,7 +48,7 @@ from libc.errno cimport (errno, EAGAIN, EINTR, EMFILE, ENFILE,
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 from posix.unistd cimport close as c_close, read as c_read, write as c_write
 
-from cserver._framing cimport FrameDecoder, FrameEncoder, BufferPool
+from cserver._framing cimport FrameDecoder, FrameEncoder
 from cserver.errors import FrameError
 
 import collections
@@ -247,16 +247,12 @@ HAVE_EPOLL = bool(CS_HAVE_EPOLL)
 # with writev (pending bytes, header, payload) and only what the kernel did
 # not take is buffered.
 cdef Py_ssize_t DIRECT_WRITE = 65536
-# Partial-frame buffers larger than this are freed once empty.
-cdef Py_ssize_t KEEP_RBUF = 65536
 # Write buffers larger than this are freed once drained.
 cdef Py_ssize_t KEEP_WBUF = 262144
 # An empty write buffer is kept while its connection is busy (no malloc per
 # reply) and released once the connection has been quiet this long, so that
 # thousands of idle connections do not each hold one (bench: idle RSS).
 cdef double TRIM_AFTER = 1.0
-# Minimum free space offered to recv() when a partial frame is buffered.
-cdef Py_ssize_t MIN_READ = 16384
 # Datagrams read per readiness event.
 cdef int DGRAM_BATCH = 64
 
@@ -277,8 +273,6 @@ cdef object _oserror(int err):
     return OSError(err, strerror(err).decode("utf-8", "replace"))
 
 
-
-
 include "_poller.pxi"
 include "_handles.pxi"
 include "_transport.pxi"
@@ -292,10 +286,6 @@ cdef class Loop:
     """The event loop core (internal): schedules, the handles do the I/O.
     ``kind`` is ``"epoll"`` or ``"selectors"``."""
 
-    def __cinit__(self):
-        self.slab = NULL
-        self.mmsg = NULL
-
     def __init__(self, kind="epoll", Py_ssize_t read_size=262144, int max_events=512):
         if kind not in ("epoll", "selectors"):
             raise ValueError("loop kind must be 'epoll' or 'selectors', not %r" % (kind,))
@@ -307,7 +297,7 @@ cdef class Loop:
         self.resumed = []
         self.recent_addrs = []
         self.ready = []
-        self.timers = []
+        self.timers = Timers()
         self.slab_size = max(read_size, 4096)
         self.slab = <char *>PyMem_Malloc(self.slab_size)
         if self.slab == NULL:
@@ -486,17 +476,10 @@ cdef class Loop:
     def call_at(self, double when, fn, *args):
         """Run ``fn(*args)`` on the loop when ``time.monotonic()`` reaches
         ``when``; returns a handle with ``cancel()``.  Loop thread only."""
-        cdef TimerHandle h
         _check_callable("call_at", fn)
         if when != when:  # NaN: no place in the heap (it would stall every timer)
             raise ValueError("call_at() needs a time, got when=nan")
-        h = TimerHandle.__new__(TimerHandle)
-        h.when = when
-        h.fn = fn
-        h.args = args
-        self.timer_seq += 1
-        heapq.heappush(self.timers, (when, self.timer_seq, h))
-        return h
+        return self.timers.push(when, fn, args)
 
     def call_later(self, double delay, fn, *args):
         """Run ``fn(*args)`` on the loop after ``delay`` seconds; returns a
@@ -512,18 +495,6 @@ cdef class Loop:
         self.ready = []
         for item in batch:
             self._call_guarded((<tuple>item)[0], (<tuple>item)[1])
-        return 0
-
-    cdef int _run_timers(self) except -1:
-        cdef TimerHandle h
-        while self.timers and (<tuple>self.timers[0])[0] <= self.now:
-            h = (<tuple>heapq.heappop(self.timers))[2]
-            if h.cancelled:
-                continue
-            fn, args = h.fn, h.args
-            h.fn = None
-            h.args = None
-            self._call_guarded(fn, args)
         return 0
 
     cdef int _run_resumed(self) except -1:
@@ -594,8 +565,7 @@ cdef class Loop:
         cdef double deadline = 1e18, d
         if self.ready or self.flush_head is not None or self.resumed:
             return 0
-        if self.timers:
-            deadline = (<tuple>self.timers[0])[0]
+        deadline = self.timers.next_when()
         if self.wbuf_bytes > 0 and self.next_trim < deadline:
             deadline = self.next_trim
         if self.next_idle_check < deadline:
@@ -633,8 +603,8 @@ cdef class Loop:
             self._run_resumed()
         if self.ready:
             self._run_ready()
-        if self.timers:
-            self._run_timers()
+        if self.timers.heap:
+            self.timers.run_due(self)
         self._housekeeping()
         if self.flush_head is not None:
             self._flush_all()
@@ -709,7 +679,8 @@ cdef class Loop:
                 t.flags |= T_DRAINING
                 t._schedule_flush()
             self._flush_all()
-            while _monotonic() < self.drain_deadline and self._pending_writes():
+            while _monotonic() < self.drain_deadline and any(
+                    (<Transport>p).wend > (<Transport>p).wstart for p in self._transports()):
                 self._pass(self._timeout_ms())
         finally:
             if saved_wakeup is not None:
@@ -719,22 +690,11 @@ cdef class Loop:
             self.stopping = False
         return None
 
-    def _pending_writes(self):
-        cdef Transport t
-        for t in self._transports():
-            if t.wend > t.wstart:
-                return True
-        return False
-
     def _close_all(self):
         cdef Transport t
         for t in self._transports():
             t._finish_close(None)
-        while self.flush_head is not None:
-            t = self.flush_head
-            self.flush_head = t.next_flush
-            t.next_flush = None
-        self.flush_tail = None
+        self._flush_all()   # only closed transports are queued: this empties it
         self.resumed.clear()
 
     def close(self):
@@ -750,7 +710,7 @@ cdef class Loop:
         self.listeners = []
         self.recent_addrs = []
         self.objs = []
-        self.timers = []
+        self.timers = Timers()
         self.ready.clear()
         self.factory = None
         self.on_error = None
@@ -780,7 +740,7 @@ cdef class Loop:
             "frame_timeouts": self.frame_timeouts,
             "close_timeouts": self.close_timeouts,
             "accepting": any((<Listener>ls).events != 0 for ls in self.listeners),
-            "timers": len(self.timers),
+            "timers": len(self.timers.heap),
             "pool": {
                 "read_slab_bytes": self.slab_size,
                 "framing": self.pool.stats() if self.pool is not None else None,
