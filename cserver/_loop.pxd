@@ -204,7 +204,7 @@ cdef class Loop:
     # the flush queue: transports written to during this pass (FIFO)
     cdef Transport flush_head, flush_tail
     cdef list resumed
-    cdef list ready            # (fn, args) to run at the next pass
+    cdef object ready          # collections.deque of (fn, args): next pass
     cdef Timers timers
     # shared receive slab
     cdef char *slab

@@ -102,6 +102,10 @@ class TimerHandle:
     def cancel(self) -> None: ...
 
 @final
+class Timers:
+    """The loop's timers: a heap of (when, seq, TimerHandle) (internal)."""
+
+@final
 class Loop:
     """The loop core: ``kind`` is "epoll" or "selectors"."""
 

@@ -296,7 +296,7 @@ cdef class Loop:
         self.endpoints = []
         self.resumed = []
         self.recent_addrs = []
-        self.ready = []
+        self.ready = collections.deque()
         self.timers = Timers()
         self.slab_size = max(read_size, 4096)
         self.slab = <char *>PyMem_Malloc(self.slab_size)
@@ -490,11 +490,12 @@ cdef class Loop:
         return self.call_at(_monotonic() + delay, fn, *args)
 
     cdef int _run_ready(self) except -1:
-        # what these callbacks schedule runs at the next pass
-        cdef list batch = self.ready
-        self.ready = []
-        for item in batch:
-            self._call_guarded((<tuple>item)[0], (<tuple>item)[1])
+        # only those queued before this pass: what they schedule runs next
+        cdef Py_ssize_t n = len(self.ready)
+        while n > 0:
+            n -= 1
+            fn, args = self.ready.popleft()
+            self._call_guarded(fn, args)
         return 0
 
     cdef int _run_resumed(self) except -1:
