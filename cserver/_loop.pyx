@@ -41,6 +41,7 @@ from cpython.bytes cimport (PyBytes_FromStringAndSize, PyBytes_AS_STRING,
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
 from cpython.mem cimport PyMem_Malloc, PyMem_Realloc, PyMem_Free
 from cpython.exc cimport PyErr_CheckSignals
+from cpython.object cimport Py_SIZE
 from libc.string cimport memcpy, memmove, strerror
 from libc.stdint cimport uint32_t, uint64_t
 from libc.errno cimport (errno, EAGAIN, EINTR, EMFILE, ENFILE,
@@ -491,7 +492,7 @@ cdef class Loop:
 
     cdef int _run_ready(self) except -1:
         # only those queued before this pass: what they schedule runs next
-        cdef Py_ssize_t n = len(self.ready)
+        cdef Py_ssize_t n = Py_SIZE(self.ready)
         while n > 0:
             n -= 1
             fn, args = self.ready.popleft()
@@ -564,7 +565,8 @@ cdef class Loop:
         """How long the next wait may block: 0 with work queued, -1 with no
         deadline at all, else until the nearest deadline."""
         cdef double deadline = 1e18, d
-        if self.ready or self.flush_head is not None or self.resumed:
+        # Py_SIZE of a deque is its length (no call into the deque)
+        if Py_SIZE(self.ready) or self.flush_head is not None or self.resumed:
             return 0
         deadline = self.timers.next_when()
         if self.wbuf_bytes > 0 and self.next_trim < deadline:
@@ -602,7 +604,7 @@ cdef class Loop:
             self._dispatch(evs[i].data.fd, evs[i].events)
         if self.resumed:
             self._run_resumed()
-        if self.ready:
+        if Py_SIZE(self.ready):
             self._run_ready()
         if self.timers.heap:
             self.timers.run_due(self)
