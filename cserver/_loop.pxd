@@ -1,27 +1,61 @@
 # cython: language_level=3
 """C-level declarations of the multiplexing event loop (cserver._loop).
 
-The loop, the per-connection transport and the datagram endpoint are final
-extension types with no user hooks: the plain-class shell in
-``cserver.selectorserver`` reads its knobs once and hands them to
-``Loop.configure``; the loop never looks them up again.
+Layout.  Everything the poller reports is a *handle* (``Handle``): a file
+descriptor with one entry point, ``on_events(events)``, that owns what
+happens on it.  ``Transport`` is a TCP/Unix connection (read, deliver,
+flush, close, its write buffer), ``Listener`` a listening socket (accept),
+``DatagramEndpoint`` a UDP socket, ``Waker`` the wake-up pipe.  A
+``Poller`` holds every difference between epoll and ``selectors`` (a kqueue
+poller would be one more subclass).  ``Loop`` only schedules: a pass, the
+ready queue, timers, the deadline sweep, stats, and the one guarded-call
+policy for user callbacks (``_user_error``: counted, reported through
+``handle_error``, never able to stop the loop).
+
+The write path.  ``Transport.write``/``send_frame`` copy into the
+connection's write buffer (``wbuf[wstart:wend]``, grown by doubling) and put
+the transport on the loop's flush queue (an intrusive FIFO through
+``next_flush``: no list operation per reply); at the end of the pass each
+queued transport sends its whole buffer with one ``send``.  A payload of
+``DIRECT_WRITE`` bytes or more goes out at once with ``writev`` and only
+what the kernel did not take is buffered.  The buffer is freed in one place,
+``Transport._free_wbuf``.
+
+The loop, the handles and the poller are final extension types with no user
+hooks: the plain-class shell in ``cserver.selectorserver`` reads its knobs
+once and hands them to ``Loop.configure``; the loop never looks them up
+again.
 """
 cimport cython
-from libc.stdint cimport uint32_t, int64_t
+from libc.stdint cimport uint32_t
 from cserver._framing cimport FrameDecoder, FrameEncoder, BufferPool
 
 
 cdef enum:
-    # Transport.flags
-    T_CLOSING = 1        # close() called: flush, then close
-    T_ABORT = 2          # abort() called: close without flushing
-    T_CLOSED = 4         # fd closed, connection_lost delivered
+    # Transport.state: the life of a connection.  Transitions only go
+    # forward (OPEN -> CLOSING -> ABORTING -> CLOSED, any step may be
+    # skipped); Transport._set_state refuses any other (a bug: RuntimeError).
+    S_OPEN = 0           # reading and writing
+    S_CLOSING = 1        # close() called: flush, then close
+    S_ABORTING = 2       # abort() called or failed: close without flushing
+    S_CLOSED = 3         # fd closed, connection_lost delivered
+
+cdef enum:
+    # Transport.flags: conditions orthogonal to the state
     T_PAUSED_USER = 8    # pause_reading()
     T_PAUSED_WRITE = 16  # write buffer above high water: pause_writing() sent
     T_EOF = 32           # peer sent FIN; we keep writing (half-close)
-    T_IN_FLUSH = 64      # queued in this pass's flush list
+    T_IN_FLUSH = 64      # queued in this pass's flush queue
     T_DRAINING = 128     # the loop is stopping: no more reads
     T_RESUMED = 256      # resume_reading() with buffered frames to deliver
+
+cdef enum:
+    # Transport.doing: whose code runs on the hot read path, so that an
+    # exception that propagates to the loop's dispatcher is told apart
+    # without a try block per frame (Transport._failed)
+    W_SERVING = 0        # the loop's own machinery
+    W_DECODING = 1       # the decoder, or building a frame's bytes
+    W_HANDLER = 2        # the handler's data_received / frame_received
 
 cdef enum:
     # Transport.dkind: which deadline Transport.deadline is (a peer cannot
@@ -32,70 +66,146 @@ cdef enum:
     D_CLOSE = 3          # closing after a protocol error: flush until then
 
 
+cdef class Poller:
+    """epoll or selectors behind one interface; events come back in the C
+    array ``evs`` (epoll's layout) whatever the poller."""
+    cdef void *evs
+    cdef int max_events
+    cdef int add(self, int fd, uint32_t events) except -1
+    cdef int modify(self, int fd, uint32_t old, uint32_t new) except -1
+    cdef int remove(self, int fd, uint32_t old) except -1
+    cdef int wait(self, int timeout_ms) except -1
+    cdef int close(self) except -1
+
+
 @cython.final
-cdef class Transport:
+cdef class EpollPoller(Poller):
+    cdef int epfd
+    cdef int _ctl(self, int op, int fd, uint32_t events) except -1
+
+
+@cython.final
+cdef class SelectorsPoller(Poller):
+    cdef object selector
+
+
+cdef class Handle:
     cdef Loop loop
     cdef readonly int fd
+    cdef uint32_t events
+    cdef int on_events(self, uint32_t ev) except -1
+
+
+@cython.final
+cdef class Waker(Handle):
+    cdef int wfd
+    cdef int wake(self) except -1
+
+
+@cython.final
+cdef class Transport(Handle):
+    cdef int state
     cdef object handler
     cdef object on_data
     cdef readonly object client_address
     cdef unsigned int flags
-    cdef uint32_t events
+    cdef Transport next_flush  # the loop's flush queue
     cdef char *wbuf
     cdef Py_ssize_t wstart, wend, wcap
-    cdef FrameDecoder dec     # framed mode: the framing layer's C decoder
+    cdef FrameDecoder dec     # framed mode: cloned from the loop's prototype
     cdef bint partial         # dec holds the start of a frame
     cdef object held          # bytes received but not delivered (paused)
     cdef double last_active
     cdef double deadline      # absolute loop time; meaning given by dkind
     cdef int dkind
+    cdef int doing            # W_*: see _failed
     cdef Py_ssize_t high_water, low_water
     cdef object close_exc
 
+    cdef int _set_state(self, int new) except -1
+    cdef int _start(self, object addr) except -1
+    cdef int _discard(self) except -1
+    cdef int _begin_close(self, object exc) except -1
+    cdef int _abort(self, object exc) except -1
     cdef int _buffer(self, const char *p, Py_ssize_t n) except -1
     cdef int _send_parts(self, const char *h, Py_ssize_t hn,
                          const char *p, Py_ssize_t pn) except -1
     cdef int _schedule_flush(self) except -1
+    cdef int _free_wbuf(self) except -1
+    cdef int _update(self) except -1
+    cdef int _read(self) except -1
+    cdef int _read_raw(self) except -1
+    cdef int _read_framed(self) except -1
+    cdef int _read_into_decoder(self) except -1
+    cdef int _read_failed(self, Py_ssize_t n) except -1
+    cdef int _read_eof(self) except -1
+    cdef int _deliver(self, const char *data, Py_ssize_t n, bint buffered) except -1
+    cdef int _deliver_pending(self) except -1
+    cdef int _bad_frame(self, object exc) except -1
+    cdef int _failed(self, str where) except -1
+    cdef int _handler_failed(self) except -1
+    cdef int _internal_failed(self, str where) except -1
+    cdef int _flush(self) except -1
+    cdef int _flow_control(self, Py_ssize_t pending) except -1
+    cdef int _finish_close(self, object exc) except -1
+    cdef int _expire(self, object exc) except -1
+    cdef int _check_deadlines(self, double now, double idle_limit) except -1
 
 
 @cython.final
-cdef class Listener:
-    cdef readonly int fd
+cdef class Listener(Handle):
     cdef object sock
     cdef bint tcp
-    cdef uint32_t events
+    cdef int set_accepting(self, bint on) except -1
+    cdef int _accept_failed(self, int err) except -1
+    cdef int _new_transport(self, int fd, void *ss, unsigned int alen) except -1
 
 
 @cython.final
-cdef class DatagramEndpoint:
-    cdef Loop loop
-    cdef readonly int fd
+cdef class DatagramEndpoint(Handle):
     cdef object sock
     cdef object handler
     cdef object on_datagram
     cdef object queue
-    cdef uint32_t events
     cdef bint closed
+    cdef int start(self) except -1
+    cdef int _received(self, const char *data, Py_ssize_t n, object addr) except -1
+    cdef int _read_batches(self) except -1
+    cdef int _read_one_by_one(self) except -1
+    cdef int _write_queued(self) except -1
+    cdef int _error(self, object exc) except -1
+    cdef int _lost(self) except -1
+
+
+cdef class TimerHandle:
+    cdef readonly double when
+    cdef object fn
+    cdef tuple args
+    cdef readonly bint cancelled
+
+
+@cython.final
+cdef class Timers:
+    cdef list heap
+    cdef Py_ssize_t seq
+    cdef TimerHandle push(self, double when, object fn, tuple args)
+    cdef double next_when(self) except? -1.0
+    cdef int run_due(self, Loop loop) except -1
 
 
 @cython.final
 cdef class Loop:
-    # poller
-    cdef bint use_epoll
-    cdef int epfd
-    cdef object selector
-    cdef int wake_r, wake_w
-    cdef void *events_buf
-    cdef int max_events
-    # fd -> Transport | Listener | DatagramEndpoint | None
+    cdef Poller poller
+    cdef Waker waker
+    # fd -> Handle | None
     cdef list objs
     cdef list listeners
     cdef list endpoints
-    cdef list flush_list
+    # the flush queue: transports written to during this pass (FIFO)
+    cdef Transport flush_head, flush_tail
     cdef list resumed
-    cdef object ready          # collections.deque of (fn, args)
-    cdef list timers           # heap of (when, seq, TimerHandle)
-    cdef Py_ssize_t timer_seq
+    cdef object ready          # collections.deque of (fn, args): next pass
+    cdef Timers timers
     # shared receive slab
     cdef char *slab
     cdef void *mmsg            # recvmmsg buffers (Linux, UDP only)
@@ -126,8 +236,8 @@ cdef class Loop:
     cdef Py_ssize_t high_water, low_water
     cdef double drain_timeout
     cdef int accept_batch
-    # framing: a decoder per connection from dec_factory, one encoder
-    cdef object dec_factory
+    # framing: each connection's decoder is a clone of this prototype
+    cdef FrameDecoder decoder
     cdef FrameEncoder enc
     cdef BufferPool pool
     # stats
@@ -138,33 +248,21 @@ cdef class Loop:
     cdef Py_ssize_t internal_errors
     cdef Py_ssize_t idle_timeouts, frame_timeouts, first_byte_timeouts, close_timeouts
     cdef Py_ssize_t wbuf_bytes, wbuf_peak
-    cdef int _trim_buffers(self) except -1
-    cdef int _call_guarded(self, fn, tuple args) except -1
-    cdef int _report(self, object request, object address) except -1
-    cdef int _internal_failed(self, Transport t, str where) except -1
-    cdef int _bad_frame(self, Transport t, object exc) except -1
-    cdef int _deliver_pending(self, Transport t) except -1
-    cdef int _dispatch_guarded(self, int fd, uint32_t ev) except -1
 
-    cdef int _ctl(self, int fd, uint32_t old, uint32_t new) except -1
-    cdef int _update(self, Transport t) except -1
+    cdef int _register(self, Handle h) except -1
+    cdef int _forget(self, Handle h) except -1
+    cdef list _transports(self)
+    cdef int _user_error(self, object request, object address) except -1
+    cdef int _report(self, object request, object address) except -1
+    cdef int _call_guarded(self, fn, tuple args) except -1
     cdef int _set_accepting(self, bint on) except -1
+    cdef int _transport_closed(self) except -1
     cdef int _dispatch(self, int fd, uint32_t ev) except -1
-    cdef int _accept(self, Listener ls) except -1
-    cdef int _read(self, Transport t) except -1
-    cdef int _read_eof(self, Transport t) except -1
-    cdef int _deliver(self, Transport t, const char *data, Py_ssize_t n,
-                      bint buffered) except -1
-    cdef int _deliver_held(self, Transport t) except -1
-    cdef int _flush(self, Transport t) except -1
     cdef int _flush_all(self) except -1
-    cdef int _finish_close(self, Transport t, object exc) except -1
-    cdef int _handler_failed(self, Transport t) except -1
-    cdef int _dgram_read(self, DatagramEndpoint ep) except -1
-    cdef int _dgram_write(self, DatagramEndpoint ep) except -1
+    cdef int _run_resumed(self) except -1
     cdef int _run_ready(self) except -1
-    cdef int _run_timers(self) except -1
+    cdef int _housekeeping(self) except -1
     cdef int _check_idle(self) except -1
-    cdef int _expire(self, Transport t, object exc) except -1
-    cdef int _poll(self, int timeout_ms) except -1
-    cdef int _timeout_ms(self)
+    cdef int _trim_buffers(self) except -1
+    cdef int _pass(self, int timeout_ms) except -1
+    cdef int _timeout_ms(self) except? -2

@@ -2,7 +2,10 @@
 ``cserver.SelectorTCPServer`` and friends).  Handlers meet ``Transport``
 (``self.transport`` of a ConnectionHandler), ``DatagramEndpoint`` (of a
 DatagramHandler) and ``TimerHandle`` (from ``call_later``/``call_at``).
-The loop's own objects cannot be constructed or subclassed from Python."""
+Every polled descriptor is a ``Handle`` (transport, listener, datagram
+endpoint, waker); a ``Poller`` (epoll or selectors) watches them; ``Loop``
+schedules.  The loop's own objects cannot be constructed or subclassed
+from Python."""
 import logging
 import socket
 from _typeshed import ReadableBuffer
@@ -17,16 +20,46 @@ _Ts = TypeVarTuple("_Ts")
 
 HAVE_EPOLL: Final[bool]
 
+@disjoint_base
+class Poller:
+    """epoll or selectors behind one interface (internal)."""
+
+    def __init__(self, *args: object) -> None:
+        """Raises TypeError: pollers are created by the loop."""
+
 @final
-class Transport:
-    """One connection (handlers reach it as ``self.transport``); loop thread only."""
+class EpollPoller(Poller):
+    """Linux epoll (internal)."""
+
+@final
+class SelectorsPoller(Poller):
+    """``selectors.DefaultSelector()`` (internal)."""
+
+@disjoint_base
+class Handle:
+    """A descriptor the loop polls (internal)."""
 
     def __init__(self, *args: object, **kwargs: object) -> None:
-        """Raises TypeError: transports are created by the loop."""
+        """Raises TypeError: handles are created by the loop."""
     @property
     def fd(self) -> int: ...
+
+@final
+class Waker(Handle):
+    """The loop's wake-up pipe (internal)."""
+
+    def install_signal_wakeup(self) -> int | None: ...
+    def close(self) -> None: ...
+
+@final
+class Transport(Handle):
+    """One connection (handlers reach it as ``self.transport``); loop thread only."""
+
     @property
     def client_address(self) -> Any: ...
+    @property
+    def state(self) -> str:
+        """"open", "closing", "aborting" or "closed"."""
     def write(self, data: ReadableBuffer) -> None:
         """Queue data, sent at the end of the loop pass (dropped after close())."""
     def writelines(self, list_of_data: Iterable[ReadableBuffer]) -> None: ...
@@ -47,22 +80,13 @@ class Transport:
     def get_extra_info(self, name: str, default: Any = None) -> Any: ...
 
 @final
-class Listener:
+class Listener(Handle):
     """A listening socket of the loop (internal)."""
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        """Raises TypeError: listeners are created by the loop."""
-    @property
-    def fd(self) -> int: ...
-
 @final
-class DatagramEndpoint:
+class DatagramEndpoint(Handle):
     """The datagram socket of a UDP server."""
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        """Raises TypeError: endpoints are created by the loop."""
-    @property
-    def fd(self) -> int: ...
     def sendto(self, data: ReadableBuffer, addr: Any = None) -> None: ...
     def fileno(self) -> int: ...
     def get_write_buffer_size(self) -> int: ...
@@ -76,8 +100,10 @@ class TimerHandle:
     @property
     def cancelled(self) -> bool: ...
     def cancel(self) -> None: ...
-    def __lt__(self, other: TimerHandle, /) -> bool: ...
-    def __gt__(self, other: TimerHandle, /) -> bool: ...
+
+@final
+class Timers:
+    """The loop's timers: a heap of (when, seq, TimerHandle) (internal)."""
 
 @final
 class Loop:
@@ -95,7 +121,7 @@ class Loop:
         factory: Callable[[Transport, Any], object],
         on_error: Callable[[Any, Any], object],
         *,
-        decoder_factory: Callable[[], FrameDecoder] | None = None,
+        decoder: FrameDecoder | None = None,
         encoder: FrameEncoder | None = None,
         pool: BufferPool | None = None,
         nodelay: bool = True,
@@ -117,7 +143,6 @@ class Loop:
     def call_soon_threadsafe(self, fn: Callable[[Unpack[_Ts]], object], *args: Unpack[_Ts]) -> None: ...
     def call_at(self, when: float, fn: Callable[[Unpack[_Ts]], object], *args: Unpack[_Ts]) -> TimerHandle: ...
     def call_later(self, delay: float, fn: Callable[[Unpack[_Ts]], object], *args: Unpack[_Ts]) -> TimerHandle: ...
-    def time(self) -> float: ...
     def run(self) -> None: ...
     def stop(self, drain_timeout: float | None = None) -> None: ...
     def close(self) -> None: ...

@@ -513,14 +513,11 @@ class SelectorServer:
             pool = self.buffer_pool
             if pool is None:
                 pool = _framing.BufferPool()
-            # validate now: a bad layout fails here, not at the first accept
-            _framing.FrameDecoder(fmt, initial_bytes_to_strip=strip, pool=pool, **layout)
-            decoder = _framing.FrameDecoder
-
-            def new_decoder():
-                return decoder(fmt, initial_bytes_to_strip=strip, pool=pool, **layout)
-
-            options = dict(decoder_factory=new_decoder, pool=pool,
+            # validated now (a bad layout fails here, not at the first
+            # accept); the loop clones it for each connection
+            decoder = _framing.FrameDecoder(fmt, initial_bytes_to_strip=strip, pool=pool,
+                                            **layout)
+            options = dict(decoder=decoder, pool=pool,
                            encoder=_framing.FrameEncoder(fmt, **layout))
         verify = self.verify_request
         if getattr(verify, "__func__", None) is SelectorServer.verify_request:

@@ -178,20 +178,27 @@ def test_an_exception_at_any_handler_point_closes_that_connection_only(kind, poi
         assert wait_for(lambda: server.stats()["connections"] == 0)
 
 
-def test_decoder_construction_failure_closes_that_connection_only(kind, monkeypatch):
-    real = cserver._framing.FrameDecoder
-    calls = []
-
-    def flaky_decoder(*args, **kwargs):
-        # (the server's constructor validated the layout before this was
-        # installed) call 1 validates it again when the loop is built;
-        # call 2 is the first connection's decoder: it runs out of memory
-        calls.append(1)
-        if len(calls) == 2:
-            raise MemoryError("injected: no memory for a decoder")
-        return real(*args, **kwargs)
-
+def test_connection_setup_failure_closes_that_connection_only(kind):
+    # Building a connection after its handler exists: the loop clones its
+    # decoder from the validated prototype (in C: no Python call left to
+    # fail there) and binds the handler's frame_received.  The first
+    # connection runs out of memory at that step: it is closed, reported
+    # and counted; it never got connection_made, so no connection_lost.
     class Lifecycle(Echo):
+        def __init__(self, transport, client_address, server):
+            self.doomed = "setup" not in server.events
+            server.events.append("setup")
+            Echo.__init__(self, transport, client_address, server)
+
+        @property
+        def frame_received(self):
+            if self.doomed:
+                raise MemoryError("injected: no memory to set the connection up")
+            return self.echo
+
+        def echo(self, frame):
+            self.send_frame(frame)
+
         def connection_made(self):
             self.server.events.append("made")
 
@@ -199,17 +206,16 @@ def test_decoder_construction_failure_closes_that_connection_only(kind, monkeypa
             self.server.events.append("lost")
 
     server = make(Lifecycle, kind)
-    monkeypatch.setattr(cserver._framing, "FrameDecoder", flaky_decoder)
     with serving(server) as server:
         with connect(server) as bad:
             with contextlib.suppress(OSError):
                 bad.sendall(frame(b"x"))
             assert recv_until_eof(bad) == b""
         assert wait_for(lambda: server.errors == [MemoryError])
+        assert server.stats()["handler_errors"] == 1
         assert_serves(server)
         assert wait_for(lambda: server.stats()["connections"] == 0)
-        # the failed connection never got connection_made, so no connection_lost
-        assert server.events == ["made", "lost"]
+        assert server.events == ["setup", "setup", "made", "lost"]
 
 
 def test_a_raising_handle_error_does_not_stop_the_loop(kind, caplog):

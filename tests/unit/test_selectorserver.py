@@ -963,3 +963,190 @@ print("cpu", sum(os.times()[:2]), "errors", server.stats if False else "", flush
                 proc.communicate()
         assert b"accept() failed" in err and b"not accepting" in err
         assert float(out.split()[1]) < 1.5  # CPU seconds: no busy loop while refused
+
+
+# -- the loop's structure: states, decoder prototype, guarded calls ------------------
+
+_loop = selectorserver._loop
+
+
+def test_transport_states_only_go_forward():
+    names = ["open", "closing", "aborting", "closed"]
+    for old in range(4):
+        for new in range(4):
+            if new > old:
+                _loop._check_transition(old, new)   # legal: no error
+            else:
+                with pytest.raises(RuntimeError, match="illegal transport state transition: "
+                                   "%s -> %s" % (names[old], names[new])):
+                    _loop._check_transition(old, new)
+    with pytest.raises(RuntimeError):
+        _loop._check_transition(0, 7)
+
+
+def test_transport_state_through_a_connection_lifecycle(kind):
+    class States(cserver.FrameHandler):
+        def connection_made(self):
+            self.server.events.append(("made", self.transport.state))
+
+        def frame_received(self, frame):
+            self.server.events.append(("frame", self.transport.state))
+            if frame == b"close":
+                self.transport.close()
+            else:
+                self.transport.abort()
+            self.server.events.append((frame.decode(), self.transport.state,
+                                       repr(self.transport).split()[3]))
+            self.transport.close()   # closing again is a no-op, never a step back
+            self.server.events.append(("again", self.transport.state))
+
+        def connection_lost(self, exc):
+            self.server.events.append(("lost", self.transport.state))
+
+    with serving(tcp(States, kind)) as server:
+        for word in (b"close", b"abort"):
+            del server.events[:]
+            with connect(server) as c:
+                c.sendall(frame(word))
+                assert recv_until_eof(c) == b""
+            assert wait_for(lambda: len(server.events) == 5)
+            after = "closing" if word == b"close" else "aborting"
+            assert server.events == [("made", "open"), ("frame", "open"),
+                                     (word.decode(), after, after), ("again", after),
+                                     ("lost", "closed")]
+        assert server.stats()["internal_errors"] == 0
+
+
+def _new_loop(kind, **options):
+    loop = _loop.Loop(kind)
+    try:
+        loop.configure(lambda transport, address: None, lambda request, address: None,
+                       **options)
+    except BaseException:
+        loop.close()
+        raise
+    return loop
+
+
+def test_configure_wants_a_frame_decoder_prototype(kind):
+    from cserver import _framing
+    with pytest.raises(TypeError, match="decoder must be a cserver._framing.FrameDecoder "
+                       "prototype, not function"):
+        _new_loop(kind, decoder=lambda: _framing.FrameDecoder("!I"))
+    with pytest.raises(TypeError, match="decoder_factory"):
+        _new_loop(kind, decoder_factory=lambda: _framing.FrameDecoder("!I"))
+    _new_loop(kind, decoder=_framing.FrameDecoder("!I")).close()
+
+
+def test_each_connection_decodes_with_its_own_clone(kind):
+    # Two connections with a frame in progress at once: a decoder shared
+    # between them (the prototype itself) would mix their bytes.
+    with serving(tcp(Echo, kind)) as server:
+        with connect(server) as a, connect(server) as b:
+            fa, fb = frame(b"A" * 300), frame(b"B" * 300)
+            a.sendall(fa[:100])
+            b.sendall(fb[:150])
+            time.sleep(0.05)
+            a.sendall(fa[100:])
+            b.sendall(fb[150:])
+            assert recv_exactly(a, len(fa)) == fa
+            assert recv_exactly(b, len(fb)) == fb
+
+
+def test_dead_loop_api_is_gone():
+    assert not hasattr(_loop.Loop, "time")
+    loop = _loop.Loop("selectors")
+    try:
+        early = loop.call_at(1.0, print)
+        late = loop.call_at(2.0, print)
+        with pytest.raises(TypeError):
+            early < late   # the heap orders (when, seq, handle): handles never compare
+    finally:
+        loop.close()
+
+
+def _flooding_unix_datagram_loop(kind, tmp, handler_errors, on_lost=None):
+    """A loop serving a Unix datagram socket whose handler floods a client
+    that does not read (its queue fills: EAGAIN, the rest is queued), then
+    makes the client vanish: every queued send fails in the loop's write
+    path and the handler's error_received raises each time."""
+    spath, cpath = os.path.join(tmp, "s"), os.path.join(tmp, "c")
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    cli = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    srv.bind(spath)
+    cli.bind(cpath)
+    loop = _loop.Loop(kind)
+    seen = {"errors": 0, "after": False}
+
+    def gone():
+        cli.close()
+        os.unlink(cpath)
+        loop.call_later(0.3, after)
+
+    def after():
+        seen["after"] = True
+        loop.stop()
+
+    class Flood:
+        def __init__(self, endpoint):
+            self.endpoint = endpoint
+
+        def datagram_received(self, data, addr):
+            for _ in range(100):
+                self.endpoint.sendto(b"y" * 100, cpath)
+            seen["queued"] = self.endpoint.get_write_buffer_size()
+            loop.call_later(0.1, gone)
+
+        def error_received(self, exc):
+            seen["errors"] += 1
+            raise RuntimeError("error_received is broken")
+
+        def connection_lost(self, exc):
+            if on_lost is not None:
+                on_lost()
+
+    loop.configure(lambda t, a: None, lambda r, a: handler_errors.append(sys.exc_info()[0]))
+    loop.add_datagram_endpoint(srv, Flood)
+    return loop, srv, cli, spath, seen
+
+
+@pytest.mark.skipif(not hasattr(socket, "AF_UNIX"), reason="Unix sockets")
+def test_error_received_that_raises_in_the_datagram_write_path_never_stops_the_loop(kind):
+    errors = []
+    tmp = tempfile.mkdtemp(prefix="cs-dg", dir="/tmp")
+    loop, srv, cli, spath, seen = _flooding_unix_datagram_loop(kind, tmp, errors)
+    watchdog = threading.Timer(TIMEOUT, loop.stop)
+    try:
+        cli.sendto(b"flood", spath)
+        watchdog.start()
+        loop.run()
+        assert seen["queued"] > 0          # the write path was taken
+        assert seen["errors"] >= 1
+        assert seen["after"]               # the loop ran on: a later timer fired
+        assert errors == [RuntimeError] * seen["errors"]
+        assert loop.stats()["handler_errors"] == seen["errors"]
+    finally:
+        watchdog.cancel()
+        loop.close()
+        srv.close()
+        cli.close()
+        shutil.rmtree(tmp)
+
+
+@pytest.mark.skipif(not hasattr(socket, "AF_UNIX"), reason="Unix sockets")
+def test_a_raising_datagram_connection_lost_is_counted_and_reported(kind):
+    errors = []
+
+    def lost():
+        raise RuntimeError("connection_lost is broken")
+
+    tmp = tempfile.mkdtemp(prefix="cs-dg", dir="/tmp")
+    loop, srv, cli, spath, seen = _flooding_unix_datagram_loop(kind, tmp, errors, lost)
+    try:
+        loop.close()
+        assert errors == [RuntimeError]
+        assert loop.stats()["handler_errors"] == 1
+    finally:
+        srv.close()
+        cli.close()
+        shutil.rmtree(tmp)

@@ -1,0 +1,715 @@
+# The connection handle (included by _loop.pyx): read, deliver, flush,
+# close, and the write buffer.
+
+cdef tuple _STATE_NAMES = ("open", "closing", "aborting", "closed")
+
+
+def _check_transition(int old, int new):
+    """The rule ``Transport._set_state`` enforces: states only go forward
+    (OPEN 0 -> CLOSING 1 -> ABORTING 2 -> CLOSED 3, steps may be skipped).
+    Raises RuntimeError for any other transition."""
+    if not (S_OPEN <= old <= S_CLOSED and S_OPEN <= new <= S_CLOSED) or new <= old:
+        raise RuntimeError("illegal transport state transition: %s -> %s" % (
+            _STATE_NAMES[old] if S_OPEN <= old <= S_CLOSED else old,
+            _STATE_NAMES[new] if S_OPEN <= new <= S_CLOSED else new))
+
+
+@cython.final
+cdef class Transport(Handle):
+    """One connection of the multiplexing server (internal; handlers reach
+    it as ``self.transport``).
+
+    Methods are only to be called from the loop's thread (use the server's
+    ``call_soon_threadsafe`` from other threads).
+    """
+
+    def __cinit__(self):
+        self.wbuf = NULL
+
+    def __dealloc__(self):
+        self._free_wbuf()
+
+    def __repr__(self):
+        return "<cserver Transport fd=%d %s peer=%r>" % (
+            self.fd, _STATE_NAMES[self.state], self.client_address)
+
+    @property
+    def state(self):
+        """``"open"``, ``"closing"`` (flushing, then closing), ``"aborting"``
+        (closing without flushing) or ``"closed"``."""
+        return _STATE_NAMES[self.state]
+
+    # -- state -------------------------------------------------------------------
+
+    cdef int _set_state(self, int new) except -1:
+        if new <= self.state:
+            _check_transition(self.state, new)
+        self.state = new
+        return 0
+
+    cdef int _begin_close(self, object exc) except -1:
+        """Close once the write buffer is sent (no-op if already closing);
+        ``exc`` (if not None) is what ``connection_lost`` gets."""
+        if self.state == S_OPEN:
+            self._set_state(S_CLOSING)
+        if exc is not None:
+            self.close_exc = exc
+        self._schedule_flush()
+        return 0
+
+    cdef int _abort(self, object exc) except -1:
+        """Close at the end of this pass, discarding the write buffer."""
+        if self.state < S_ABORTING:
+            self._set_state(S_ABORTING)
+        if exc is not None:
+            self.close_exc = exc
+        self._schedule_flush()
+        return 0
+
+    cdef int _schedule_flush(self) except -1:
+        cdef Loop loop
+        if not (self.flags & T_IN_FLUSH):
+            self.flags |= T_IN_FLUSH
+            loop = self.loop
+            if loop.flush_tail is None:
+                loop.flush_head = self
+            else:
+                loop.flush_tail.next_flush = self
+            loop.flush_tail = self
+        return 0
+
+    cdef int _update(self) except -1:
+        """Make the poller's interest mask match the state."""
+        cdef uint32_t want = 0
+        if self.state == S_CLOSED:
+            return 0
+        if self.state == S_OPEN and not (
+                self.flags & (T_PAUSED_USER | T_PAUSED_WRITE | T_EOF | T_DRAINING)):
+            want |= EPOLLIN
+        if self.wend > self.wstart:
+            want |= EPOLLOUT
+        if want != self.events:
+            self.loop.poller.modify(self.fd, self.events, want)
+            self.events = want
+        return 0
+
+    cdef int _start(self, object addr) except -1:
+        """A connection was accepted from ``addr``: its limits and first
+        deadline, and the loop's counts."""
+        cdef Loop loop = self.loop
+        self.client_address = addr
+        self.high_water = loop.high_water
+        self.low_water = loop.low_water
+        self.last_active = loop.now
+        if loop.first_byte_timeout > 0:
+            self.dkind = D_FIRST_BYTE
+            self.deadline = loop.now + loop.first_byte_timeout
+        loop.nconn += 1
+        loop.total_conn += 1
+        if loop.nconn > loop.peak_conn:
+            loop.peak_conn = loop.nconn
+        return 0
+
+    cdef int _discard(self) except -1:
+        """Close a connection that never got ``connection_made`` (refused,
+        or its handler could not be set up): no ``connection_lost``."""
+        self.handler = None
+        self._set_state(S_CLOSED)
+        if self.events:
+            self.loop.poller.remove(self.fd, self.events)
+            self.events = 0
+        self.loop._forget(self)
+        self.loop.nconn -= 1
+        c_close(self.fd)
+        return 0
+
+    cdef int on_events(self, uint32_t ev) except -1:
+        cdef int err
+        if self.state == S_CLOSED:
+            return 0
+        if ev & EPOLLOUT:
+            self._flush()
+            if self.state == S_CLOSED:
+                return 0
+        if ev & (EPOLLIN | EPOLLHUP | EPOLLERR):
+            if self.events & EPOLLIN:
+                self._read()
+            elif ev & (EPOLLHUP | EPOLLERR):
+                # not reading (paused, half-closed or draining) and the
+                # peer is gone: level-triggered HUP would spin, so close.
+                err = cs_sock_error(self.fd)
+                self._finish_close(_oserror(err) if err else None)
+        return 0
+
+    # -- the write buffer ----------------------------------------------------------
+
+    cdef int _free_wbuf(self) except -1:
+        """The one place the write buffer is freed."""
+        if self.wbuf != NULL:
+            PyMem_Free(self.wbuf)
+            if self.loop is not None:
+                self.loop.wbuf_bytes -= self.wcap
+            self.wbuf = NULL
+        self.wcap = self.wstart = self.wend = 0
+        return 0
+
+    cdef int _buffer(self, const char *p, Py_ssize_t n) except -1:
+        cdef Py_ssize_t pending, need, cap
+        cdef char *nb
+        cdef Loop loop
+        if n <= 0:
+            return 0
+        if self.wend + n > self.wcap:
+            pending = self.wend - self.wstart
+            if self.wstart > 0 and pending + n <= self.wcap:
+                memmove(self.wbuf, self.wbuf + self.wstart, pending)
+            else:
+                need = pending + n
+                # start small (pymalloc serves <= 512 B): most connections
+                # only ever hold a few small replies; grow by doubling
+                cap = self.wcap if self.wcap > 0 else 256
+                while cap < need:
+                    cap *= 2
+                nb = <char *>PyMem_Malloc(cap)
+                if nb == NULL:
+                    raise MemoryError()
+                if pending:
+                    memcpy(nb, self.wbuf + self.wstart, pending)
+                self._free_wbuf()
+                loop = self.loop
+                loop.wbuf_bytes += cap
+                if loop.wbuf_bytes > loop.wbuf_peak:
+                    loop.wbuf_peak = loop.wbuf_bytes
+                self.wbuf = nb
+                self.wcap = cap
+            self.wstart = 0
+            self.wend = pending
+        memcpy(self.wbuf + self.wend, p, n)
+        self.wend += n
+        self._schedule_flush()
+        return 0
+
+    cdef int _send_parts(self, const char *h, Py_ssize_t hn,
+                         const char *p, Py_ssize_t pn) except -1:
+        """Queue header + payload; a large payload is written at once with
+        writev (no copy) and only the unsent rest is buffered."""
+        cdef iovec iov[3]
+        cdef int cnt = 0
+        cdef ssize_t r
+        cdef Py_ssize_t pending
+        if self.state != S_OPEN:
+            return 0
+        if pn < DIRECT_WRITE or (self.events & EPOLLOUT):
+            self._buffer(h, hn)
+            self._buffer(p, pn)
+            return 0
+        pending = self.wend - self.wstart
+        if pending:
+            iov[cnt].iov_base = self.wbuf + self.wstart
+            iov[cnt].iov_len = pending
+            cnt += 1
+        if hn:
+            iov[cnt].iov_base = <void *>h
+            iov[cnt].iov_len = hn
+            cnt += 1
+        iov[cnt].iov_base = <void *>p
+        iov[cnt].iov_len = pn
+        cnt += 1
+        r = writev(self.fd, iov, cnt)
+        if r < 0:
+            if errno != EAGAIN and errno != EWOULDBLOCK and errno != EINTR:
+                self._abort(_oserror(errno))
+                return 0
+            r = 0
+        self.loop.bytes_out += r
+        self.last_active = self.loop.now
+        if r >= pending:
+            r -= pending
+            self.wstart = self.wend = 0
+        else:
+            self.wstart += r
+            r = 0
+        if r >= hn:
+            r -= hn
+        else:
+            self._buffer(h + r, hn - r)
+            r = 0
+        self._buffer(p + r, pn - r)
+        if self.wend == self.wstart:
+            self.wstart = self.wend = 0
+        return 0
+
+    # -- reading -------------------------------------------------------------------
+
+    cdef int _read(self) except -1:
+        if not self.loop.framed:
+            return self._read_raw()
+        if self.held is not None or self.flags & T_RESUMED:
+            # resumed with bytes received before the pause (``held``, or
+            # complete frames still in the decoder's buffer): they go first,
+            # before anything new, an end of stream included, is read
+            return self._deliver_pending()
+        if self.partial:
+            return self._read_into_decoder()
+        return self._read_framed()
+
+    cdef int _read_raw(self) except -1:
+        cdef Loop loop = self.loop
+        cdef ssize_t n = recv(self.fd, loop.slab, loop.slab_size, 0)
+        if n <= 0:
+            return self._read_failed(n)
+        loop.bytes_in += n
+        self.last_active = loop.now
+        if self.dkind == D_FIRST_BYTE:
+            self.dkind = D_NONE
+        # an exception propagates to the dispatcher: see _failed
+        self.doing = W_HANDLER
+        self.on_data(PyBytes_FromStringAndSize(loop.slab, n))
+        self.doing = W_SERVING
+        return 0
+
+    cdef int _read_framed(self) except -1:
+        # common case: frames decoded in place in the shared slab; the tail
+        # of an incomplete frame goes to the decoder's pooled buffer
+        cdef Loop loop = self.loop
+        cdef ssize_t n = recv(self.fd, loop.slab, loop.slab_size, 0)
+        if n <= 0:
+            return self._read_failed(n)
+        loop.bytes_in += n
+        self.last_active = loop.now
+        if self.dkind == D_FIRST_BYTE:
+            self.dkind = D_NONE
+        return self._deliver(loop.slab, n, False)
+
+    cdef int _read_into_decoder(self) except -1:
+        # a frame is in progress: read straight into the decoder's buffer
+        # (sized by the framing layer for the announced frame)
+        cdef char *ptr
+        cdef Py_ssize_t room
+        cdef ssize_t n
+        try:
+            room = self.dec.get_write_buffer(0, &ptr)
+        except FrameError as exc:
+            return self._bad_frame(exc)
+        except Exception:
+            return self._internal_failed("getting a receive buffer")
+        n = recv(self.fd, ptr, room, 0)
+        if n <= 0:
+            return self._read_failed(n)
+        self.loop.bytes_in += n
+        self.last_active = self.loop.now
+        try:
+            self.dec.write_done(n)
+        except FrameError as exc:
+            return self._bad_frame(exc)
+        except Exception:
+            return self._internal_failed("decoding")
+        return self._deliver(NULL, 0, True)
+
+    cdef int _read_failed(self, Py_ssize_t n) except -1:
+        """``recv`` returned ``n`` <= 0: end of stream, or errno."""
+        cdef int err = errno
+        if n == 0:
+            return self._read_eof()
+        if err == EAGAIN or err == EWOULDBLOCK or err == EINTR:
+            return 0
+        return self._finish_close(_oserror(err))
+
+    cdef int _read_eof(self) except -1:
+        cdef bint keep_open = False
+        if self.loop.framed:
+            try:
+                self.dec.check_eof()
+            except FrameError as exc:
+                self.flags |= T_EOF
+                return self._bad_frame(exc)
+            except Exception:
+                return self._internal_failed("decoding")
+        self.flags |= T_EOF
+        try:
+            keep_open = bool(self.handler.eof_received())
+        except Exception:
+            return self._handler_failed()
+        if not keep_open:
+            self._begin_close(None)
+        return self._update()
+
+    cdef int _deliver(self, const char *data, Py_ssize_t n, bint buffered) except -1:
+        """Call ``frame_received`` once per complete frame decoded (by the
+        framing layer's C decoder) from what it buffered and ``data[:n]``.
+        Stops early when the handler paused reading or closed: the rest of
+        ``data`` is kept (``held``) for ``resume_reading()``.
+
+        No try block per frame: an exception (the decoder's FrameError or
+        MemoryError, the handler's anything) propagates to the loop's
+        dispatcher, whose one ``except`` hands it to ``_failed``; ``doing``
+        says whose it was."""
+        cdef FrameDecoder dec = self.dec
+        cdef Loop loop = self.loop
+        cdef const char *frame
+        cdef Py_ssize_t frame_size, used = 0, pos = 0, delivered = 0
+        cdef int r
+        cdef bint was_partial = self.partial
+        while True:
+            self.doing = W_DECODING
+            if self.state != S_OPEN or self.flags & T_PAUSED_USER:
+                if pos < n and self.state == S_OPEN:
+                    self.held = PyBytes_FromStringAndSize(data + pos, n - pos)
+                self.partial = buffered
+                self.doing = W_SERVING
+                return 0
+            r = dec.next_frame(data + pos if pos < n else NULL, n - pos,
+                               &used, &frame, &frame_size)
+            pos += used
+            if r == 0:
+                break
+            loop.frames_in += 1
+            delivered += 1
+            # a frame larger than a pool slab was received straight into a
+            # bytes object: deliver that object, no copy
+            obj = dec.take_frame_object()
+            if obj is None:
+                obj = PyBytes_FromStringAndSize(frame, frame_size)
+            self.doing = W_HANDLER
+            self.on_data(obj)
+        self.doing = W_SERVING
+        # next_frame returned 0: every byte is consumed.  Decoding in place,
+        # the decoder holds a partial frame iff it took bytes in that call;
+        # reading into its buffer, ask it.
+        self.partial = used > 0 if not buffered else dec.pending > 0
+        # The frame deadline: armed when a frame starts (the first bytes of
+        # a new frame arrived in this read) and left alone while the same
+        # frame continues, so trickling bytes cannot extend it.
+        if self.partial:
+            if (not was_partial or delivered) and loop.frame_timeout > 0:
+                self.dkind = D_FRAME
+                self.deadline = loop.now + loop.frame_timeout
+        elif self.dkind == D_FRAME:
+            self.dkind = D_NONE
+        return 0
+
+    cdef int _deliver_pending(self) except -1:
+        """After ``resume_reading()``: deliver the frames held across the
+        pause (bytes kept in ``held``, or complete frames still in the
+        decoder's buffer), before anything new is read."""
+        self.flags &= ~T_RESUMED
+        if self.state == S_OPEN and not (self.flags & T_PAUSED_USER):
+            if self.held is not None:
+                data = self.held
+                self.held = None
+                return self._deliver(PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), False)
+            if self.partial:
+                return self._deliver(NULL, 0, True)
+        return 0
+
+    # -- failures ------------------------------------------------------------------
+
+    cdef int _bad_frame(self, object exc) except -1:
+        """The peer broke the framing: the handler's ``frame_error(exc)``
+        runs (it may still send a last frame, or ``abort()``), then the
+        connection closes once the replies already queued are sent (within
+        ``drain_timeout`` seconds; a peer that does not read them is then
+        cut off).  ``connection_lost`` gets ``exc``."""
+        cdef Loop loop = self.loop
+        loop.frame_errors += 1
+        hook = getattr(self.handler, "frame_error", None)
+        if hook is None:
+            loop.logger.warning("closing connection from %r: %s", self.client_address, exc)
+        else:
+            try:
+                hook(exc)
+            except Exception:
+                return self._handler_failed()
+        if self.state == S_CLOSED:
+            return 0
+        if self.state != S_ABORTING:
+            self.dkind = D_CLOSE
+            self.deadline = loop.now + loop.drain_timeout
+            if self.deadline < loop.next_idle_check:
+                loop.next_idle_check = self.deadline
+        self._begin_close(exc)
+        return self._update()
+
+    cdef int _failed(self, str where) except -1:
+        """Called inside the dispatcher's ``except`` block for an exception
+        that propagated out of this connection's handling: the handler's
+        goes to the guarded-call policy, a FrameError of the decoder is the
+        peer's protocol error, anything else is the server's own failure
+        (``where``)."""
+        cdef int doing = self.doing
+        self.doing = W_SERVING
+        if doing == W_HANDLER:
+            return self._handler_failed()
+        if doing == W_DECODING:
+            exc = _current_exception()
+            if isinstance(exc, FrameError):
+                return self._bad_frame(exc)
+            where = "decoding"
+        return self._internal_failed(where)
+
+    cdef int _handler_failed(self) except -1:
+        """Called inside an ``except`` block, for an exception of a handler
+        method: report it (the guarded-call policy), abort the connection."""
+        self._abort(None)
+        return self.loop._user_error(self, self.client_address)
+
+    cdef int _internal_failed(self, str where) except -1:
+        """Called inside an ``except`` block, for an exception raised by the
+        server's own machinery for this connection (decoder, buffers,
+        building it): report it, count it, close the connection now."""
+        cdef Loop loop = self.loop
+        loop.internal_errors += 1
+        exc = _current_exception()
+        try:
+            loop.logger.error("closing connection from %r: %s failed: %s: %s",
+                              self.client_address, where, type(exc).__name__, exc)
+        except Exception:
+            pass
+        loop._report(self, self.client_address)
+        if self.state != S_CLOSED:
+            try:
+                self._finish_close(exc)
+            except Exception:
+                loop._report(self, self.client_address)
+        return 0
+
+    # -- writing and closing -------------------------------------------------------
+
+    cdef int _flush(self) except -1:
+        cdef ssize_t r
+        cdef int err
+        cdef Py_ssize_t pending
+        if self.state == S_CLOSED:
+            return 0
+        if self.state == S_ABORTING:
+            return self._finish_close(self.close_exc)
+        pending = self.wend - self.wstart
+        if pending > 0:
+            r = send(self.fd, self.wbuf + self.wstart, pending, MSG_NOSIGNAL)
+            if r >= 0:
+                self.loop.bytes_out += r
+                self.wstart += r
+                pending -= r
+                if r:
+                    self.last_active = self.loop.now
+                if pending == 0:
+                    self.wstart = self.wend = 0
+                    if self.wcap > KEEP_WBUF:
+                        self._free_wbuf()
+            else:
+                err = errno
+                if err != EAGAIN and err != EWOULDBLOCK and err != EINTR:
+                    return self._finish_close(_oserror(err))
+        if pending == 0 and self.state == S_CLOSING:
+            return self._finish_close(self.close_exc)
+        self._flow_control(pending)
+        return self._update()
+
+    cdef int _flow_control(self, Py_ssize_t pending) except -1:
+        """``pause_writing()`` above high water, ``resume_writing()`` once
+        drained to low water."""
+        if self.flags & T_PAUSED_WRITE:
+            if pending <= self.low_water:
+                self.flags &= ~T_PAUSED_WRITE
+                try:
+                    self.handler.resume_writing()
+                except Exception:
+                    self._handler_failed()
+        elif pending > self.high_water and self.state == S_OPEN:
+            self.flags |= T_PAUSED_WRITE
+            try:
+                self.handler.pause_writing()
+            except Exception:
+                self._handler_failed()
+        return 0
+
+    cdef int _finish_close(self, object exc) except -1:
+        cdef Loop loop = self.loop
+        if self.state == S_CLOSED:
+            return 0
+        self._set_state(S_CLOSED)
+        loop.poller.remove(self.fd, self.events)
+        self.events = 0
+        c_close(self.fd)
+        loop._forget(self)
+        if self.dec is not None:
+            self.dec.release_buffer()
+            self.dec = None
+        self.held = None
+        self.partial = False
+        self._free_wbuf()
+        handler = self.handler
+        self.handler = None
+        self.on_data = None
+        self.close_exc = None
+        loop._transport_closed()
+        if handler is not None:
+            try:
+                handler.connection_lost(exc)
+            except Exception:
+                loop._user_error(self, self.client_address)
+        return 0
+
+    cdef int _expire(self, object exc) except -1:
+        self.dkind = D_NONE
+        return self._abort(exc)
+
+    cdef int _check_deadlines(self, double now, double idle_limit) except -1:
+        """The deadline sweep for this connection: returns 1 if it expired."""
+        cdef Loop loop = self.loop
+        cdef str what
+        cdef double timeout
+        if self.dkind != D_NONE and now >= self.deadline:
+            if self.dkind == D_CLOSE:
+                loop.close_timeouts += 1
+                loop.logger.info("closing connection from %r: its replies were not "
+                                 "read within %.1f s of the protocol error",
+                                 self.client_address, loop.drain_timeout)
+                # the error that closed it stays close_exc
+                self._expire(self.close_exc)
+                return 1
+            if self.state == S_OPEN and not (self.flags & (T_PAUSED_USER | T_EOF)):
+                if self.dkind == D_FIRST_BYTE:
+                    loop.first_byte_timeouts += 1
+                    what, timeout = "no data within first_byte_timeout", loop.first_byte_timeout
+                else:
+                    loop.frame_timeouts += 1
+                    what, timeout = "frame not complete within frame_timeout", loop.frame_timeout
+                loop.logger.info("closing connection from %r: %s (%r s)",
+                                 self.client_address, what, timeout)
+                self._expire(TimeoutError("%s (%r s)" % (what, timeout)))
+                return 1
+        if self.last_active < idle_limit:
+            loop.idle_timeouts += 1
+            loop.logger.info("closing idle connection from %r (silent for %.1f s)",
+                             self.client_address, now - self.last_active)
+            self._expire(TimeoutError("idle for more than %r s" % loop.idle_timeout))
+            return 1
+        return 0
+
+    # -- the transport API (asyncio's words) ---------------------------------------
+
+    def write(self, data):
+        """Queue ``data`` (any bytes-like) for sending at the end of this
+        loop pass.  Data written after ``close()`` is dropped."""
+        cdef Py_buffer view
+        if self.state != S_OPEN:
+            return
+        if type(data) is bytes:
+            self._send_parts(NULL, 0, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
+            return
+        PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+        try:
+            self._send_parts(NULL, 0, <const char *>view.buf, view.len)
+        finally:
+            PyBuffer_Release(&view)
+
+    def writelines(self, list_of_data):
+        """Queue every bytes-like object of an iterable."""
+        for data in list_of_data:
+            self.write(data)
+
+    def send_frame(self, payload):
+        """Queue ``payload`` with the length header of the server's framing
+        (written in C by the framing layer's encoder; a payload of 64 KiB
+        or more is not copied)."""
+        cdef char hdr[64]
+        cdef Py_ssize_t hn
+        cdef Py_buffer view
+        cdef FrameEncoder enc = self.loop.enc
+        if self.state != S_OPEN:
+            return
+        if enc is None:
+            raise RuntimeError("send_frame() needs a FrameHandler server")
+        if enc.header_size > 64:
+            self.write(enc.encode(payload))
+            self.loop.frames_out += 1
+            return
+        if type(payload) is bytes:
+            hn = enc.write_header(PyBytes_GET_SIZE(payload), hdr)
+            self._send_parts(hdr, hn, PyBytes_AS_STRING(payload), PyBytes_GET_SIZE(payload))
+            self.loop.frames_out += 1
+            return
+        PyObject_GetBuffer(payload, &view, PyBUF_SIMPLE)
+        try:
+            hn = enc.write_header(view.len, hdr)
+            self._send_parts(hdr, hn, <const char *>view.buf, view.len)
+            self.loop.frames_out += 1
+        finally:
+            PyBuffer_Release(&view)
+
+    def close(self):
+        """Close after the buffered data is sent; ``connection_lost(None)``
+        follows."""
+        if self.state != S_OPEN:
+            return
+        self._begin_close(None)
+
+    def abort(self):
+        """Close now, discarding buffered data."""
+        if self.state == S_CLOSED:
+            return
+        self._abort(None)
+
+    def is_closing(self):
+        return self.state != S_OPEN
+
+    def pause_reading(self):
+        """Stop reading from the peer (frames already received stay
+        buffered and are delivered after ``resume_reading()``)."""
+        if self.state == S_CLOSED or self.flags & T_PAUSED_USER:
+            return
+        self.flags |= T_PAUSED_USER
+        self._update()
+
+    def resume_reading(self):
+        cdef Loop loop = self.loop
+        if not (self.flags & T_PAUSED_USER) or self.state == S_CLOSED:
+            return
+        self.flags &= ~T_PAUSED_USER
+        # the server paused, not the peer: its clock restarts
+        if self.dkind == D_FRAME:
+            self.deadline = loop.now + loop.frame_timeout
+        elif self.dkind == D_FIRST_BYTE:
+            self.deadline = loop.now + loop.first_byte_timeout
+        if (self.held is not None or self.partial) and not (self.flags & T_RESUMED):
+            self.flags |= T_RESUMED
+            loop.resumed.append(self)
+        self._update()
+
+    def is_reading(self):
+        return self.state == S_OPEN and not (
+            self.flags & (T_PAUSED_USER | T_PAUSED_WRITE | T_EOF | T_DRAINING))
+
+    def get_write_buffer_size(self):
+        return self.wend - self.wstart
+
+    def get_write_buffer_limits(self):
+        return (self.low_water, self.high_water)
+
+    def set_write_buffer_limits(self, high=None, low=None):
+        """As asyncio: ``high`` defaults to the server's, ``low`` to high/4."""
+        if high is None:
+            high = self.loop.high_water if low is None else 4 * low
+        if low is None:
+            low = high // 4
+        if not high >= low >= 0:
+            raise ValueError("high (%r) must be >= low (%r) must be >= 0" % (high, low))
+        self.high_water = high
+        self.low_water = low
+
+    def fileno(self):
+        return self.fd
+
+    def get_extra_info(self, name, default=None):
+        if name == "peername":
+            return self.client_address
+        if name == "fileno":
+            return self.fd
+        if name == "sockname" and self.fd >= 0 and self.state != S_CLOSED:
+            s = socket.socket(fileno=os.dup(self.fd))
+            try:
+                return s.getsockname()
+            finally:
+                s.close()
+        return default
