@@ -179,17 +179,27 @@ def test_an_exception_at_any_handler_point_closes_that_connection_only(kind, poi
 
 
 def test_decoder_construction_failure_closes_that_connection_only(kind, monkeypatch):
-    real = cserver._framing.FrameDecoder
+    # each connection's decoder is a clone of the prototype the server's
+    # framing recipe validated when the loop was built: the first clone
+    # runs out of memory
+    from cserver import framing, selectorserver
+    real_framing_for = selectorserver.framing_for
     calls = []
 
-    def flaky_decoder(*args, **kwargs):
-        # (the server's constructor validated the layout before this was
-        # installed) call 1 validates it again when the loop is built;
-        # call 2 is the first connection's decoder: it runs out of memory
-        calls.append(1)
-        if len(calls) == 2:
-            raise MemoryError("injected: no memory for a decoder")
-        return real(*args, **kwargs)
+    class FlakyPrototype:
+        def __init__(self, prototype):
+            self.prototype = prototype
+            self.pool = prototype.pool
+
+        def clone(self):
+            calls.append(1)
+            if len(calls) == 1:
+                raise MemoryError("injected: no memory for a decoder")
+            return self.prototype.clone()
+
+    def flaky_framing_for(*args, **kwargs):
+        recipe = real_framing_for(*args, **kwargs)
+        return framing.FramingRecipe(FlakyPrototype(recipe.decoder), recipe.encoder)
 
     class Lifecycle(Echo):
         def connection_made(self):
@@ -199,7 +209,7 @@ def test_decoder_construction_failure_closes_that_connection_only(kind, monkeypa
             self.server.events.append("lost")
 
     server = make(Lifecycle, kind)
-    monkeypatch.setattr(cserver._framing, "FrameDecoder", flaky_decoder)
+    monkeypatch.setattr(selectorserver, "framing_for", flaky_framing_for)
     with serving(server) as server:
         with connect(server) as bad:
             with contextlib.suppress(OSError):
