@@ -8,7 +8,7 @@ be subclassed (``@final``).
 import builtins
 import socket
 from _typeshed import ReadableBuffer
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, type_check_only
 from typing_extensions import Self, final
 
 from cserver.errors import FrameError as FrameError
@@ -83,8 +83,34 @@ class BufferPool:
         """slab_size, max_slabs, max_idle, in_use, idle, high_water,
         allocations, frees, hits, misses, bypass."""
 
+@type_check_only
+class _Header:
+    """The validated header description a decoder and an encoder hold
+    (cserver._layout.LAYOUT_FIELDS), read-only."""
+
+    @property
+    def length_size(self) -> int:
+        """Bytes in the length field: 1, 2, 3, 4 or 8."""
+    @property
+    def big_endian(self) -> bool: ...
+    @property
+    def byteorder(self) -> _ByteOrder:
+        """``"big"`` or ``"little"``: the length field's byte order."""
+    @property
+    def length_offset(self) -> int:
+        """Bytes before the length field."""
+    @property
+    def length_adjustment(self) -> int:
+        """Added to the field's value to give the body's size."""
+    @property
+    def max_frame_size(self) -> int:
+        """The largest body, clamped to what the length field can express."""
+    @property
+    def header_size(self) -> int:
+        """``length_offset + length_size``."""
+
 @final
-class FrameDecoder:
+class FrameDecoder(_Header):
     """Sans-IO length-prefix frame decoder.
 
     The header is a struct format of one unsigned integer (``"!I"``, the
@@ -114,25 +140,11 @@ class FrameDecoder:
     def clone(self) -> FrameDecoder:
         """A new, empty decoder with this one's layout, pool and copy mode."""
     @property
-    def length_size(self) -> int: ...
-    @property
-    def big_endian(self) -> bool: ...
-    @property
-    def length_offset(self) -> int: ...
-    @property
-    def length_adjustment(self) -> int: ...
-    @property
     def initial_bytes_to_strip(self) -> int: ...
-    @property
-    def max_frame_size(self) -> int: ...
-    @property
-    def header_size(self) -> int: ...
     @property
     def copy(self) -> bool: ...
     @property
     def pool(self) -> BufferPool: ...
-    @property
-    def byteorder(self) -> _ByteOrder: ...
     @property
     def pending(self) -> int:
         """Bytes buffered for the frame in progress."""
@@ -159,7 +171,7 @@ class FrameDecoder:
         """Drop buffered bytes, give the buffer back to the pool."""
 
 @final
-class FrameEncoder:
+class FrameEncoder(_Header):
     """Writes headers described as for FrameDecoder; the payload is the body."""
 
     def __init__(
@@ -172,20 +184,6 @@ class FrameEncoder:
         length_adjustment: int = 0,
         max_frame_size: int = ...,
     ) -> None: ...
-    @property
-    def length_size(self) -> int: ...
-    @property
-    def big_endian(self) -> bool: ...
-    @property
-    def length_offset(self) -> int: ...
-    @property
-    def length_adjustment(self) -> int: ...
-    @property
-    def max_frame_size(self) -> int: ...
-    @property
-    def header_size(self) -> int: ...
-    @property
-    def byteorder(self) -> _ByteOrder: ...
     def header(self, payload_size: int, prefix: ReadableBuffer | None = None) -> bytes:
         """The header for a payload of ``payload_size`` bytes; FrameTooLarge if
         the field or the limit cannot express it."""

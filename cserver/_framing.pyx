@@ -41,10 +41,16 @@ from cpython.pythread cimport (
 from libc.string cimport memcpy, memmove, memset
 
 from cserver.errors import FrameError, FrameTooLarge, IncompleteFrame
-from cserver._framing_py import (
-    DEFAULT_MAX_FRAME_SIZE, _resolve_layout, _too_large_message,
-    _negative_message, _strip_message, _incomplete_message, _index,
-    _pool_params, _memory_message, _field_too_small_message,
+# the header description both twins implement: validation, messages, defaults
+# (the decoder's under the private names it has always called them by)
+from cserver._layout import (
+    DEFAULT_MAX_FRAME_SIZE, check_pool, payload_size_message,
+    payload_too_large_message, payload_too_short_message, prefix_message,
+    as_index as _index, field_too_small_message as _field_too_small_message,
+    incomplete_message as _incomplete_message, memory_message as _memory_message,
+    negative_message as _negative_message, pool_params as _pool_params,
+    resolve_layout as _resolve_layout, strip_message as _strip_message,
+    too_large_message as _too_large_message,
 )
 
 cdef extern from "Python.h":
@@ -353,12 +359,7 @@ cdef class FrameDecoder:
          self.max_frame_size, self.header_size) = _resolve_layout(
             fmt, length_size, byteorder, length_offset, length_adjustment,
             initial_bytes_to_strip, max_frame_size)
-        if pool is None:
-            pool = DEFAULT_POOL
-        elif not isinstance(pool, BufferPool):
-            raise TypeError("pool must be a BufferPool of the same twin, not %s"
-                            % type(pool).__name__)
-        self.pool = pool
+        self.pool = check_pool(pool, BufferPool, DEFAULT_POOL)
         self.copy = bool(copy)
         # body = value + adjustment must lie in [0, max_frame_size].  In
         # unsigned arithmetic: max_frame_size - length_adjustment can exceed
@@ -906,15 +907,11 @@ cdef class FrameEncoder:
         payload_size - length_adjustment, computed unsigned (with a negative
         adjustment it can exceed PY_SSIZE_T_MAX, never 2**64 - 1)."""
         if payload_size < 0:
-            raise ValueError("payload_size must be >= 0, not %d" % payload_size)
+            raise ValueError(payload_size_message(payload_size))
         if payload_size > self.max_frame_size:
-            raise FrameTooLarge("payload of %d bytes exceeds max_frame_size %d"
-                                % (payload_size, self.max_frame_size))
+            raise FrameTooLarge(payload_too_large_message(payload_size, self.max_frame_size))
         if self.length_adjustment > payload_size:
-            raise FrameError("payload of %d bytes is shorter than length_adjustment "
-                             "%d allows (length field would be %d)"
-                             % (payload_size, self.length_adjustment,
-                                payload_size - self.length_adjustment))
+            raise FrameError(payload_too_short_message(payload_size, self.length_adjustment))
         if self.length_adjustment < 0:
             value[0] = (<unsigned long long>payload_size
                         + <unsigned long long>(-self.length_adjustment))
@@ -940,15 +937,13 @@ cdef class FrameEncoder:
         # checked as Python ints first: any int gives the pure twin's error
         # (never an OverflowError from the conversion to Py_ssize_t)
         if payload_size < 0:
-            raise ValueError("payload_size must be >= 0, not %d" % payload_size)
+            raise ValueError(payload_size_message(payload_size))
         if payload_size > self.max_frame_size:
-            raise FrameTooLarge("payload of %d bytes exceeds max_frame_size %d"
-                                % (payload_size, self.max_frame_size))
+            raise FrameTooLarge(payload_too_large_message(payload_size, self.max_frame_size))
         out = PyBytes_FromStringAndSize(NULL, self.header_size)
         self.write_header(payload_size, PyBytes_AS_STRING(out))
         if prefix is not None and len(prefix) != self.length_offset:
-            raise ValueError("prefix must be length_offset (%d) bytes, not %d"
-                             % (self.length_offset, len(prefix)))
+            raise ValueError(prefix_message(self.length_offset, len(prefix)))
         if prefix:
             return bytes(prefix) + out[self.length_offset:]
         return out

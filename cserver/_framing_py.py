@@ -4,178 +4,23 @@ It is the fallback when ``CSERVER_PURE`` is set and the oracle the compiled
 decoder is tested against, so it is written for obviousness, not speed: one
 ``bytearray`` and an offset, frames cut with slices.
 
-Header description (Netty's ``LengthFieldBasedFrameDecoder`` and tokio's
-``LengthDelimitedCodec`` meaning)::
-
-    | length_offset bytes | length field (length_size) | body ... |
-    |<------------- header_size --------------------->|
-
-    body size   = value of the length field + length_adjustment
-    frame       = header + body           (header_size + body size bytes)
-    delivered   = frame[initial_bytes_to_strip:]   (default: the body)
-
-``max_frame_size`` bounds the body size (after adjustment) and is clamped to
-what the length field can express.
+The header description, its validation and the error messages are
+``cserver._layout``'s, shared with the C twin.
 """
 
-import socket as _socket
-import struct as _struct
-import sys as _sys
 import threading as _threading
 
+from ._layout import (
+    DEFAULT_MAX_FRAME_SIZE, LAYOUT_FIELDS, as_index, check_pool, field_too_small_message,
+    incomplete_message, memory_message, negative_message, payload_size_message,
+    payload_too_large_message, payload_too_short_message, pool_params,
+    prefix_message, resolve_layout, strip_message, too_large_message,
+)
 from .errors import FrameError, FrameTooLarge, IncompleteFrame
 
 __all__ = ["FrameDecoder", "FrameEncoder", "BufferPool", "encode_frame",
            "DEFAULT_MAX_FRAME_SIZE", "DEFAULT_POOL", "FrameError",
            "FrameTooLarge", "IncompleteFrame"]
-
-#: Default bound on a frame's body: 1 MiB (see docs/framing.md: it bounds
-#: the memory one slow or hostile peer can pin, it is the default of the
-#: ``websockets`` library and in the range of Kafka's and gRPC's limits, and
-#: protocols with larger messages raise it explicitly).
-DEFAULT_MAX_FRAME_SIZE = 1 << 20
-
-_SSIZE_MAX = _sys.maxsize
-_FORMAT_CODES = "BHILQ"
-_ORDERS = {"<": False, ">": True, "!": True, "=": _sys.byteorder == "big",
-           "@": _sys.byteorder == "big"}
-
-
-def _resolve_layout(fmt, length_size, byteorder, length_offset,
-                    length_adjustment, initial_bytes_to_strip, max_frame_size):
-    """Validate a header description; return
-    ``(length_size, big_endian, length_offset, length_adjustment,
-    initial_bytes_to_strip, max_frame_size, header_size)`` with the limit
-    clamped to what the header can express.  Shared by both twins."""
-    if fmt is not None:
-        if length_size is not None or byteorder is not None:
-            raise ValueError("give either a struct format or length_size/byteorder, "
-                             "not both (format %r)" % (fmt,))
-        if not isinstance(fmt, str):
-            raise TypeError("format must be a str such as '!I', not %s"
-                            % type(fmt).__name__)
-        order = fmt[0] if fmt[:1] in _ORDERS else "@"
-        code = fmt[1:] if fmt[:1] in _ORDERS else fmt
-        if len(code) != 1 or code not in _FORMAT_CODES:
-            raise ValueError("format must be one unsigned integer code (B, H, I, L "
-                             "or Q) with an optional byte order (<, >, !, =, @); "
-                             "got %r" % (fmt,))
-        length_size = _struct.calcsize(order + code)
-        big_endian = _ORDERS[order]
-    else:
-        if length_size is None:
-            length_size = 4
-        if byteorder is None:
-            byteorder = "big"
-        if byteorder not in ("big", "little"):
-            raise ValueError("byteorder must be 'big' or 'little', not %r" % (byteorder,))
-        big_endian = byteorder == "big"
-    length_size = _index("length_size", length_size)
-    if length_size not in (1, 2, 3, 4, 8):
-        raise ValueError("length_size must be 1, 2, 3, 4 or 8 bytes, not %d" % length_size)
-    length_offset = _index("length_offset", length_offset)
-    length_adjustment = _index("length_adjustment", length_adjustment)
-    max_frame_size = _index("max_frame_size", max_frame_size)
-    if length_offset < 0 or length_offset > (1 << 20):
-        raise ValueError("length_offset must be between 0 and %d, not %d"
-                         % (1 << 20, length_offset))
-    if abs(length_adjustment) > (1 << 62):
-        raise ValueError("length_adjustment must be within +-2**62, not %d"
-                         % length_adjustment)
-    if max_frame_size < 0:
-        raise ValueError("max_frame_size must be >= 0, not %d" % max_frame_size)
-    header_size = length_offset + length_size
-    if initial_bytes_to_strip is None:
-        initial_bytes_to_strip = header_size
-    initial_bytes_to_strip = _index("initial_bytes_to_strip", initial_bytes_to_strip)
-    if initial_bytes_to_strip < 0:
-        raise ValueError("initial_bytes_to_strip must be >= 0, not %d"
-                         % initial_bytes_to_strip)
-    # Clamp the limit to the largest body the header can announce, and to
-    # what a buffer can hold (tokio#5101-style: a limit wider than the
-    # header must not let an encoder truncate, nor a decoder wrap).
-    expressible = (1 << (8 * length_size)) - 1 + length_adjustment
-    if expressible < 0:
-        raise ValueError("length_adjustment %d makes every length of a %d-byte "
-                         "field negative" % (length_adjustment, length_size))
-    max_frame_size = min(max_frame_size, expressible, _SSIZE_MAX - header_size - 1)
-    if length_adjustment > max_frame_size:
-        raise ValueError("length_adjustment %d exceeds max_frame_size %d: no "
-                         "frame could be valid" % (length_adjustment, max_frame_size))
-    if initial_bytes_to_strip > header_size + max_frame_size:
-        raise ValueError("initial_bytes_to_strip %d exceeds the largest frame "
-                         "(%d bytes)" % (initial_bytes_to_strip,
-                                         header_size + max_frame_size))
-    return (length_size, big_endian, length_offset, length_adjustment,
-            initial_bytes_to_strip, max_frame_size, header_size)
-
-
-#: Bounds of a BufferPool's parameters (shared by both twins, so that they
-#: accept exactly the same values): a slab is at most 1 GiB, and the idle
-#: list (allocated up front in C) at most 2**20 entries.
-_MAX_SLAB_SIZE = 1 << 30
-_MAX_IDLE = 1 << 20
-
-
-def _pool_params(slab_size, max_slabs, max_idle):
-    """Validate BufferPool parameters; return ``(slab_size, max_slabs,
-    max_idle)``.  Shared by both twins."""
-    slab_size = _index("slab_size", slab_size)
-    max_slabs = _index("max_slabs", max_slabs)
-    max_idle = min(64, max_slabs) if max_idle is None else _index("max_idle", max_idle)
-    if not 64 <= slab_size <= _MAX_SLAB_SIZE:
-        raise ValueError("slab_size must be between 64 and %d, not %d"
-                         % (_MAX_SLAB_SIZE, slab_size))
-    if not 1 <= max_slabs <= _SSIZE_MAX:
-        raise ValueError("max_slabs must be between 1 and %d, not %d"
-                         % (_SSIZE_MAX, max_slabs))
-    if not 0 <= max_idle <= min(max_slabs, _MAX_IDLE):
-        raise ValueError("max_idle must be between 0 and max_slabs (%d) and at most "
-                         "%d, not %d" % (max_slabs, _MAX_IDLE, max_idle))
-    return slab_size, max_slabs, max_idle
-
-
-def _index(name, value):
-    try:
-        return value.__index__()
-    except AttributeError:
-        raise TypeError("%s must be an int, not %s"
-                        % (name, type(value).__name__)) from None
-
-
-def _too_large_message(value, adjustment, body, limit):
-    if adjustment:
-        return ("frame length %d (length field %d, length_adjustment %+d) exceeds "
-                "max_frame_size %d" % (body, value, adjustment, limit))
-    return "frame length %d exceeds max_frame_size %d" % (body, limit)
-
-
-def _negative_message(value, adjustment, body):
-    return ("frame length %d is negative (length field %d, length_adjustment %+d)"
-            % (body, value, adjustment))
-
-
-def _strip_message(total, strip):
-    return ("frame of %d bytes is shorter than initial_bytes_to_strip %d"
-            % (total, strip))
-
-
-def _memory_message(want, pending):
-    return ("out of memory growing a frame buffer to %d bytes (%d bytes of the "
-            "frame received); the decoder is failed" % (want, pending))
-
-
-def _field_too_small_message(value, length_size):
-    return ("length field value %d does not fit %d bytes (max %d)"
-            % (value, length_size, (1 << (8 * length_size)) - 1))
-
-
-def _incomplete_message(pending, need, header_size):
-    if need < 0:
-        return ("stream ended inside a frame header: %d of %d header bytes "
-                "received" % (pending, header_size))
-    return ("stream ended inside a frame: %d of %d bytes received"
-            % (pending, need))
 
 
 class BufferPool:
@@ -187,7 +32,7 @@ class BufferPool:
     """
 
     def __init__(self, slab_size=65536, max_slabs=1024, max_idle=None):
-        slab_size, max_slabs, max_idle = _pool_params(slab_size, max_slabs, max_idle)
+        slab_size, max_slabs, max_idle = pool_params(slab_size, max_slabs, max_idle)
         self.slab_size = slab_size
         self.max_slabs = max_slabs
         self.max_idle = max_idle
@@ -268,28 +113,25 @@ class PooledBuffer:
         self._slab = slab
         self._view = memoryview(slab)
 
+    def _live_slab(self):
+        if self._slab is None:
+            raise ValueError("buffer released")
+        return self._slab
+
     @property
     def address(self):
         """An identity of the slab (its id here; its C address in the C twin)."""
-        if self._slab is None:
-            raise ValueError("buffer released")
-        return id(self._slab)
+        return id(self._live_slab())
 
     def __len__(self):
-        if self._slab is None:
-            raise ValueError("buffer released")
-        return len(self._slab)
+        return len(self._live_slab())
 
     def __buffer__(self, flags):  # 3.12+ buffer protocol for Python classes
-        if self._slab is None:
-            raise ValueError("buffer released")
-        return memoryview(self._slab)
+        return memoryview(self._live_slab())
 
     def memoryview(self):
         """A writable memoryview of the slab (valid until release())."""
-        if self._slab is None:
-            raise ValueError("buffer released")
-        return memoryview(self._slab)
+        return memoryview(self._live_slab())
 
     @property
     def released(self):
@@ -321,7 +163,7 @@ class FrameDecoder:
 
     ``FrameDecoder("!I")`` (the default) reads a 4-byte big-endian length
     before each frame.  ``feed(data)`` returns every frame completed by
-    ``data``.  See the module docstring for the header parameters.  One
+    ``data``.  See ``cserver._layout`` for the header parameters.  One
     decoder per connection; not thread-safe.
     """
 
@@ -329,15 +171,10 @@ class FrameDecoder:
                  length_offset=0, length_adjustment=0,
                  initial_bytes_to_strip=None,
                  max_frame_size=DEFAULT_MAX_FRAME_SIZE, pool=None, copy=True):
-        (self.length_size, self.big_endian, self.length_offset,
-         self.length_adjustment, self.initial_bytes_to_strip,
-         self.max_frame_size, self.header_size) = _resolve_layout(
+        vars(self).update(zip(LAYOUT_FIELDS, resolve_layout(
             fmt, length_size, byteorder, length_offset, length_adjustment,
-            initial_bytes_to_strip, max_frame_size)
-        if pool is not None and not isinstance(pool, BufferPool):
-            raise TypeError("pool must be a BufferPool of the same twin, not %s"
-                            % type(pool).__name__)
-        self.pool = DEFAULT_POOL if pool is None else pool
+            initial_bytes_to_strip, max_frame_size)))
+        self.pool = check_pool(pool, BufferPool, DEFAULT_POOL)
         self.copy = bool(copy)
         self._buf = bytearray()
         self._pos = 0
@@ -391,13 +228,13 @@ class FrameDecoder:
         value = int.from_bytes(raw, "big" if self.big_endian else "little")
         body = value + self.length_adjustment
         if body < 0:
-            self._fail(FrameError, _negative_message(value, self.length_adjustment, body))
+            self._fail(FrameError, negative_message(value, self.length_adjustment, body))
         if body > self.max_frame_size:
-            self._fail(FrameTooLarge, _too_large_message(
+            self._fail(FrameTooLarge, too_large_message(
                 value, self.length_adjustment, body, self.max_frame_size))
         total = self.header_size + body
         if total < self.initial_bytes_to_strip:
-            self._fail(FrameError, _strip_message(total, self.initial_bytes_to_strip))
+            self._fail(FrameError, strip_message(total, self.initial_bytes_to_strip))
         return total
 
     def feed(self, data):
@@ -415,7 +252,7 @@ class FrameDecoder:
             try:
                 self._buf += view.cast("B") if view.format != "B" or view.ndim != 1 else view
             except MemoryError:
-                self._fail(MemoryError, _memory_message(
+                self._fail(MemoryError, memory_message(
                     len(self._buf) - self._pos + view.nbytes, self.pending))
         out = []
         try:
@@ -476,7 +313,7 @@ class FrameDecoder:
         pending = len(self._buf) - self._pos
         if pending:
             need = self._need
-            self._fail(IncompleteFrame, _incomplete_message(pending, need, self.header_size))
+            self._fail(IncompleteFrame, incomplete_message(pending, need, self.header_size))
 
     def close(self):
         """Drop any buffered bytes and give the buffer back to the pool."""
@@ -496,11 +333,11 @@ class FrameEncoder:
     def __init__(self, fmt=None, *, length_size=None, byteorder=None,
                  length_offset=0, length_adjustment=0,
                  max_frame_size=DEFAULT_MAX_FRAME_SIZE):
-        (self.length_size, self.big_endian, self.length_offset,
-         self.length_adjustment, _strip, self.max_frame_size,
-         self.header_size) = _resolve_layout(
+        header = dict(zip(LAYOUT_FIELDS, resolve_layout(
             fmt, length_size, byteorder, length_offset, length_adjustment,
-            None, max_frame_size)
+            None, max_frame_size)))
+        del header["initial_bytes_to_strip"]     # the payload is the body
+        vars(self).update(header)
 
     @property
     def byteorder(self):
@@ -508,29 +345,25 @@ class FrameEncoder:
 
     def _value(self, payload_size):
         if payload_size > self.max_frame_size:
-            raise FrameTooLarge("payload of %d bytes exceeds max_frame_size %d"
-                                % (payload_size, self.max_frame_size))
+            raise FrameTooLarge(payload_too_large_message(payload_size, self.max_frame_size))
         value = payload_size - self.length_adjustment
         if value < 0:
-            raise FrameError("payload of %d bytes is shorter than length_adjustment "
-                             "%d allows (length field would be %d)"
-                             % (payload_size, self.length_adjustment, value))
+            raise FrameError(payload_too_short_message(payload_size, self.length_adjustment))
         if value >= 1 << (8 * self.length_size):
-            raise FrameTooLarge(_field_too_small_message(value, self.length_size))
+            raise FrameTooLarge(field_too_small_message(value, self.length_size))
         return value
 
     def header(self, payload_size, prefix=None):
         """The header for a payload of ``payload_size`` bytes; ``prefix`` is
         the ``length_offset`` bytes before the length field (zeros if None)."""
-        payload_size = _index("payload_size", payload_size)
+        payload_size = as_index("payload_size", payload_size)
         if payload_size < 0:
-            raise ValueError("payload_size must be >= 0, not %d" % payload_size)
+            raise ValueError(payload_size_message(payload_size))
         value = self._value(payload_size)
         if prefix is None:
             prefix = bytes(self.length_offset)
         elif len(prefix) != self.length_offset:
-            raise ValueError("prefix must be length_offset (%d) bytes, not %d"
-                             % (self.length_offset, len(prefix)))
+            raise ValueError(prefix_message(self.length_offset, len(prefix)))
         return bytes(prefix) + value.to_bytes(self.length_size, self.byteorder)
 
     def encode(self, payload, prefix=None):
@@ -546,6 +379,5 @@ def encode_frame(payload, fmt=None, **layout):
     """``payload`` (bytes-like) with a length header: ``"!I"`` by default,
     or the header described by ``fmt``/``layout`` as for FrameEncoder.
     Raises FrameTooLarge if the header cannot express the length."""
-    if fmt is None and not layout:
-        return _DEFAULT_ENCODER.encode(payload)
-    return FrameEncoder(fmt, **layout).encode(payload)
+    encoder = _DEFAULT_ENCODER if fmt is None and not layout else FrameEncoder(fmt, **layout)
+    return encoder.encode(payload)

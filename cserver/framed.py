@@ -23,7 +23,7 @@ import socket
 from collections import deque
 
 from .errors import FrameError
-from .framing import DEFAULT_MAX_FRAME_SIZE, FrameDecoder, FrameEncoder, layout_of
+from .framing import FramingAttributes, framing_for
 from .socketserver import BaseRequestHandler
 
 __all__ = ["FramedRequestHandler", "FramedClient", "send_frame"]
@@ -84,9 +84,28 @@ _BATCH_FRAMES = 256
 _BATCH_BYTES = 1 << 20
 
 
+class _FrameReader:
+    """``recv_frame`` for FramedRequestHandler and FramedClient: frames
+    read from the blocking socket ``self._stream`` (a property: the socket
+    as it is at the time of the read) through ``self.decoder``, queued in
+    ``self._frames`` (a deque) until taken."""
+
+    __slots__ = ()
+
+    def recv_frame(self):
+        """The next frame (``bytes``), or None when the peer closed the
+        connection between frames.  Raises FrameError on a bad frame
+        (IncompleteFrame when the stream ended inside one)."""
+        frames = self._frames
+        while not frames:
+            got = self.decoder.read_from(self._stream)
+            if got is None:
+                return None
+            frames.extend(got)
+        return frames.popleft()
 
 
-class FramedRequestHandler(BaseRequestHandler):
+class FramedRequestHandler(FramingAttributes, _FrameReader, BaseRequestHandler):
     """Request handler for length-prefixed frames on a stream socket.
 
     Methods that may be overridden:
@@ -101,12 +120,16 @@ class FramedRequestHandler(BaseRequestHandler):
     - send_frame(payload)
 
     Class variables that may be overridden (the header description, as for
-    ``FrameDecoder``; the same description is used for replies):
+    ``FrameDecoder``, inherited from ``cserver.framing.FramingAttributes``;
+    the same description is used for replies):
 
     - frame_format = "!I"
     - length_size, byteorder (instead of frame_format)
     - length_offset, length_adjustment, initial_bytes_to_strip
     - max_frame_size (incoming and outgoing)
+
+    and:
+
     - buffer_pool (None: the shared default pool)
     - timeout (socket timeout, None for blocking)
     - disable_nagle_algorithm (True: every frame is one send; TCP only)
@@ -114,13 +137,6 @@ class FramedRequestHandler(BaseRequestHandler):
 
     __module__ = "cserver"
 
-    frame_format = "!I"
-    length_size = None
-    byteorder = None
-    length_offset = 0
-    length_adjustment = 0
-    initial_bytes_to_strip = None
-    max_frame_size = DEFAULT_MAX_FRAME_SIZE
     buffer_pool = None
     timeout = None
     disable_nagle_algorithm = True
@@ -132,11 +148,9 @@ class FramedRequestHandler(BaseRequestHandler):
         if (self.disable_nagle_algorithm
                 and self.connection.family in (socket.AF_INET, socket.AF_INET6)):
             self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
-        fmt, layout = layout_of(self)
-        self.encoder = FrameEncoder(fmt, **layout)
-        self.decoder = FrameDecoder(
-            fmt, initial_bytes_to_strip=self.initial_bytes_to_strip,
-            pool=self.buffer_pool, **layout)
+        recipe = framing_for(self, self.buffer_pool)
+        self.encoder = recipe.encoder
+        self.decoder = recipe.decoder
         self._frames = deque()
         self._replies = []
         self._reply_bytes = 0
@@ -196,17 +210,9 @@ class FramedRequestHandler(BaseRequestHandler):
         logger.warning("closing connection from %r: %s: %s",
                        self.client_address, type(exc).__name__, exc)
 
-    def recv_frame(self):
-        """The next frame (``bytes``), or None when the peer closed the
-        connection between frames.  Raises FrameError (IncompleteFrame when
-        the stream ended inside a frame)."""
-        frames = self._frames
-        while not frames:
-            got = self.decoder.read_from(self.connection)
-            if got is None:
-                return None
-            frames.extend(got)
-        return frames.popleft()
+    @property
+    def _stream(self):
+        return self.connection
 
     def send_frame(self, payload):
         """Send ``payload`` (bytes-like) as one frame (after any reply
@@ -219,7 +225,10 @@ class FramedRequestHandler(BaseRequestHandler):
         self.decoder.close()
 
 
-class FramedClient:
+_DEFAULTS = FramingAttributes
+
+
+class FramedClient(_FrameReader):
     """A blocking client for length-prefixed frames.
 
     ``FramedClient(address, timeout=None, *, frame_format="!I", ...)``
@@ -232,21 +241,23 @@ class FramedClient:
 
     __module__ = "cserver"
 
-    def __init__(self, address, timeout=None, *, frame_format="!I",
-                 length_size=None, byteorder=None, length_offset=0,
-                 length_adjustment=0, initial_bytes_to_strip=None,
-                 max_frame_size=DEFAULT_MAX_FRAME_SIZE, buffer_pool=None,
+    def __init__(self, address, timeout=None, *, frame_format=_DEFAULTS.frame_format,
+                 length_size=_DEFAULTS.length_size, byteorder=_DEFAULTS.byteorder,
+                 length_offset=_DEFAULTS.length_offset,
+                 length_adjustment=_DEFAULTS.length_adjustment,
+                 initial_bytes_to_strip=_DEFAULTS.initial_bytes_to_strip,
+                 max_frame_size=_DEFAULTS.max_frame_size, buffer_pool=None,
                  source_address=None):
         self.frame_format = frame_format
         self.length_size = length_size
         self.byteorder = byteorder
         self.length_offset = length_offset
         self.length_adjustment = length_adjustment
+        self.initial_bytes_to_strip = initial_bytes_to_strip
         self.max_frame_size = max_frame_size
-        fmt, layout = layout_of(self)
-        self.encoder = FrameEncoder(fmt, **layout)
-        self.decoder = FrameDecoder(fmt, initial_bytes_to_strip=initial_bytes_to_strip,
-                                    pool=buffer_pool, **layout)
+        recipe = framing_for(self, buffer_pool)
+        self.encoder = recipe.encoder
+        self.decoder = recipe.decoder
         self._frames = deque()
         self.address = address
         if isinstance(address, (str, bytes, os.PathLike)):
@@ -266,24 +277,16 @@ class FramedClient:
                 raise
         self.socket = sock
 
+    @property
+    def _stream(self):
+        return self.socket
+
     def fileno(self):
         return self.socket.fileno()
 
     def send_frame(self, payload):
         """Send ``payload`` (bytes-like) as one frame."""
         send_frame(self.socket, payload, self.encoder)
-
-    def recv_frame(self):
-        """The next frame (``bytes``), or None when the server closed the
-        connection between frames.  Raises FrameError on a bad frame,
-        IncompleteFrame when the stream ended inside one."""
-        frames = self._frames
-        while not frames:
-            got = self.decoder.read_from(self.socket)
-            if got is None:
-                return None
-            frames.extend(got)
-        return frames.popleft()
 
     def request(self, payload):
         """Send ``payload`` as a frame and return the reply frame.  Raises

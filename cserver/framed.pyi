@@ -9,6 +9,7 @@ from typing_extensions import Self
 
 from cserver._framing import BufferPool, FrameDecoder, FrameEncoder
 from cserver.errors import FrameError
+from cserver.framing import FramingAttributes
 from cserver.socketserver import BaseRequestHandler, BaseServer
 
 __all__: list[str] = ["FramedRequestHandler", "FramedClient", "send_frame"]
@@ -20,20 +21,13 @@ def send_frame(sock: socket.socket, payload: ReadableBuffer, encoder: FrameEncod
     """Send ``payload`` as one frame (header and payload in one sendmsg; a
     large payload is not copied)."""
 
-class FramedRequestHandler(BaseRequestHandler):
+class FramedRequestHandler(FramingAttributes, BaseRequestHandler):
     """Request handler for length-prefixed frames, on stream servers
     (TCPServer, UnixStreamServer and their Threading/Forking/ThreadPool
     variants).  Override ``handle_frame(frame)`` (its non-None result is
     sent back) or ``handle()`` with ``recv_frame()``/``send_frame()``.  A
     bad frame is logged on ``cserver.framing`` and the connection closed."""
 
-    frame_format: ClassVar[str | None]
-    length_size: ClassVar[int | None]
-    byteorder: ClassVar[Literal["big", "little"] | None]
-    length_offset: ClassVar[int]
-    length_adjustment: ClassVar[int]
-    initial_bytes_to_strip: ClassVar[int | None]
-    max_frame_size: ClassVar[int]
     buffer_pool: ClassVar[BufferPool | None]
     timeout: ClassVar[float | None]
     disable_nagle_algorithm: ClassVar[bool]
@@ -64,6 +58,7 @@ class FramedClient:
     byteorder: Literal["big", "little"] | None
     length_offset: int
     length_adjustment: int
+    initial_bytes_to_strip: int | None
     max_frame_size: int
     def __init__(
         self,

@@ -63,7 +63,7 @@ import time
 
 from . import _framing, _loop
 from .errors import FrameError, FrameTooLarge, IncompleteFrame
-from .framing import layout_of
+from .framing import FramingAttributes, framing_for
 
 __all__ = ["SelectorServer", "SelectorTCPServer", "SelectorUnixStreamServer",
            "SelectorUDPServer", "ConnectionHandler", "FrameHandler",
@@ -234,7 +234,7 @@ class ConnectionHandler:
         self.transport.resume_reading()
 
 
-class FrameHandler(ConnectionHandler):
+class FrameHandler(FramingAttributes, ConnectionHandler):
     """A connection handler for length-prefixed frames.
 
     Override ``frame_received(frame)``: called once per complete frame, with
@@ -254,16 +254,9 @@ class FrameHandler(ConnectionHandler):
     body length), ``initial_bytes_to_strip`` (bytes removed from the start
     of each delivered frame; default: the whole header), ``max_frame_size``
     (``cserver.DEFAULT_MAX_FRAME_SIZE``, 1 MiB, by default; replies are
-    checked against it too).  Read once, when the server's loop is built.
+    checked against it too); these are ``cserver.framing.FramingAttributes``.
+    Read once, when the server's loop is built.
     """
-
-    frame_format = "!I"
-    length_size = None
-    byteorder = None
-    length_offset = 0
-    length_adjustment = 0
-    initial_bytes_to_strip = None
-    max_frame_size = _framing.DEFAULT_MAX_FRAME_SIZE
 
     def __init__(self, transport, client_address, server):
         ConnectionHandler.__init__(self, transport, client_address, server)
@@ -431,9 +424,7 @@ class SelectorServer:
             raise TypeError("%s needs %s, got %s (%s)"
                             % (name, wanted, handler_class.__qualname__, kind))
         if self._framed():
-            fmt, layout = layout_of(handler_class)
-            strip = getattr(handler_class, "initial_bytes_to_strip", None)
-            _framing.FrameDecoder(fmt, initial_bytes_to_strip=strip, **layout)
+            framing_for(handler_class, twin=_framing)
 
     def _reuseport_workers(self):
         return (self.workers or 1) > 1 and self.address_family in (
@@ -507,18 +498,14 @@ class SelectorServer:
         core = _loop.Loop(_loop_kind(self.loop), self.read_size)
         options = {}
         if self._framed():
-            handler_class = self.RequestHandlerClass
-            fmt, layout = layout_of(handler_class)
-            strip = getattr(handler_class, "initial_bytes_to_strip", None)
+            # validated now (a bad layout fails here, not at the first
+            # accept); the loop's decoders are compiled, their pool too
             pool = self.buffer_pool
             if pool is None:
                 pool = _framing.BufferPool()
-            # validated now (a bad layout fails here, not at the first
-            # accept); the loop clones it for each connection
-            decoder = _framing.FrameDecoder(fmt, initial_bytes_to_strip=strip, pool=pool,
-                                            **layout)
-            options = dict(decoder=decoder, pool=pool,
-                           encoder=_framing.FrameEncoder(fmt, **layout))
+            recipe = framing_for(self.RequestHandlerClass, pool, twin=_framing)
+            # the prototype was validated here; the loop clones it per connection
+            options = dict(decoder=recipe.decoder, pool=recipe.pool, encoder=recipe.encoder)
         verify = self.verify_request
         if getattr(verify, "__func__", None) is SelectorServer.verify_request:
             verify = None  # the default accepts everything: skip the call

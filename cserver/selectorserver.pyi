@@ -16,7 +16,7 @@ import types
 from _typeshed import ReadableBuffer
 from collections.abc import Callable, Iterable
 from socket import socket as _socket
-from typing import Any, ClassVar, Literal, TypedDict, type_check_only
+from typing import Any, Literal, TypedDict, type_check_only
 from typing_extensions import Self, TypeAlias, TypeVarTuple, Unpack
 
 from cserver._framing import BufferPool
@@ -24,7 +24,7 @@ from cserver._loop import DatagramEndpoint, TimerHandle, Transport
 from cserver.errors import FrameError as FrameError
 from cserver.errors import FrameTooLarge as FrameTooLarge
 from cserver.errors import IncompleteFrame as IncompleteFrame
-from cserver.framing import layout_of as layout_of
+from cserver.framing import FramingAttributes
 
 __all__: list[str] = [
     "SelectorServer",
@@ -98,16 +98,10 @@ class ConnectionHandler:
     def pause_reading(self) -> None: ...
     def resume_reading(self) -> None: ...
 
-class FrameHandler(ConnectionHandler):
-    """Length-prefixed frames: override ``frame_received`` (once per frame)."""
+class FrameHandler(FramingAttributes, ConnectionHandler):
+    """Length-prefixed frames: override ``frame_received`` (once per frame);
+    the header is described by the FramingAttributes."""
 
-    frame_format: ClassVar[str | None]
-    length_size: ClassVar[int | None]
-    byteorder: ClassVar[Literal["big", "little"] | None]
-    length_offset: ClassVar[int]
-    length_adjustment: ClassVar[int]
-    initial_bytes_to_strip: ClassVar[int | None]
-    max_frame_size: ClassVar[int]
     def frame_received(self, frame: bytes) -> None:
         """Called once per complete frame with its payload."""
     def frame_error(self, exc: FrameError) -> None:

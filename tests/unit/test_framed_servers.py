@@ -262,3 +262,113 @@ def test_pure_mode_runs_the_same_handler(tmp_path):
                          text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "PURE"
+
+
+# -- one framing recipe: the attributes, their defaults and the builder ---------------
+
+
+FRAMING_NAMES = ("frame_format", "length_size", "byteorder", "length_offset",
+                 "length_adjustment", "initial_bytes_to_strip", "max_frame_size")
+
+
+def test_framing_attributes_are_declared_once():
+    from cserver.framing import FramingAttributes
+    for cls in (cserver.FramedRequestHandler, cserver.FrameHandler):
+        assert issubclass(cls, FramingAttributes)
+        for name in FRAMING_NAMES:
+            assert name not in vars(cls), (cls, name)   # inherited, not redeclared
+            assert getattr(cls, name) == getattr(FramingAttributes, name)
+    assert FramingAttributes.frame_format == "!I"
+    assert FramingAttributes.max_frame_size == cserver.DEFAULT_MAX_FRAME_SIZE
+
+
+def test_framed_client_defaults_are_the_attributes_defaults():
+    import inspect
+    from cserver.framing import FramingAttributes
+    params = inspect.signature(cserver.FramedClient).parameters
+    for name in FRAMING_NAMES:
+        assert params[name].default == getattr(FramingAttributes, name), name
+
+
+@pytest.mark.parametrize("twin_name", ["_framing", "_framing_py"])
+def test_framing_for_builds_a_validated_prototype_and_encoder(twin_name):
+    import importlib
+    from cserver.framing import framing_for
+    twin = importlib.import_module("cserver." + twin_name)
+    pool = twin.BufferPool(slab_size=4096)
+
+    class Layout:
+        length_size = 2
+        byteorder = "little"          # replaces the inherited frame_format
+        frame_format = "!Q"
+        length_offset = 1
+        length_adjustment = 2
+        initial_bytes_to_strip = 3
+        max_frame_size = 100
+
+    recipe = framing_for(Layout, pool, twin=twin)
+    dec, enc = recipe.decoder, recipe.encoder
+    assert type(dec) is twin.FrameDecoder and type(enc) is twin.FrameEncoder
+    assert recipe.pool is pool and dec.pool is pool
+    assert (dec.length_size, dec.byteorder, dec.length_offset, dec.length_adjustment,
+            dec.initial_bytes_to_strip, dec.max_frame_size) == (2, "little", 1, 2, 3, 100)
+    assert (enc.length_size, enc.byteorder, enc.length_offset, enc.length_adjustment,
+            enc.max_frame_size) == (2, "little", 1, 2, 100)
+    wire = enc.encode(b"body")        # field = 4 - 2
+    assert wire == b"\x00\x02\x00body"
+    clone = dec.clone()
+    assert clone.feed(wire) == [b"body"] and dec.pending == 0
+    # a source that declares nothing takes every default
+    plain = framing_for(object(), twin=twin)
+    assert (plain.decoder.length_size, plain.decoder.byteorder, plain.decoder.max_frame_size,
+            plain.decoder.pool) == (4, "big", cserver.DEFAULT_MAX_FRAME_SIZE, twin.DEFAULT_POOL)
+    assert plain.encoder.encode(b"ab") == b"\x00\x00\x00\x02ab"
+
+
+@pytest.mark.parametrize("attrs, error, message", [
+    ({"initial_bytes_to_strip": -1}, ValueError, "initial_bytes_to_strip must be >= 0, not -1"),
+    ({"frame_format": "!x"}, ValueError, "got '!x'"),
+    ({"max_frame_size": "big"}, TypeError, "max_frame_size must be an int, not str"),
+])
+def test_framing_for_errors_name_the_attribute(attrs, error, message):
+    from cserver.framing import framing_for
+    handler = type("Bad", (FramedRequestHandler,), attrs)
+    with pytest.raises(error, match=message.replace("(", r"\(")):
+        framing_for(handler)
+
+
+def test_multiplexing_server_builds_its_recipe_once_and_clones_it(monkeypatch):
+    """Each connection's decoder is a clone of one validated prototype: the
+    recipe is built at construction (validation) and once for the loop,
+    never per connection."""
+    from cserver import selectorserver
+    calls = []
+    real = selectorserver.framing_for
+
+    def counting(*args, **kwargs):
+        recipe = real(*args, **kwargs)
+        calls.append(recipe)
+        return recipe
+
+    monkeypatch.setattr(selectorserver, "framing_for", counting)
+
+    class Echo(cserver.FrameHandler):
+        frame_format = "!H"
+
+        def frame_received(self, frame):
+            self.send_frame(frame)
+
+    server = cserver.SelectorTCPServer(("127.0.0.1", 0), Echo)
+    thread = threading.Thread(target=server.serve_forever)
+    thread.start()
+    try:
+        for i in range(3):
+            with FramedClient(server.server_address, timeout=10, frame_format="!H") as client:
+                assert client.request(b"%d" % i) == b"%d" % i
+    finally:
+        server.shutdown()
+        thread.join(10)
+        server.server_close()
+    assert not thread.is_alive()
+    assert len(calls) == 2
+    assert calls[1].decoder.length_size == 2 and calls[1].decoder.pending == 0

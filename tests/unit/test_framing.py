@@ -893,3 +893,32 @@ def test_clone_is_an_empty_decoder_with_the_same_layout(twin):
     with pytest.raises(FrameTooLarge):
         c.feed(b"\xe9\x03")
     assert not d.failed
+
+
+def test_c_twin_does_not_import_its_oracle():
+    """The C decoder implements the shared header description
+    (cserver._layout); it does not borrow the pure twin's code."""
+    import os
+    import subprocess
+    import sys
+    code = ("import sys, cserver._framing, cserver.framing\n"
+            "assert cserver.framing.COMPILED\n"
+            "print('cserver._framing_py' in sys.modules)\n")
+    env = {k: v for k, v in os.environ.items() if k != "CSERVER_PURE"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
+
+
+def test_twins_share_the_header_description():
+    from cserver import _framing, _framing_py, _layout
+    assert _framing.DEFAULT_MAX_FRAME_SIZE == _framing_py.DEFAULT_MAX_FRAME_SIZE \
+        == _layout.DEFAULT_MAX_FRAME_SIZE == 1 << 20
+    for twin in (_framing, _framing_py):
+        with pytest.raises(TypeError, match="pool must be a BufferPool of the same twin, not str"):
+            twin.FrameDecoder(pool="a pool")
+        other = (_framing_py if twin is _framing else _framing).BufferPool()
+        with pytest.raises(TypeError, match="not BufferPool"):
+            twin.FrameDecoder(pool=other)

@@ -17,7 +17,7 @@ import sys
 import pytest
 
 import cserver
-from cserver import _framing, _framing_py, _loop
+from cserver import _framing, _framing_py, _layout, _loop
 
 TIMEOUT = 60.0
 PACKAGE_DIR = os.path.dirname(os.path.abspath(cserver.__file__))
@@ -70,8 +70,8 @@ def test_framed_client_signature():
 
 
 def test_stubs_and_marker_ship_with_the_package():
-    for name in ("__init__", "socketserver", "framing", "_framing", "_loop", "framed",
-                 "selectorserver"):
+    for name in ("__init__", "socketserver", "framing", "_framing", "_layout", "_loop",
+                 "framed", "selectorserver"):
         assert os.path.isfile(os.path.join(PACKAGE_DIR, name + ".pyi")), name
     assert os.path.isfile(os.path.join(PACKAGE_DIR, "py.typed"))
 
@@ -117,7 +117,8 @@ def test_stub_all_is_literal_and_the_runtimes():
     # the stub's must name what the runtime's does, here.
     for module, name in ((cserver, "__init__"), (cserver.socketserver, "socketserver"),
                          (cserver.selectorserver, "selectorserver"), (cserver.framed, "framed"),
-                         (cserver.framing, "framing"), (_framing, "_framing")):
+                         (cserver.framing, "framing"), (_framing, "_framing"),
+                         (_layout, "_layout")):
         names = []
 
         def collect(body):
