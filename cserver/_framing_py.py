@@ -18,7 +18,6 @@ Header description (Netty's ``LengthFieldBasedFrameDecoder`` and tokio's
 what the length field can express.
 """
 
-import socket as _socket
 import struct as _struct
 import sys as _sys
 import threading as _threading
@@ -221,10 +220,6 @@ class BufferPool:
                 self._idle.append(slab)
             else:
                 self._frees += 1
-
-    def _note_bypass(self):
-        with self._lock:
-            self._bypass += 1
 
     def lease(self):
         """Take a slab: a ``PooledBuffer`` (writable buffer of ``slab_size``

@@ -105,7 +105,7 @@ def test_setup_and_package_agree_on_compiled_modules():
 
 
 # --- importing an uncompiled tree, the shadow path, tracebacks, the toolchain
-# check (issue 10) -------------------------------------------------------------
+# check -------------------------------------------------------------------------
 
 import shutil  # noqa: E402
 import subprocess  # noqa: E402

@@ -39,8 +39,6 @@ import os
 import re
 import shutil
 import signal
-import socket
-import struct
 import subprocess
 import sys
 import textwrap
@@ -112,7 +110,8 @@ RUN_ELSEWHERE = {
 SERVERS = {
     "pip install . && cserver echo": {"kind": "framed", "port": 9000},
     "SHADOW=$(python -c 'import cserver; print(cserver.shadow_path())') && "
-    "PYTHONPATH=$SHADOW python -m http.server -b 127.0.0.1": {"kind": "http-on-cserver", "port": 8000},
+    "PYTHONPATH=$SHADOW python -m http.server -b 127.0.0.1":
+        {"kind": "http-on-cserver", "port": 8000},
     "python -m cserver echo": {"kind": "framed", "port": 9000},
     "python -m cserver echo --raw --port 0": {"kind": "raw", "port": "from-log"},
     "python -m cserver echo --unix /tmp/echo.sock --workers 4 --idle-timeout 30":
@@ -181,7 +180,8 @@ def all_commands():
 
 def test_extraction_sees_the_readme_commands():
     # The parser itself: comments go, commands stay whole.
-    assert strip_comment("pip install .[bench]          # cserver + uvloop") == "pip install .[bench]"
+    assert (strip_comment("pip install .[bench]          # cserver + uvloop")
+            == "pip install .[bench]")
     assert strip_comment("echo 'a # b'  # c") == "echo 'a # b'"
     readme = commands("README.md")
     assert "pip install tox && tox" in readme
@@ -274,8 +274,8 @@ DRIVER = textwrap.dedent(r'''
     if spec["netns"]:
         s = socket.socket()
         ifreq = struct.pack("16sH14x", b"lo", 0)
-        flags = struct.unpack("16sH14x", fcntl.ioctl(s, 0x8913, ifreq))[1]      # SIOCGIFFLAGS
-        fcntl.ioctl(s, 0x8914, struct.pack("16sH14x", b"lo", flags | 1))        # SIOCSIFFLAGS, IFF_UP
+        flags = struct.unpack("16sH14x", fcntl.ioctl(s, 0x8913, ifreq))[1]  # SIOCGIFFLAGS
+        fcntl.ioctl(s, 0x8914, struct.pack("16sH14x", b"lo", flags | 1))    # SIOCSIFFLAGS, IFF_UP
         s.close()
     probe = spec["probe"]
     if "unix" in probe and os.path.exists(probe["unix"]):
