@@ -114,7 +114,8 @@ def churn(kind, impl, clients, per_client):
 
 def fmt(samples, unit, scale=1.0):
     med = statistics.median(samples) * scale
-    return "%10.3f %s  (min %.3f, max %.3f)" % (med, unit, min(samples) * scale, max(samples) * scale)
+    return "%10.3f %s  (min %.3f, max %.3f)" % (med, unit, min(samples) * scale,
+                                                max(samples) * scale)
 
 
 def main():

@@ -26,7 +26,6 @@ import platform
 import statistics
 import struct
 import subprocess
-import sys
 import time
 
 import _cserver_path  # noqa: E402  (bench/ is sys.path[0])
@@ -105,7 +104,7 @@ def rfile_idiom(chunks):
         if len(header) < 4:
             return n
         (size,) = unpack("!I", header)
-        frame = read(size)
+        read(size)  # the frame
         n += 1
 
 

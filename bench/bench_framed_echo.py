@@ -14,8 +14,9 @@ in one run.
 Each server runs in a process of its own; client processes (the same for
 every server) each keep one connection and send pipelined batches of frames
 (one pre-encoded ``sendall`` per batch), reading all the replies of a batch
-with cserver's FramedClient before the next.  Reported: echoed frames/s over all clients, median with min-max of the
-rounds, and the ratio of cserver to each.
+with cserver's FramedClient before the next.  Reported: echoed frames/s over
+all clients, median with min-max of the rounds, and the ratio of cserver to
+each.
 
 Usage: python bench/bench_framed_echo.py [--quick] [--rounds N]
            [--clients N] [--seconds S] [--sizes 64,16384]

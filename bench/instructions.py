@@ -16,7 +16,7 @@ only: the kernel's TCP work is not counted, and it is the same for every
 server).  Use it to judge a hot-path change: run it before and after, on the
 same interpreter.
 
-    python bench/instructions.py                       # c-epoll, cserver-mux, uvloop; 1c-d1, 500c-d1
+    python bench/instructions.py          # c-epoll, cserver-mux, uvloop; 1c-d1, 500c-d1
     python bench/instructions.py --servers cserver-mux --workloads 1c-d1 --requests 2000
 
 The servers are the harness's (``bench/run.py --list``); cserver is found as

@@ -707,7 +707,8 @@ def markdown(meta, wls, srvs, summ):
             bad = "%d/%d" % (s["mismatches"], s["errors"])
             if s.get("lost"):
                 bad += " (%d lost)" % s["lost"]
-            lines.append("| %s | %s | %s | %s | %s | %.0f | %.0f | %.0f | %.0f%% | %.0f%% | %s |" % (
+            row = "| %s | %s | %s | %s | %s | %.0f | %.0f | %.0f | %.0f%% | %.0f%% | %s |"
+            lines.append(row % (
                 srv.title, fmt_num(s["value"]), spread(s), fmt_ratio(s.get("x_c")),
                 fmt_ratio(s.get("x_stdlib")), s["p50_us"], s["p99_us"], s["p999_us"],
                 s["server_cpu_pct"], s["loadgen_cpu_pct"], bad))
@@ -875,7 +876,7 @@ def machine_info(opts, cserver_version, cserver_build, pin):
         pass
     peers = {}
     try:
-        from importlib.metadata import PackageNotFoundError, version
+        from importlib.metadata import version
     except ImportError:  # pragma: no cover
         version = None
     for name in ("uvloop", "twisted", "gevent", "matplotlib"):

@@ -194,17 +194,15 @@ def shadow_path():
     """
     return _os.path.join(_os.path.dirname(__file__), "_shadow")
 
-# --- framing layer (issue 3): length-prefix frames, buffer pool, framed
-# handler and client.  Attributes of the package, not in __all__. ---
-from .errors import FrameError, FrameTooLarge, IncompleteFrame  # noqa: E402
-from .framing import (  # noqa: E402
+# The framing layer: length-prefix frames, buffer pool, framed handler and
+# client; and the multiplexing server.  Attributes of the package, not in
+# __all__ (which is the stdlib's).
+from .errors import FrameError, FrameTooLarge, IncompleteFrame  # noqa: E402,F401
+from .framing import (  # noqa: E402,F401
     DEFAULT_MAX_FRAME_SIZE, BufferPool, FrameDecoder, FrameEncoder, encode_frame,
 )
-from .framed import FramedClient, FramedRequestHandler  # noqa: E402
+from .framed import FramedClient, FramedRequestHandler  # noqa: E402,F401
 from . import errors, framing, framed  # noqa: E402,F401  (attributes in pure mode too)
-# --- end of framing layer ---
-
-# -- the multiplexing server (issue 4) -----------------------------------------
 from .selectorserver import (  # noqa: E402,F401
     SelectorServer, SelectorTCPServer, SelectorUDPServer, ConnectionHandler,
     FrameHandler, DatagramHandler,
@@ -212,7 +210,6 @@ from .selectorserver import (  # noqa: E402,F401
 if hasattr(_compat.socket, "AF_UNIX"):
     from .selectorserver import SelectorUnixStreamServer  # noqa: E402,F401
 from . import selectorserver  # noqa: E402,F401  (an attribute in pure mode too)
-# ------------------------------------------------------------------------------
 
 # Tracebacks through the compiled modules show their source lines.
 from . import _sources  # noqa: E402

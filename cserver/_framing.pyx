@@ -1,4 +1,5 @@
-# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+# cython: initializedcheck=False
 """C twin of ``cserver._framing_py``: the length-prefix frame decoder, the
 encoder, and the buffer pool their reads land in.
 
@@ -511,9 +512,9 @@ cdef class FrameDecoder:
         started yet.
 
         The object starts at one slab (or at twice what has arrived, if
-        more, never past the frame) and grows geometrically as the body arrives (``_big_reserve``), never
-        past the announced size: a header alone reserves one slab, not the
-        body it announces."""
+        more, never past the frame) and grows geometrically as the body
+        arrives (``_big_reserve``), never past the announced size: a header
+        alone reserves one slab, not the body it announces."""
         cdef Py_ssize_t size = self._need - self.initial_bytes_to_strip
         cdef Py_ssize_t fill, cap
         if (size <= self.pool.slab_size or n < self.initial_bytes_to_strip

@@ -67,10 +67,6 @@ class BufferPool:
             else:
                 self._frees += 1
 
-    def _note_bypass(self):
-        with self._lock:
-            self._bypass += 1
-
     def lease(self):
         """Take a slab: a ``PooledBuffer`` (writable buffer of ``slab_size``
         bytes; ``release()`` it or use it as a context manager), or None

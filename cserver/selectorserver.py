@@ -62,7 +62,7 @@ import threading
 import time
 
 from . import _framing, _loop
-from .errors import FrameError, FrameTooLarge, IncompleteFrame
+from .errors import FrameError, FrameTooLarge, IncompleteFrame  # noqa: F401  (re-exported)
 from .framing import FramingAttributes, framing_for
 
 __all__ = ["SelectorServer", "SelectorTCPServer", "SelectorUnixStreamServer",
@@ -72,7 +72,8 @@ __all__ = ["SelectorServer", "SelectorTCPServer", "SelectorUnixStreamServer",
 logger = logging.getLogger("cserver.selectorserver")
 
 _OPTIONS = frozenset((
-    "loop", "idle_timeout", "first_byte_timeout", "frame_timeout", "max_connections", "high_water", "low_water",
+    "loop", "idle_timeout", "first_byte_timeout", "frame_timeout", "max_connections",
+    "high_water", "low_water",
     "drain_timeout", "tcp_nodelay", "read_size", "accept_batch", "workers",
     "allow_reuse_address", "allow_reuse_port", "request_queue_size",
     "buffer_pool",

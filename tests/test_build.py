@@ -105,7 +105,7 @@ def test_setup_and_package_agree_on_compiled_modules():
 
 
 # --- importing an uncompiled tree, the shadow path, tracebacks, the toolchain
-# check (issue 10) -------------------------------------------------------------
+# check -------------------------------------------------------------------------
 
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
@@ -309,7 +309,8 @@ def test_sdist_carries_the_licence_tests_and_docs(tmp_path):
     name = proc.stdout.strip().splitlines()[-1]
     with tarfile.open(os.path.join(str(tmp_path), name)) as tar:
         names = [n.split("/", 1)[1] for n in tar.getnames() if "/" in n]
-    for wanted in ("LICENSE", "CHANGELOG.md", "README.md", "setup.py", "tests/conftest.py",
+    for wanted in ("LICENSE", "CHANGELOG.md", "README.md", "DEVELOP.md", "setup.py",
+                   "tests/conftest.py",
                    "tests/test_docs.py", "tests/compat/oracle_runner.py", "docs/compat-tests.md",
                    "tools/build_wheels.sh", "bench/run.py", "bench/loadgen.c",
                    "cserver/_loop.pyx", "cserver/socketserver.py"):

@@ -1,6 +1,6 @@
-"""Every shell command in the README and docs/ runs as written.
+"""Every shell command in the README, DEVELOP.md and docs/ runs as written.
 
-Each line of a ```sh block in README.md and docs/*.md is a command (a
+Each line of a ```sh block in README.md, DEVELOP.md and docs/*.md is a command (a
 trailing ``# comment`` is not part of it).  Every command is either
 
 * listed in ``RUN_ELSEWHERE`` with the place that runs it and why it is not
@@ -23,12 +23,13 @@ why not here.  Keys are the command exactly as extracted (comment removed).
 that is no longer in the docs.  ``test_commands_run_as_written`` (the tox env
 ``docs``, ``CSERVER_DOCS_RUN=1``) runs them: in a fresh venv (``python -m
 venv``) and a fresh copy of the checkout (the files git tracks), README.md
-first, then docs/compat-tests.md, then the other files by name, each command
-once, in order.  A command that names a path of the checkout (``.``,
-``.[bench]``, ``bench/...``, ``tests/...``, ``setup.py``) runs in the
-checkout's top directory, as the docs mean; any other in a scratch directory,
-as a user's would.  A new command thus fails the docs env until it runs as
-written, or is added to one of the two tables.
+first, then docs/compat-tests.md, then DEVELOP.md, then the other files by
+name, each command once, in order.  A command that names a path of the
+checkout (``.``, ``.[bench]``, ``bench/...``, ``tests/...``, ``cserver/...``,
+``setup.py``; quoted or not) runs in the checkout's top directory, as the
+docs mean; any other in a scratch directory, as a user's would.  A new
+command thus fails the docs env until it runs as written, or is added to one
+of the two tables.
 
 Servers run in a network namespace of their own where ``unshare -n`` is
 allowed (the documented fixed ports, 9000 and 8000, cannot collide with
@@ -39,8 +40,6 @@ import os
 import re
 import shutil
 import signal
-import socket
-import struct
 import subprocess
 import sys
 import textwrap
@@ -106,13 +105,24 @@ RUN_ELSEWHERE = {
     "python setup.py build_ext --inplace -j 2 --force":
         "the rebuild after the by-hand sanitizer run above, which tox -e asan "
         "replaces",
+    "PYTHONPATH=$PWD python -m pytest -n 2 tests":
+        "the whole suite on the in-place build (DEVELOP.md), which every tox "
+        "env runs on the installed sdist; here it would double this env's time",
+    "CSERVER_PURE=1 PYTHONPATH=$PWD python -m pytest -n 2 tests":
+        "the pure-mode suite on the in-place build, which the tox env pure runs",
+    "pip install tox && tox -e lint":
+        ".ci/run runs tox -e lint first",
+    "tox -e py311":
+        "tox runs it (.ci/run's test command runs the whole matrix); here it "
+        "would run the suite inside this env",
 }
 
 #: Server commands: command -> probe (see _probe).
 SERVERS = {
     "pip install . && cserver echo": {"kind": "framed", "port": 9000},
     "SHADOW=$(python -c 'import cserver; print(cserver.shadow_path())') && "
-    "PYTHONPATH=$SHADOW python -m http.server -b 127.0.0.1": {"kind": "http-on-cserver", "port": 8000},
+    "PYTHONPATH=$SHADOW python -m http.server -b 127.0.0.1":
+        {"kind": "http-on-cserver", "port": 8000},
     "python -m cserver echo": {"kind": "framed", "port": 9000},
     "python -m cserver echo --raw --port 0": {"kind": "raw", "port": "from-log"},
     "python -m cserver echo --unix /tmp/echo.sock --workers 4 --idle-timeout 30":
@@ -128,7 +138,7 @@ EXPECTED_FAILURES = {
 #: scripts start on the installed package from the checkout's top directory.
 BENCH_SCRIPTS = ["bench/bench_compat.py", "bench/bench_decode.py", "bench/bench_framed_echo.py"]
 
-FIRST = ["README.md", "docs/compat-tests.md"]
+FIRST = ["README.md", "docs/compat-tests.md", "DEVELOP.md"]
 
 
 def doc_files():
@@ -181,11 +191,24 @@ def all_commands():
 
 def test_extraction_sees_the_readme_commands():
     # The parser itself: comments go, commands stay whole.
-    assert strip_comment("pip install .[bench]          # cserver + uvloop") == "pip install .[bench]"
+    assert (strip_comment("pip install .[bench]          # cserver + uvloop")
+            == "pip install .[bench]")
     assert strip_comment("echo 'a # b'  # c") == "echo 'a # b'"
     readme = commands("README.md")
     assert "pip install tox && tox" in readme
     assert any("cserver echo" in c for c in readme)
+
+
+def test_develop_md_commands_are_checked():
+    # DEVELOP.md's commands are among those checked, and the ones that name
+    # the checkout (quoted node ids, cserver/ sources) run in it.
+    assert "DEVELOP.md" in doc_files()
+    develop = commands("DEVELOP.md")
+    assert "python setup.py build_ext --inplace -j 2" in develop
+    assert set(develop) <= set(all_commands())
+    assert needs_checkout('PYTHONPATH=$PWD python -m pytest "tests/unit/test_x.py::test_y[epoll]"')
+    assert needs_checkout("cython -a -o /tmp/x/_loop.c cserver/_loop.pyx")
+    assert not needs_checkout("python -m cserver echo --raw --port 0")
 
 
 def test_every_command_is_known():
@@ -209,8 +232,8 @@ def test_readme_has_no_relative_links():
 
 # --- running them (tox -e docs) -----------------------------------------------
 
-NEEDS_CHECKOUT = re.compile(r"(^|\s|=)(\.(\[[^\]]*\])?|\./\S*|bench/\S*|tests/?\S*|tools/\S*|"
-                            r"setup\.py|docs/\S*)(\s|$)")
+NEEDS_CHECKOUT = re.compile(r"(^|\s|=)[\"']?(\.(\[[^\]]*\])?|\./\S*|bench/\S*|tests/?\S*|"
+                            r"tools/\S*|cserver/\S*|setup\.py|docs/\S*)(\s|$)")
 
 
 def needs_checkout(command):
@@ -274,8 +297,8 @@ DRIVER = textwrap.dedent(r'''
     if spec["netns"]:
         s = socket.socket()
         ifreq = struct.pack("16sH14x", b"lo", 0)
-        flags = struct.unpack("16sH14x", fcntl.ioctl(s, 0x8913, ifreq))[1]      # SIOCGIFFLAGS
-        fcntl.ioctl(s, 0x8914, struct.pack("16sH14x", b"lo", flags | 1))        # SIOCSIFFLAGS, IFF_UP
+        flags = struct.unpack("16sH14x", fcntl.ioctl(s, 0x8913, ifreq))[1]  # SIOCGIFFLAGS
+        fcntl.ioctl(s, 0x8914, struct.pack("16sH14x", b"lo", flags | 1))    # SIOCSIFFLAGS, IFF_UP
         s.close()
     probe = spec["probe"]
     if "unix" in probe and os.path.exists(probe["unix"]):

@@ -59,7 +59,8 @@ elif args.kind == "threading":
 else:
     if args.impl != "cserver":
         skip("the thread pool server is cserver's")
-    base = socketserver.ThreadPoolUnixStreamServer if args.unix else socketserver.ThreadPoolTCPServer
+    base = (socketserver.ThreadPoolUnixStreamServer if args.unix
+            else socketserver.ThreadPoolTCPServer)
     handler = FramedEcho
 
 

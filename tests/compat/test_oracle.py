@@ -30,7 +30,8 @@ def oracle_report():
         universal_newlines=True,
     )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("ORACLE ")]
-    assert lines, "the oracle printed no report:\n%s\n%s" % (proc.stdout[-3000:], proc.stderr[-6000:])
+    assert lines, "the oracle printed no report:\n%s\n%s" % (proc.stdout[-3000:],
+                                                            proc.stderr[-6000:])
     report = json.loads(lines[-1][len("ORACLE "):])
     report["returncode"] = proc.returncode
     report["stderr"] = proc.stderr
@@ -38,7 +39,8 @@ def oracle_report():
 
 
 def test_oracle_runs_every_test_and_all_pass(oracle_report):
-    problems = oracle_report["failures"] + oracle_report["errors"] + oracle_report["unexpected_successes"]
+    problems = (oracle_report["failures"] + oracle_report["errors"]
+                + oracle_report["unexpected_successes"])
     assert problems == [], oracle_report["stderr"][-8000:]
     assert oracle_report["skipped"] == []
     assert oracle_report["run"] == EXPECTED_TESTS

@@ -21,7 +21,6 @@ Run (see docs/fuzzing.md)::
 It prints ``fuzz_framing: cases N, frames compared M, divergences 0`` about
 once a second and when it stops.
 """
-import os
 import sys
 import time
 

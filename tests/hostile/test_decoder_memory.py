@@ -1,15 +1,15 @@
-"""Hostile peers against the framing layer's memory (issue 8).
+"""Hostile peers against the framing layer's memory.
 
 ``tests/hostile/`` holds attacks a network peer can make on cserver; each
 test plays the attacker, then checks that the server still serves a
 well-behaved client and that what the attack cost stays within a stated
-bound.  This module: header-only floods.  A header announces a frame; until
-issue 8 the C decoder allocated the whole announced body as soon as the
-header was complete, so a few bytes per peer pinned up to ``max_frame_size``
-each (and, with an 8-byte field and a large limit, one header reserved
-gigabytes).  Now a header reserves at most one pool slab (64 KiB by
-default) and a large frame's buffer grows with the bytes that actually
-arrive (at most twice what was received).
+bound.  This module: header-only floods.  A header announces a frame; a
+decoder that allocated the whole announced body as soon as the header was
+complete would let a few bytes per peer pin up to ``max_frame_size`` each
+(and, with an 8-byte field and a large limit, one header reserve
+gigabytes).  A header reserves at most one pool slab (64 KiB by default)
+and a large frame's buffer grows with the bytes that actually arrive (at
+most twice what was received).
 
 Every attack runs in a child process under ``RLIMIT_AS`` (address-space
 limit: VmSize, which counts reserved-but-untouched memory, the kind a

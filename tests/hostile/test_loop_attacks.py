@@ -15,7 +15,6 @@ import contextlib
 import json
 import os
 import random
-import resource
 import socket
 import struct
 import subprocess

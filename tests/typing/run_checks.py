@@ -65,7 +65,8 @@ def run(title, argv, cwd):
 
 def main():
     if "CSERVER_PURE" in os.environ:
-        sys.exit("run the typing checks without CSERVER_PURE: stubtest must see the compiled package")
+        sys.exit("run the typing checks without CSERVER_PURE: "
+                 "stubtest must see the compiled package")
     results = {"compiled package": check_package()}
     import cserver
     # The modules that have a stub, as -m arguments (given as files, stubs in

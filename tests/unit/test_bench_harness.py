@@ -32,7 +32,8 @@ ROUND = ["--warmup", "0.1", "--duration", "0.5", "--connect-timeout", "10"]
 
 
 def load_run_module():
-    spec = importlib.util.spec_from_file_location("cserver_bench_run", os.path.join(BENCH, "run.py"))
+    spec = importlib.util.spec_from_file_location("cserver_bench_run",
+                                                  os.path.join(BENCH, "run.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -338,7 +339,8 @@ def test_harness_runs_the_servers_with_python_option(bins, tmp_path):
     peers) run under that interpreter, not the harness's own."""
     calls = tmp_path / "calls"
     wrapper = tmp_path / "otherpython"
-    wrapper.write_text("#!/bin/sh\necho \"$@\" >> '%s'\nexec '%s' \"$@\"\n" % (calls, sys.executable))
+    wrapper.write_text("#!/bin/sh\necho \"$@\" >> '%s'\nexec '%s' \"$@\"\n"
+                       % (calls, sys.executable))
     wrapper.chmod(0o755)
     out = tmp_path / "results"
     proc = subprocess.run(

@@ -119,7 +119,8 @@ def test_any_split_yields_the_same_frames(twin, layout, data):
     stream, expected = build(layout, bodies)
     cuts = data.draw(st.lists(st.integers(0, 1 << 16), max_size=12))
     pool = twin.BufferPool(slab_size=256, max_slabs=4)
-    for chunks in (chunks_at(stream, cuts), [stream], [stream[i:i + 1] for i in range(len(stream))]):
+    one_byte_feeds = [stream[i:i + 1] for i in range(len(stream))]
+    for chunks in (chunks_at(stream, cuts), [stream], one_byte_feeds):
         dec = decoder(twin, layout, pool=pool)
         assert feed_all(dec, chunks) == expected
         assert dec.pending == 0
@@ -470,11 +471,12 @@ def test_large_frame_cut_reports_what_was_received(twin, cut):
 
 # -- frames larger than a slab, across feed() boundaries ------------------
 #
-# Issue 8: with nothing in its slab buffer while a frame larger than a slab
-# was in progress, the C decoder decoded that frame's body, when it arrived
-# in a later feed(), as headers ("frame smuggling").  The bodies below are
-# built to look like frames (zeros, or frames of the same layout), so that
-# any body byte parsed as a header shows as extra frames or a false error.
+# With nothing in its slab buffer while a frame larger than a slab is in
+# progress, the decoder must not decode that frame's body, when it arrives in
+# a later feed(), as headers ("frame smuggling", a fixed bug: CHANGELOG.md).
+# The bodies below are built to look like frames (zeros, or frames of the
+# same layout), so that any body byte parsed as a header shows as extra
+# frames or a false error.
 
 def smuggling_body(layout, n, seed=0):
     """``n`` bytes made of valid small frames of ``layout`` (what a peer

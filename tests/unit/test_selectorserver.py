@@ -24,7 +24,7 @@ import pytest
 import cserver
 from cserver import selectorserver
 
-KINDS = ["epoll", "selectors"] if cserver.selectorserver._loop.HAVE_EPOLL else ["selectors"]
+KINDS = ["epoll", "selectors"] if selectorserver._loop.HAVE_EPOLL else ["selectors"]
 TIMEOUT = 10.0
 
 
@@ -128,7 +128,7 @@ def tcp(handler, kind, **kw):
 
 
 def test_readme_example_shape(kind):
-    # The example, on port 0.
+    # The README's example, on port 0.
     with cserver.SelectorTCPServer(("127.0.0.1", 0), Echo, loop=kind) as server:
         with serving(server):
             with connect(server) as c:
@@ -140,7 +140,8 @@ def test_readme_example_shape(kind):
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_frames_split_and_coalesced_arbitrarily(kind, seed):
     rng = random.Random(seed)
-    payloads = [bytes(rng.getrandbits(8) for _ in range(rng.choice([0, 1, 3, 64, 700, 5000, 70000])))
+    sizes = [0, 1, 3, 64, 700, 5000, 70000]
+    payloads = [bytes(rng.getrandbits(8) for _ in range(rng.choice(sizes)))
                 for _ in range(60)]
     stream = b"".join(frame(p) for p in payloads)
     with serving(tcp(Echo, kind)) as server, connect(server) as c:
@@ -835,7 +836,7 @@ class LogReader:
         rx = re.compile(pattern)
 
         def found():
-            return [m for m in (rx.search(l) for l in list(self.lines)) if m]
+            return [m for m in (rx.search(line) for line in list(self.lines)) if m]
         assert wait_for(lambda: len(found()) >= count, timeout), "".join(self.lines)
         return found()
 
@@ -867,7 +868,7 @@ def test_cli_echo(raw, sig):
     finally:
         code = _stop(proc, reader, sig)
     assert code == 0
-    assert any("stopped" in l for l in reader.lines)
+    assert any("stopped" in line for line in reader.lines)
 
 
 def test_cli_unix():
@@ -915,7 +916,7 @@ def test_workers_restart_a_crashed_worker():
     finally:
         code = _stop(proc, reader, signal.SIGINT)  # Ctrl-C
     assert code == 0
-    assert any("all workers stopped" in l for l in reader.lines)
+    assert any("all workers stopped" in line for line in reader.lines)
 
 
 @pytest.mark.stress

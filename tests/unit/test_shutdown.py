@@ -1,8 +1,8 @@
 """cserver's shutdown(): it interrupts serve_forever()'s wait at once instead
 of after up to poll_interval (gh-88932), and it leaks nothing.
 
-The only timing assertions here are the loose ones the issue asks for:
-with poll_interval=5, shutdown() returns well under 1 s.
+The only timing assertions here are loose ones: with poll_interval=5,
+shutdown() returns well under 1 s.
 """
 import os
 import threading

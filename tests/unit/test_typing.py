@@ -82,8 +82,10 @@ def _stub(name):
 
 
 def _stub_parameters(stub, class_name, method):
-    (cls,) = [node for node in stub.body if isinstance(node, ast.ClassDef) and node.name == class_name]
-    (func,) = [node for node in cls.body if isinstance(node, ast.FunctionDef) and node.name == method]
+    (cls,) = [node for node in stub.body
+              if isinstance(node, ast.ClassDef) and node.name == class_name]
+    (func,) = [node for node in cls.body
+               if isinstance(node, ast.FunctionDef) and node.name == method]
     args = func.args
     positional = [(a.arg, inspect.Parameter.POSITIONAL_OR_KEYWORD) for a in args.args[1:]]
     keyword = [(a.arg, inspect.Parameter.KEYWORD_ONLY) for a in args.kwonlyargs]
@@ -97,7 +99,8 @@ def test_stub_constructors_of_the_c_classes(name, method):
     # stubtest sees a cdef class's constructor as a slot taking (*args,
     # **kwargs) and cannot check it: compare the stub with the signature
     # inspect reads (the text signature, itself compared with the pure twin).
-    runtime = [(p.name, p.kind) for p in inspect.signature(getattr(_framing, name)).parameters.values()]
+    parameters = inspect.signature(getattr(_framing, name)).parameters.values()
+    runtime = [(p.name, p.kind) for p in parameters]
     assert _stub_parameters(_stub("_framing"), name, method) == runtime
 
 
