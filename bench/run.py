@@ -1086,7 +1086,8 @@ def main(argv=None):
             if srv.requires and not importable(srv.requires):
                 records[key] = [{"type": "round", "server": srv.key, "workload": w.name,
                                  "status": "skip",
-                                 "note": "%s is not installed (pip install .[bench])" % srv.requires}]
+                                 "note": "%s is not installed (pip install .[bench])"
+                                         % srv.requires}]
                 done.add(key)
                 continue
             if srv.key in skipped:
