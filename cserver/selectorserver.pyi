@@ -34,6 +34,7 @@ __all__: list[str] = [
     "ConnectionHandler",
     "FrameHandler",
     "DatagramHandler",
+    "resolve_loop",
 ]
 
 _Ts = TypeVarTuple("_Ts")
@@ -45,6 +46,10 @@ _RetAddress: TypeAlias = Any
 _LoopKind: TypeAlias = Literal["epoll", "selectors"]
 
 logger: logging.Logger
+
+def resolve_loop(loop: _LoopKind | None = None) -> _LoopKind:
+    """The loop a server with ``loop=loop`` runs ($CSERVER_LOOP when None;
+    "selectors" where epoll does not exist).  ValueError for other names."""
 
 # The keyword options of the servers' constructors: the class attributes of
 # the same names.  The runtime takes **options and checks the names against
@@ -152,6 +157,7 @@ class SelectorServer:
     accept_batch: int
     workers: int
     buffer_pool: BufferPool | None
+    logger: logging.Logger
     server_address: _Address
     RequestHandlerClass: type[ConnectionHandler]
     socket: _socket
@@ -175,6 +181,9 @@ class SelectorServer:
     def shutdown(self, drain_timeout: float | None = None) -> None:
         """Stop serving: drain writes up to drain_timeout, close connections."""
     def server_close(self) -> None: ...
+    def stop_on_signal(self, signum: int, frame: types.FrameType | None = None) -> None:
+        """A SIGTERM/SIGINT handler: the first signal stops gracefully, the
+        next one closes every connection now."""
     def __enter__(self) -> Self: ...
     def __exit__(
         self, exc_type: type[BaseException] | None, exc_val: BaseException | None, exc_tb: types.TracebackType | None
