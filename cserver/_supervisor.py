@@ -76,10 +76,10 @@ class Supervisor:
         self.workers = workers
         self.drain_timeout = drain_timeout
         self.logger = logger
-        self._start_worker = start_worker
-        self._stop_requested = stop_requested
-        self._on_signal = on_signal
-        self._signals = None
+        # the owner's callables
+        self._start_worker, self._stop_requested, self._on_signal = (
+            start_worker, stop_requested, on_signal)
+        self._signals = None  # a _StopSignals while run() owns the stop signals
         self._stopping = False
 
     @property
