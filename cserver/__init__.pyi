@@ -70,9 +70,29 @@ if sys.platform != "win32":
 if sys.version_info < (3, 15):
     from cserver.socketserver import __version__ as __version__
 
-# the stdlib's list, as socketserver.pyi states it per platform and version
-__all__: list[str] = []
-__all__ += socketserver.__all__
+__all__: list[str] = [
+    "BaseServer",
+    "TCPServer",
+    "UDPServer",
+    "ThreadingUDPServer",
+    "ThreadingTCPServer",
+    "BaseRequestHandler",
+    "StreamRequestHandler",
+    "DatagramRequestHandler",
+    "ThreadingMixIn",
+]
+if sys.platform != "win32":
+    __all__ += [
+        "ForkingUDPServer",
+        "ForkingTCPServer",
+        "ForkingMixIn",
+        "UnixStreamServer",
+        "UnixDatagramServer",
+        "ThreadingUnixStreamServer",
+        "ThreadingUnixDatagramServer",
+    ]
+    if sys.version_info >= (3, 12):
+        __all__ += ["ForkingUnixStreamServer", "ForkingUnixDatagramServer"]
 
 #: cserver's own release (``__version__`` is the stdlib socketserver's).
 version: Final[str]

@@ -161,3 +161,38 @@ def test_the_server_logs_on_its_logger(caplog):
         server.server_close()
     assert [r.name for r in caplog.records] == [mine.name, mine.name]
     assert "SIGTERM: stopping" in caplog.records[0].getMessage()
+
+
+def test_the_loop_and_handle_error_log_on_the_servers_logger(caplog):
+    import socket
+    import struct
+    import threading
+
+    mine = logging.getLogger("test.defaults.loop")
+
+    class Boom(cserver.FrameHandler):
+        def frame_received(self, frame):
+            raise RuntimeError("boom")
+
+    class Server(cserver.SelectorTCPServer):
+        logger = mine
+
+    for handler, payload, words in (
+            (_Echo, struct.pack("!I", cserver.DEFAULT_MAX_FRAME_SIZE + 1), "closing connection"),
+            (Boom, struct.pack("!I", 1) + b"x", "Exception occurred")):
+        caplog.clear()
+        server = Server(("127.0.0.1", 0), handler)
+        thread = threading.Thread(target=server.serve_forever)
+        with caplog.at_level(logging.INFO, logger=mine.name):
+            thread.start()
+            try:
+                with socket.create_connection(server.server_address, timeout=10) as c:
+                    c.sendall(payload)
+                    assert c.recv(1) == b""  # the server closed it
+            finally:
+                server.shutdown()
+                thread.join(10)
+                server.server_close()
+        assert not thread.is_alive()
+        assert any(r.name == mine.name and words in r.getMessage() for r in caplog.records), \
+            [(r.name, r.getMessage()) for r in caplog.records]
