@@ -155,7 +155,7 @@ def _parser():
     echo.add_argument("--drain-timeout", type=_drain, default=_SERVER.drain_timeout,
                       metavar="S", help="seconds a stop spends sending buffered replies "
                       "(default %g)" % _SERVER.drain_timeout)
-    echo.add_argument("--loop", choices=("epoll", "selectors"), default=None,
+    echo.add_argument("--loop", choices=selectorserver.LOOP_KINDS, default=_SERVER.loop,
                       help="event loop (default: $CSERVER_LOOP, else epoll where available)")
     echo.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
     return p

@@ -42,7 +42,7 @@ from .framing import layout_of
 
 __all__ = ["SelectorServer", "SelectorTCPServer", "SelectorUnixStreamServer",
            "SelectorUDPServer", "ConnectionHandler", "FrameHandler",
-           "DatagramHandler", "resolve_loop"]
+           "DatagramHandler", "LOOP_KINDS", "resolve_loop"]
 
 #: the default ``SelectorServer.logger``: the server, its loop, its
 #: supervisor and its handlers' default messages log there
@@ -55,6 +55,9 @@ _OPTIONS = frozenset((
     "buffer_pool",
 ))
 
+#: the values of the ``loop`` option (besides None)
+LOOP_KINDS = ("epoll", "selectors")
+
 
 def resolve_loop(loop=None):
     """The loop a server with ``loop=loop`` runs: ``"epoll"`` or
@@ -64,7 +67,7 @@ def resolve_loop(loop=None):
     kind = loop or _env.requested_loop()
     if kind is None:
         return "epoll" if _loop.HAVE_EPOLL else "selectors"
-    if kind not in ("epoll", "selectors"):
+    if kind not in LOOP_KINDS:
         raise ValueError("loop must be 'epoll' or 'selectors', got %r" % (kind,))
     if kind == "epoll" and not _loop.HAVE_EPOLL:
         return "selectors"
@@ -288,9 +291,9 @@ class FrameHandler(ConnectionHandler):
 
     def frame_error(self, exc):
         """The peer broke the framing (``exc`` is a ``cserver.FrameError``):
-        log it (a warning on the server's ``logger``, ``cserver.selectorserver``
-        by default, naming the limit and the value seen).  When this returns, the connection is closed after
-        the replies already queued (those to the good frames before the bad
+        log it (a warning on the server's ``logger``,
+        ``cserver.selectorserver`` by default, naming the limit and the value
+        seen).  When this returns, the connection is closed after the replies already queued (those to the good frames before the bad
         one) are sent, within ``drain_timeout`` seconds; an override may
         still ``send_frame()`` a last reply, or ``abort()`` to discard them.
         As ``FramedRequestHandler.frame_error``."""
@@ -381,9 +384,9 @@ class SelectorServer:
     instances (or given as keyword arguments of the same names; checked by
     the constructor, before any socket exists, with errors that name the
     option and the value; read once, when the loop is built by
-    ``serve_forever()`` or the first ``call_*``).  Each one's value here is
-    its default, the only place the default is written (``help()`` shows
-    them; ``docs/selectorserver.md`` explains each):
+    ``serve_forever()`` or the first ``call_*``).  The class's value of
+    each is its default, and the only place that default is written
+    (``help()`` shows them; ``docs/selectorserver.md`` explains each):
 
     - address_family, socket_type
     - allow_reuse_address, allow_reuse_port

@@ -16,7 +16,7 @@ import types
 from _typeshed import ReadableBuffer
 from collections.abc import Callable, Iterable
 from socket import socket as _socket
-from typing import Any, ClassVar, Literal, TypedDict, type_check_only
+from typing import Any, ClassVar, Final, Literal, TypedDict, type_check_only
 from typing_extensions import Self, TypeAlias, TypeVarTuple, Unpack
 
 from cserver._framing import BufferPool
@@ -34,6 +34,7 @@ __all__: list[str] = [
     "ConnectionHandler",
     "FrameHandler",
     "DatagramHandler",
+    "LOOP_KINDS",
     "resolve_loop",
 ]
 
@@ -46,6 +47,8 @@ _RetAddress: TypeAlias = Any
 _LoopKind: TypeAlias = Literal["epoll", "selectors"]
 
 logger: logging.Logger
+#: the values of the ``loop`` option (besides None)
+LOOP_KINDS: Final[tuple[_LoopKind, ...]]
 
 def resolve_loop(loop: _LoopKind | None = None) -> _LoopKind:
     """The loop a server with ``loop=loop`` runs ($CSERVER_LOOP when None;

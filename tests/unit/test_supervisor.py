@@ -64,7 +64,6 @@ def _run(tmp_path, mode, stop):
     proc = subprocess.Popen([sys.executable, "-c", PROGRAM, marker, mode], env=env,
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, start_new_session=True)
-    lines = []
     try:
         deadline = time.monotonic() + TIMEOUT
         os.set_blocking(proc.stdout.fileno(), False)
@@ -88,8 +87,7 @@ def _run(tmp_path, mode, stop):
             pass
         proc.wait(TIMEOUT)
         proc.stdout.close()
-    lines = buffer.decode("utf-8", "replace")
-    return code, lines
+    return code, buffer.decode("utf-8", "replace")
 
 
 def _check_restart_and_stop(code, text):
