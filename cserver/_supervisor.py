@@ -48,7 +48,7 @@ class Supervisor:
     Methods for the caller:
 
     - __init__(workers, start_worker, *, stop_requested, on_signal,
-      drain_timeout, logger)
+      drain_timeout, logger, prepare=None)
     - run()   # in the process that owns the listening sockets; returns
               # once every worker is stopped
 
@@ -62,6 +62,9 @@ class Supervisor:
     - stop_requested() -> bool: true once the owner wants everything stopped
       (polled every ``TICK`` seconds).
     - on_signal(signum, frame): the workers' SIGTERM handler.
+    - prepare(): called once by ``run()`` after the supervisor took the stop
+      signals and before the first fork (the server opens the workers'
+      listening sockets there); what it raises stops ``run()``.
 
     Instance variables:
 
@@ -72,13 +75,13 @@ class Supervisor:
     """
 
     def __init__(self, workers, start_worker, *, stop_requested, on_signal, drain_timeout,
-                 logger):
+                 logger, prepare=None):
         self.workers = workers
         self.drain_timeout = drain_timeout
         self.logger = logger
         # the owner's callables
-        self._start_worker, self._stop_requested, self._on_signal = (
-            start_worker, stop_requested, on_signal)
+        self._start_worker, self._stop_requested, self._on_signal, self._prepare = (
+            start_worker, stop_requested, on_signal, prepare)
         self._signals = None  # a _StopSignals while run() owns the stop signals
         self._stopping = False
 
@@ -101,6 +104,8 @@ class Supervisor:
         try:
             if signals is not None:
                 signals.install()
+            if self._prepare is not None:
+                self._prepare()
             for slot in range(n):
                 pid = self._spawn(slot)
                 children[pid] = slot

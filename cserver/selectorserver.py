@@ -790,14 +790,17 @@ class SelectorServer:
         n = int(self.workers)
         sockets = [self.socket]
         self._stop_signals = 0  # each worker counts its own, from 0
-        try:
+
+        def open_listeners():
             if self._reuseport_workers():
                 for _ in range(1, n):
                     sockets.append(self._reuseport_socket())
-            supervisor = Supervisor(
-                n, lambda slot: self._run_worker(slot, sockets),
-                stop_requested=self._shutdown_requested, on_signal=self.stop_on_signal,
-                drain_timeout=self.drain_timeout, logger=self.logger)
+
+        supervisor = Supervisor(
+            n, lambda slot: self._run_worker(slot, sockets), prepare=open_listeners,
+            stop_requested=self._shutdown_requested, on_signal=self.stop_on_signal,
+            drain_timeout=self.drain_timeout, logger=self.logger)
+        try:
             supervisor.run()
         finally:
             for sock in sockets[1:]:

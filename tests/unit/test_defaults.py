@@ -20,8 +20,11 @@ import cserver
 from cserver import __main__ as cli
 from cserver import selectorserver
 
-PACKAGE_DIR = os.path.dirname(os.path.abspath(cserver.__file__))
-DOCS = os.path.join(os.path.dirname(PACKAGE_DIR), "docs", "selectorserver.md")
+# The source tree's files (tox runs the tests on an installed package, which
+# has neither docs/ nor every source)
+TREE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PACKAGE_DIR = os.path.join(TREE, "cserver")
+DOCS = os.path.join(TREE, "docs", "selectorserver.md")
 SERVER = cserver.SelectorServer
 
 

@@ -49,8 +49,13 @@ def stop_requested():
     polls[0] += 1
     return os.path.exists(marker + ".stop")
 
+def prepare():
+    # after the stop signals are the supervisor's, before any fork
+    print("prepared; SIGTERM handled by %s" % signal.getsignal(signal.SIGTERM).__name__,
+          flush=True)
+
 supervisor = Supervisor(2, start_worker, stop_requested=stop_requested, on_signal=on_signal,
-                        drain_timeout=1.0, logger=logging.getLogger("test"))
+                        drain_timeout=1.0, logger=logging.getLogger("test"), prepare=prepare)
 print("ready", flush=True)
 supervisor.run()
 print("returned; polled %d" % polls[0], flush=True)
@@ -92,6 +97,7 @@ def _run(tmp_path, mode, stop):
 
 def _check_restart_and_stop(code, text):
     assert code == 0, text
+    assert text.index("prepared; SIGTERM handled by _ignore_signal") < text.index("worker 0 pid")
     assert "worker 0 crashed" in text and "RuntimeError: the first worker 0 crashes" in text
     assert re.search(r"worker 0 \(pid \d+\) exited \(exit status 1\) after [\d.]+ s; "
                      r"restarting in 0\.1 s", text), text
