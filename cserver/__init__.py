@@ -25,7 +25,7 @@ version = "0.1.0"
 # loaded instead, in this order (a later one may import an earlier one).
 _COMPILED_PY = ("socketserver", "framed", "selectorserver")
 
-PURE = _os.environ.get("CSERVER_PURE", "").strip().lower() not in ("", "0", "false", "no")
+from ._env import PURE  # noqa: E402  (the one reader of $CSERVER_PURE)
 
 
 def _load_pure_sources():

@@ -27,6 +27,9 @@ log = logging.getLogger("cserver")
 
 PROG = "python -m cserver"
 
+# The servers' class attributes are the defaults of the options below.
+_SERVER = selectorserver.SelectorServer
+
 
 class FramedEcho(selectorserver.FrameHandler):
     """Sends every frame back."""
@@ -104,6 +107,17 @@ def _drain(text):
     return _seconds(text, zero_ok=True)
 
 
+def _describe(value, none, fmt):
+    return none if value is None else fmt % value
+
+
+def _bytes(size):
+    for unit, scale in (("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size >= scale and size % scale == 0:
+            return "%d %s" % (size // scale, unit)
+    return "%d bytes" % size
+
+
 def _parser():
     p = _Parser(prog=PROG, description="cserver's command line.",
                 epilog="Run '%s echo --help' for the echo server's options." % PROG)
@@ -126,18 +140,22 @@ def _parser():
     echo.add_argument("--unix", metavar="PATH",
                       help="listen on a Unix socket at PATH instead of TCP (a stale socket "
                            "left there is replaced; a live one is an error)")
-    echo.add_argument("--workers", type=_positive_int, default=1, metavar="N",
+    echo.add_argument("--workers", type=_positive_int, default=_SERVER.workers, metavar="N",
                       help="worker processes, each with its own SO_REUSEPORT listener "
-                           "(default 1)")
-    echo.add_argument("--idle-timeout", type=_timeout, default=None, metavar="S",
-                      help="close connections silent for S seconds (default: never)")
-    echo.add_argument("--max-connections", type=_positive_int, default=None, metavar="N",
-                      help="stop accepting at N open connections (default: no limit)")
+                           "(default %d)" % _SERVER.workers)
+    echo.add_argument("--idle-timeout", type=_timeout, default=_SERVER.idle_timeout,
+                      metavar="S", help="close connections silent for S seconds (default: %s)"
+                      % _describe(_SERVER.idle_timeout, "never", "%g"))
+    echo.add_argument("--max-connections", type=_positive_int, default=_SERVER.max_connections,
+                      metavar="N", help="stop accepting at N open connections (default: %s)"
+                      % _describe(_SERVER.max_connections, "no limit", "%d"))
     echo.add_argument("--max-frame-size", type=_size, default=None, metavar="BYTES",
-                      help="largest frame payload accepted (default 1 MiB; framed mode)")
-    echo.add_argument("--drain-timeout", type=_drain, default=5.0, metavar="S",
-                      help="seconds a stop spends sending buffered replies (default 5)")
-    echo.add_argument("--loop", choices=("epoll", "selectors"), default=None,
+                      help="largest frame payload accepted (default %s; framed mode)"
+                      % _bytes(FramedEcho.max_frame_size))
+    echo.add_argument("--drain-timeout", type=_drain, default=_SERVER.drain_timeout,
+                      metavar="S", help="seconds a stop spends sending buffered replies "
+                      "(default %g)" % _SERVER.drain_timeout)
+    echo.add_argument("--loop", choices=selectorserver.LOOP_KINDS, default=_SERVER.loop,
                       help="event loop (default: $CSERVER_LOOP, else epoll where available)")
     echo.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
     return p
@@ -265,9 +283,9 @@ def _main(argv):
                 # drain short (the handler runs on the loop's thread between
                 # passes); the supervisor of workers installs its own.
                 for sig in (signal.SIGTERM, signal.SIGINT):
-                    signal.signal(sig, server._stop_on_signal)
+                    signal.signal(sig, server.stop_on_signal)
             log.info("echo server (%s, %s loop) listening on %s, pid %d, workers %d",
-                     "raw" if args.raw else "framed", selectorserver._loop_kind(args.loop),
+                     "raw" if args.raw else "framed", selectorserver.resolve_loop(args.loop),
                      where, os.getpid(), args.workers)
             try:
                 server.serve_forever()

@@ -6,11 +6,10 @@ Both twins are always importable under their own names (the tests run one
 body over both).
 """
 
-import os as _os
-
+from ._env import PURE as _PURE
 from .errors import FrameError, FrameTooLarge, IncompleteFrame
 
-if _os.environ.get("CSERVER_PURE", "").strip().lower() not in ("", "0", "false", "no"):
+if _PURE:
     from . import _framing_py as _impl
 else:
     from . import _framing as _impl

@@ -18,35 +18,11 @@ the handler once per frame (``FrameHandler``) or once per read
 (``ConnectionHandler``); the replies written during one loop pass go out
 with one ``send`` per connection.
 
-Methods for the caller:
-
-- __init__(server_address, RequestHandlerClass, bind_and_activate=True, **options)
-- serve_forever()
-- shutdown(drain_timeout=None)   # from another thread (or the loop's)
-- server_close()
-- call_soon(fn, *args), call_later(delay, fn, *args), call_at(when, fn, *args)
-- call_soon_threadsafe(fn, *args)  # the way in from other threads
-- stats() -> dict, connections() -> list of handlers
-
-Methods that may be overridden:
-
-- server_bind(), server_activate(), server_close()
-- verify_request(transport, client_address) -> bool
-- handle_error(request, client_address)
-
-Class variables that may be overridden by derived classes or instances
-(checked by the constructor, before any socket exists, with errors that name
-the option and the value; read once, when the loop is built by
-``serve_forever()`` or the first ``call_*``; the same names are accepted as
-keyword arguments):
-
-- address_family, socket_type, allow_reuse_address (True),
-  allow_reuse_port (False), request_queue_size (4096: the listen backlog)
-- loop (None: $CSERVER_LOOP, else "epoll" where available, else "selectors")
-- idle_timeout (None), first_byte_timeout (10 s), frame_timeout (30 s),
-  max_connections (None), high_water (64 KiB),
-  low_water (high_water / 4), drain_timeout (5.0 s), tcp_nodelay (True),
-  read_size (256 KiB), accept_batch (128), workers (1)
+The servers' contract (the methods to call and to override, the class
+variables and their defaults) is in ``SelectorServer``'s docstring, in the
+stdlib's form; every option in ``docs/selectorserver.md``.  The class
+attributes are the one source of each default: the command line
+(``python -m cserver``) reads them, and the loop is handed every value.
 """
 
 import errno
@@ -54,21 +30,22 @@ import logging
 import numbers
 import operator
 import os
-import select
 import signal
 import socket
 import sys
 import threading
-import time
 
-from . import _framing, _loop
+from . import _env, _framing, _loop
+from ._supervisor import Supervisor
 from .errors import FrameError, FrameTooLarge, IncompleteFrame  # noqa: F401  (re-exported)
 from .framing import FramingAttributes, framing_for
 
 __all__ = ["SelectorServer", "SelectorTCPServer", "SelectorUnixStreamServer",
            "SelectorUDPServer", "ConnectionHandler", "FrameHandler",
-           "DatagramHandler"]
+           "DatagramHandler", "LOOP_KINDS", "resolve_loop"]
 
+#: the default ``SelectorServer.logger``: the server, its loop, its
+#: supervisor and its handlers' default messages log there
 logger = logging.getLogger("cserver.selectorserver")
 
 _OPTIONS = frozenset((
@@ -79,13 +56,19 @@ _OPTIONS = frozenset((
     "buffer_pool",
 ))
 
+#: the values of the ``loop`` option (besides None)
+LOOP_KINDS = ("epoll", "selectors")
 
 
-def _loop_kind(requested):
-    kind = requested or os.environ.get("CSERVER_LOOP", "").strip().lower() or None
+def resolve_loop(loop=None):
+    """The loop a server with ``loop=loop`` runs: ``"epoll"`` or
+    ``"selectors"``.  ``None`` means ``$CSERVER_LOOP`` if set, else epoll
+    where the platform has it; ``"epoll"`` where it does not falls back to
+    ``"selectors"``.  Raises ValueError for any other name."""
+    kind = loop or _env.requested_loop()
     if kind is None:
         return "epoll" if _loop.HAVE_EPOLL else "selectors"
-    if kind not in ("epoll", "selectors"):
+    if kind not in LOOP_KINDS:
         raise ValueError("loop must be 'epoll' or 'selectors', got %r" % (kind,))
     if kind == "epoll" and not _loop.HAVE_EPOLL:
         return "selectors"
@@ -166,19 +149,39 @@ def _handler_kind(handler_class):
 
 
 class ConnectionHandler:
-    """One instance per connection; the loop calls it with asyncio's words.
+    """Raw bytes: one instance per connection, called with asyncio's words.
 
-    Override ``data_received(data)`` (called once per read with ``bytes``)
-    and, if needed, ``connection_made()``, ``eof_received()`` (return a true
-    value to keep writing after the peer's half-close), ``connection_lost(exc)``
-    (``None`` on a clean close), ``pause_writing()``/``resume_writing()``
-    (the write buffer crossed ``high_water``/``low_water``; reading from this
-    peer is paused meanwhile).
+    The constructor sets the instance variables and nothing else; the loop
+    then calls ``connection_made()``, ``data_received(data)`` once per read,
+    and ``connection_lost(exc)`` once at the end.  Every method runs on the
+    loop's thread; from other threads go through
+    ``server.call_soon_threadsafe``.  An exception from any of them goes to
+    ``server.handle_error()`` and closes that connection only.
 
-    Use ``write(data)``, ``close()``, ``abort()``, ``pause_reading()``,
-    ``resume_reading()``; attributes ``transport``, ``client_address``,
-    ``server``.  Every method runs on the loop's thread; from other threads
-    go through ``server.call_soon_threadsafe``.
+    Methods for the caller (the handler's own code):
+
+    - write(data), writelines(list_of_data)   # sent at the end of the pass
+    - close()   # once the buffered data is sent
+    - abort()   # now, discarding it
+    - pause_reading(), resume_reading()
+
+    Methods that may be overridden:
+
+    - connection_made()
+    - data_received(data)   # bytes, once per read
+    - eof_received() -> bool | None   # true: keep writing after the
+                                      # peer's half-close
+    - connection_lost(exc)   # None on a clean close
+    - pause_writing(), resume_writing()   # the write buffer crossed
+                                          # high_water / low_water (reading
+                                          # from this peer is paused
+                                          # meanwhile)
+
+    Instance variables:
+
+    - transport   # the loop's Transport (cserver._loop)
+    - client_address
+    - server
     """
 
     def __init__(self, transport, client_address, server):
@@ -236,27 +239,40 @@ class ConnectionHandler:
 
 
 class FrameHandler(FramingAttributes, ConnectionHandler):
-    """A connection handler for length-prefixed frames.
+    """Length-prefixed frames: a ConnectionHandler the loop calls once per
+    complete frame, with the payload as ``bytes`` (decoded in C).
 
-    Override ``frame_received(frame)``: called once per complete frame, with
-    the payload as ``bytes`` (decoded in C).  Reply with
-    ``send_frame(payload)``.  A peer that breaks the framing (a header
-    announcing more than ``max_frame_size``, an impossible length, end of
-    stream inside a frame) gets ``frame_error(exc)`` called, then its
-    connection closes once the replies already queued are sent;
-    ``connection_lost`` gets the ``FrameError``.
+    A peer that breaks the framing (a header announcing more than
+    ``max_frame_size``, an impossible length, end of stream inside a frame)
+    gets ``frame_error(exc)`` called, then its connection closes once the
+    replies already queued are sent; ``connection_lost`` gets the
+    ``FrameError``.
 
-    The framing is declared by class attributes with the framing layer's
-    names and meaning (see ``cserver.FrameDecoder``): ``frame_format`` (a
-    struct format of one unsigned integer: ``"!I"`` by default, ``"!H"``,
-    ``"!B"``, ``"!Q"``, ``"<I"``...) or explicit ``length_size`` (1, 2, 3, 4
-    or 8) and ``byteorder``; ``length_offset`` (bytes before the length
-    field), ``length_adjustment`` (added to the field's value to get the
-    body length), ``initial_bytes_to_strip`` (bytes removed from the start
-    of each delivered frame; default: the whole header), ``max_frame_size``
-    (``cserver.DEFAULT_MAX_FRAME_SIZE``, 1 MiB, by default; replies are
-    checked against it too); these are ``cserver.framing.FramingAttributes``.
-    Read once, when the server's loop is built.
+    Methods for the caller, besides ConnectionHandler's:
+
+    - send_frame(payload)   # queued with its length header
+
+    Methods that may be overridden, besides ConnectionHandler's
+    (``data_received`` is not called):
+
+    - frame_received(frame)
+    - frame_error(exc)
+
+    Class variables that may be overridden (those of
+    ``cserver.framing.FramingAttributes``: the framing layer's names and
+    meaning, see ``cserver.FrameDecoder``; read once, when the server's
+    loop is built; invalid ones fail the server's constructor):
+
+    - frame_format   # a struct format of one unsigned integer ("!I",
+                     # "!H", "!B", "!Q", "<I"...), or:
+    - length_size, byteorder   # 1, 2, 3, 4 or 8; "big" or "little"
+    - length_offset   # bytes before the length field
+    - length_adjustment   # added to the field's value: the body length
+    - initial_bytes_to_strip   # None: the whole header
+    - max_frame_size   # cserver.DEFAULT_MAX_FRAME_SIZE; replies are
+                       # checked against it too
+
+    Instance variables: ConnectionHandler's.
     """
 
     def __init__(self, transport, client_address, server):
@@ -269,13 +285,13 @@ class FrameHandler(FramingAttributes, ConnectionHandler):
 
     def frame_error(self, exc):
         """The peer broke the framing (``exc`` is a ``cserver.FrameError``):
-        log it (a warning on ``cserver.selectorserver`` naming the limit and
-        the value seen).  When this returns, the connection is closed after
-        the replies already queued (those to the good frames before the bad
+        log it (a warning on the server's ``logger``,
+        ``cserver.selectorserver`` by default, naming the limit and the value
+        seen).  When this returns, the connection is closed after the replies already queued (those to the good frames before the bad
         one) are sent, within ``drain_timeout`` seconds; an override may
         still ``send_frame()`` a last reply, or ``abort()`` to discard them.
         As ``FramedRequestHandler.frame_error``."""
-        logger.warning("closing connection from %r: %s", self.client_address, exc)
+        self.server.logger.warning("closing connection from %r: %s", self.client_address, exc)
 
     def send_frame(self, payload):
         """Queue ``payload`` with its length header."""
@@ -283,11 +299,24 @@ class FrameHandler(FramingAttributes, ConnectionHandler):
 
 
 class DatagramHandler:
-    """The handler of a ``SelectorUDPServer``: one instance for the socket.
+    """The handler of a UDP socket on the loop (``SelectorUDPServer``,
+    ``SelectorServer.add_datagram_endpoint``): one instance per socket.
 
-    Override ``datagram_received(data, addr)``; reply with
-    ``sendto(data, addr)``.  ``error_received(exc)`` gets socket errors
-    (logged by default).  Attributes ``transport`` and ``server``.
+    Methods for the caller (the handler's own code):
+
+    - sendto(data, addr=None)   # queued if the socket buffer is full
+
+    Methods that may be overridden:
+
+    - connection_made()   # the server starts serving the socket
+    - datagram_received(data, addr)   # once per datagram
+    - error_received(exc)   # a socket error (logged by default)
+    - connection_lost(exc)   # the server closes
+
+    Instance variables:
+
+    - transport   # the loop's DatagramEndpoint (cserver._loop)
+    - server
     """
 
     def __init__(self, transport, server):
@@ -303,7 +332,9 @@ class DatagramHandler:
         """Called once per datagram."""
 
     def error_received(self, exc):
-        logger.warning("datagram socket error: %s", exc)
+        """A socket error (``OSError``): logged as a warning on the
+        server's ``logger``."""
+        self.server.logger.warning("datagram socket error: %s", exc)
 
     def connection_lost(self, exc):
         """Called when the server closes."""
@@ -317,7 +348,65 @@ class DatagramHandler:
 
 
 class SelectorServer:
-    """Base class of the multiplexing servers (see the module docstring)."""
+    """Base class of the multiplexing servers: one thread, a C event loop.
+
+    Methods for the caller:
+
+    - __init__(server_address, RequestHandlerClass, bind_and_activate=True,
+      **options)   # options: the class variables below, by name
+    - serve_forever(poll_interval=0.5)   # poll_interval is ignored
+    - shutdown(drain_timeout=None)   # from any thread
+    - server_close()
+    - fileno() -> int
+    - call_soon(fn, *args), call_later(delay, fn, *args) -> TimerHandle,
+      call_at(when, fn, *args) -> TimerHandle   # loop thread
+    - call_soon_threadsafe(fn, *args)   # the way in from other threads
+    - add_datagram_endpoint(address, handler_class) -> address
+    - stats() -> dict
+    - connections() -> list of handlers
+    - stop_on_signal(signum, frame=None)   # a SIGTERM/SIGINT handler
+
+    Methods that may be overridden:
+
+    - server_bind()
+    - server_activate()
+    - verify_request(transport, client_address) -> bool
+    - handle_error(request, client_address)
+    - server_close()
+
+    Class variables that may be overridden by derived classes or
+    instances (or given as keyword arguments of the same names; checked by
+    the constructor, before any socket exists, with errors that name the
+    option and the value; read once, when the loop is built by
+    ``serve_forever()`` or the first ``call_*``).  The class's value of
+    each is its default, and the only place that default is written
+    (``help()`` shows them; ``docs/selectorserver.md`` explains each):
+
+    - address_family, socket_type
+    - allow_reuse_address, allow_reuse_port
+    - request_queue_size   # the listen backlog
+    - loop   # None: $CSERVER_LOOP, else "epoll" where available
+    - idle_timeout, first_byte_timeout, frame_timeout
+    - max_connections
+    - high_water, low_water   # None: high_water / 4
+    - drain_timeout
+    - tcp_nodelay
+    - read_size, accept_batch
+    - buffer_pool   # None: a new BufferPool per loop
+    - workers   # > 1: this process supervises that many worker processes
+
+    Class variables that may be overridden (not options):
+
+    - logger   # where the server, its loop, its supervisor and the
+               # handlers' default messages log
+
+    Instance variables:
+
+    - server_address   # the bound address once bound
+    - RequestHandlerClass
+    - socket
+    - worker_id   # 0 .. workers-1 in a worker process, else None
+    """
 
     address_family = socket.AF_INET
     socket_type = socket.SOCK_STREAM
@@ -341,6 +430,7 @@ class SelectorServer:
     accept_batch = 128
     workers = 1
     buffer_pool = None
+    logger = logger
 
     def __init__(self, server_address, RequestHandlerClass, bind_and_activate=True,
                  **options):
@@ -360,8 +450,6 @@ class SelectorServer:
         self._core_lock = threading.Lock()
         self._loop_thread = None
         self._is_worker = False
-        self._stop_workers = False
-        self._signal_pipe = None
         self._stop_signals = 0
         self.worker_id = None
         self.__shutdown_request = False
@@ -382,7 +470,7 @@ class SelectorServer:
     def _check_options(self):
         """Raise TypeError/ValueError naming the first bad option and its
         value (called by ``__init__`` and again when the loop is built)."""
-        _loop_kind(self.loop)
+        resolve_loop(self.loop)
         _check_int("request_queue_size", self.request_queue_size, 0)
         _check_seconds("idle_timeout", self.idle_timeout, none_ok=True, zero_ok=False)
         _check_seconds("first_byte_timeout", self.first_byte_timeout, none_ok=True, zero_ok=False)
@@ -485,8 +573,8 @@ class SelectorServer:
     def handle_error(self, request, client_address):
         """Called inside the ``except`` block when a handler raised; the
         connection is then closed.  Logs the traceback by default."""
-        logger.exception("Exception occurred during processing of request from %r",
-                         client_address)
+        self.logger.exception("Exception occurred during processing of request from %r",
+                              client_address)
 
     # -- the loop ----------------------------------------------------------------
 
@@ -496,7 +584,7 @@ class SelectorServer:
 
     def _new_core(self):
         self._check_options()  # again: the instance may have changed since __init__
-        core = _loop.Loop(_loop_kind(self.loop), self.read_size)
+        core = _loop.Loop(resolve_loop(self.loop), self.read_size)
         options = {}
         if self._framed():
             # validated now (a bad layout fails here, not at the first
@@ -525,7 +613,7 @@ class SelectorServer:
                 idle_timeout=self.idle_timeout, frame_timeout=self.frame_timeout,
                 first_byte_timeout=self.first_byte_timeout, high_water=self.high_water,
                 low_water=self.low_water, drain_timeout=self.drain_timeout,
-                accept_batch=self.accept_batch, logger=logger, **options)
+                accept_batch=self.accept_batch, logger=self.logger, **options)
             self._attach(core)
         except BaseException:
             core.close()
@@ -564,7 +652,6 @@ class SelectorServer:
     def _request_stop(self, drain_timeout=None):
         """Ask the loop (or the supervisor) to stop; does not wait."""
         self.__shutdown_request = True
-        self._stop_workers = True
         core = self._core
         if core is not None:
             core.stop(drain_timeout)
@@ -648,36 +735,26 @@ class SelectorServer:
         core = self._core
         return core.connections() if core is not None else []
 
-    # -- workers ------------------------------------------------------------------
-    #
-    # Stop signals.  This module is compiled: CPython runs a Python signal
-    # handler only when something calls PyErr_CheckSignals() (the interpreter
-    # between bytecodes, or a C call that an EINTR cut short), and compiled
-    # code between two C calls does neither.  A SIGTERM that arrived while the
-    # supervisor ran between its waits, or that the kernel delivered to
-    # another thread, stayed pending until a second signal.  So the
-    # supervisor does not depend on its handler running: its waits are a
-    # select() on a pipe installed as the signal wake-up fd
-    # (signal.set_wakeup_fd), into which the C-level handler writes each
-    # signal's number whatever the process was doing, and it reads the stop
-    # signals from there.  Every SIGINT/SIGTERM is seen within one wait
-    # (_SUPERVISOR_TICK) of its arrival.
+    # -- stop signals and workers ---------------------------------------------
 
-    def _stop_on_signal(self, signum, frame=None):
-        """The SIGTERM/SIGINT handler of a serving process (``python -m
-        cserver echo``, each worker): the first signal stops gracefully
-        (no new connections, buffered data sent for up to ``drain_timeout``
-        seconds), the next one closes every connection now."""
+    def stop_on_signal(self, signum, frame=None):
+        """A SIGTERM/SIGINT handler for a serving process: install it with
+        ``signal.signal(signal.SIGTERM, server.stop_on_signal)`` (``python
+        -m cserver echo`` does; each worker of ``workers > 1`` has it for
+        SIGTERM).  The first signal stops gracefully (no new connections,
+        buffered data sent for up to ``drain_timeout`` seconds), the next
+        one closes every connection now.  It only asks: the stop happens on
+        the loop's thread, and ``serve_forever()`` then returns."""
         self._stop_signals = getattr(self, "_stop_signals", 0) + 1
         name = _signal_name(signum)
         core = self._core
         if self._stop_signals == 1:
-            logger.info("%s: stopping (buffered data is sent for up to %s s; "
-                        "again to stop now)", name, self.drain_timeout)
+            self.logger.info("%s: stopping (buffered data is sent for up to %s s; "
+                             "again to stop now)", name, self.drain_timeout)
             self._request_stop()
         else:
-            logger.warning("%s again: cutting the drain short, closing %d connections now",
-                           name, core.nconn if core is not None else 0)
+            self.logger.warning("%s again: cutting the drain short, closing %d connections now",
+                                name, core.nconn if core is not None else 0)
             if core is not None:
                 core.call_soon_threadsafe(self._abort_connections)
 
@@ -689,84 +766,33 @@ class SelectorServer:
                 transport.abort()
 
     def _supervise(self):
+        """``serve_forever()`` with ``workers > 1``: this process opens one
+        listening socket per worker (all SO_REUSEPORT on the same address:
+        connections queue in their backlogs from the start, and a restarted
+        worker takes over its predecessor's socket and queue; Unix sockets:
+        the workers share the one socket), then supervises the workers
+        (``cserver._supervisor``) until ``shutdown()`` or a stop signal."""
         n = int(self.workers)
-        signals = None
-        if threading.current_thread() is threading.main_thread():
-            signals = _StopSignals()
-        self._stop_workers = False
-        children = {}
-        started = {}
-        delays = [0.0] * n
-        # One listening socket per worker, all SO_REUSEPORT on the same
-        # address, opened here: connections queue in their backlogs from the
-        # start, and a restarted worker takes over its predecessor's socket
-        # (and its queue).  Unix sockets: the workers share the one socket.
-        self._worker_sockets = [self.socket]
-        self._signal_pipe = signals
-        try:
-            if signals is not None:
-                signals.install()
+        sockets = [self.socket]
+        self._stop_signals = 0  # each worker counts its own, from 0
+
+        def open_listeners():
             if self._reuseport_workers():
-                for slot in range(1, n):
-                    self._worker_sockets.append(self._reuseport_socket())
-            for slot in range(n):
-                pid = self._spawn(slot)
-                children[pid] = slot
-                started[slot] = time.monotonic()
-            logger.info("supervisor pid %d: %d workers %s", os.getpid(), n,
-                        sorted(children))
-            while not self._supervisor_stopping(signals):
-                for pid in list(children):
-                    try:
-                        done, status = os.waitpid(pid, os.WNOHANG)
-                    except ChildProcessError:
-                        done, status = pid, 0
-                    if done == 0:
-                        continue
-                    slot = children.pop(pid)
-                    if self._supervisor_stopping(signals):
-                        break
-                    lived = time.monotonic() - started[slot]
-                    delays[slot] = 0.0 if lived > 5.0 else min(max(delays[slot] * 2, 0.1), 5.0)
-                    logger.error("worker %d (pid %d) exited (%s) after %.1f s; restarting%s",
-                                 slot, pid, _describe_status(status), lived,
-                                 " in %.1f s" % delays[slot] if delays[slot] else "")
-                    end = time.monotonic() + delays[slot]
-                    while not self._supervisor_stopping(signals):
-                        left = end - time.monotonic()
-                        if left <= 0:
-                            break
-                        self._supervisor_wait(signals, min(left, _SUPERVISOR_TICK))
-                    if self._supervisor_stopping(signals):
-                        break
-                    new = self._spawn(slot)
-                    children[new] = slot
-                    started[slot] = time.monotonic()
-                    logger.info("worker %d restarted: pid %d", slot, new)
-                self._supervisor_wait(signals, _SUPERVISOR_TICK)
+                for _ in range(1, n):
+                    sockets.append(self._reuseport_socket())
+
+        supervisor = Supervisor(
+            n, lambda slot: self._run_worker(slot, sockets), prepare=open_listeners,
+            stop_requested=self._shutdown_requested, on_signal=self.stop_on_signal,
+            drain_timeout=self.drain_timeout, logger=self.logger)
+        try:
+            supervisor.run()
         finally:
-            try:
-                self._stop_children(children, signals)
-            finally:
-                self._signal_pipe = None
-                if signals is not None:
-                    signals.uninstall()
-                self._stop_workers = False
-                for sock in self._worker_sockets[1:]:
-                    sock.close()
-                self._worker_sockets = [self.socket]
+            for sock in sockets[1:]:
+                sock.close()
 
-    def _supervisor_stopping(self, signals):
-        if signals is not None and signals.count:
-            self._stop_workers = True
-        return self._stop_workers or self.__shutdown_request
-
-    def _supervisor_wait(self, signals, timeout):
-        """Sleep up to ``timeout`` seconds, less if a stop signal arrives."""
-        if signals is None:
-            time.sleep(timeout)
-        else:
-            signals.wait(timeout)
+    def _shutdown_requested(self):
+        return self.__shutdown_request
 
     def _reuseport_socket(self):
         sock = socket.socket(self.address_family, self.socket_type)
@@ -782,173 +808,24 @@ class SelectorServer:
             raise
         return sock
 
-    def _stop_children(self, children, signals=None):
-        """SIGTERM every worker and reap them: they drain for up to
-        ``drain_timeout``; a stop signal during that wait is forwarded (the
-        workers then close their connections at once); a worker still
-        running ``drain_timeout + 2`` s later is killed."""
-        for pid in children:
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        seen = signals.count if signals is not None else 0
-        cut = False
-        deadline = time.monotonic() + (self.drain_timeout or 0) + 2.0
-        while children and time.monotonic() < deadline:
-            for pid in list(children):
-                try:
-                    done, _ = os.waitpid(pid, os.WNOHANG)
-                except ChildProcessError:
-                    done = pid
-                if done:
-                    children.pop(pid)
-            if not children:
-                break
-            if not cut and signals is not None and signals.count > min(seen, 1):
-                # a signal after the one that started the stop (or after a
-                # shutdown() call): the user does not want to wait
-                cut = True
-                logger.warning("stop signal again: cutting the drain short (%d workers "
-                               "close their connections now)", len(children))
-                for pid in children:
-                    try:
-                        os.kill(pid, signal.SIGTERM)
-                    except ProcessLookupError:
-                        pass
-                deadline = min(deadline, time.monotonic() + 2.0)
-            self._supervisor_wait(signals, 0.02)
-        for pid in list(children):
-            logger.error("worker pid %d did not stop in time: killing it", pid)
-            try:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-            except (ProcessLookupError, ChildProcessError):
-                pass
-        logger.info("all workers stopped")
-
-    def _spawn(self, slot):
-        # Stop signals are blocked across fork() until the worker has its
-        # own handlers and has dropped the supervisor's wake-up fd: a SIGTERM
-        # meant for a new worker must not reach the supervisor's pipe.
-        mask = None
-        if self._signal_pipe is not None and hasattr(signal, "pthread_sigmask"):
-            mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
-        try:
-            pid = os.fork()
-        except BaseException:
-            if mask is not None:
-                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-            raise
-        if pid:
-            if mask is not None:
-                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-            return pid
-        code = 0
-        try:
-            self._run_worker(slot, mask)
-        except BaseException:
-            code = 1
-            try:
-                logger.exception("worker %d crashed", slot)
-            except BaseException:
-                pass
-        finally:
-            try:
-                sys.stdout.flush()
-                sys.stderr.flush()
-            finally:
-                os._exit(code)
-
-    def _run_worker(self, slot, mask=None):
-        if self._signal_pipe is not None:
-            self._signal_pipe.close_in_child()
-            self._signal_pipe = None
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, self._stop_on_signal)
-        self._stop_signals = 0
-        if mask is not None:
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    def _run_worker(self, slot, sockets):
+        """The body of worker ``slot`` (in the forked child): keep its own
+        listening socket, close the others, serve until stopped."""
         self._is_worker = True
         self.worker_id = slot
         self._core = None
         self._core_lock = threading.Lock()
-        mine = self._worker_sockets[slot] if self._reuseport_workers() else self.socket
-        for sock in self._worker_sockets:
+        mine = sockets[slot] if self._reuseport_workers() else self.socket
+        for sock in sockets:
             if sock is not mine:
                 sock.close()
         self.socket = mine
-        logger.info("worker %d serving on %r, pid %d", slot, self.server_address, os.getpid())
+        self.logger.info("worker %d serving on %r, pid %d", slot, self.server_address,
+                         os.getpid())
         try:
             self.serve_forever()
         finally:
             self.server_close()
-
-
-#: the longest a supervisor wait lasts (it polls its workers this often)
-_SUPERVISOR_TICK = 0.05
-_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-
-def _ignore_signal(signum, frame):
-    """The supervisor's Python-level handler: it exists so that the C-level
-    one writes to the wake-up fd; the supervisor reads the signal there."""
-
-
-class _StopSignals:
-    """SIGTERM/SIGINT as the supervisor sees them: through a wake-up pipe
-    (see "Stop signals" above).  ``count`` is the number received."""
-
-    def __init__(self):
-        self.count = 0
-        self.previous = {}
-        self.previous_fd = None
-        self.r, self.w = os.pipe()
-        os.set_blocking(self.r, False)
-        os.set_blocking(self.w, False)
-
-    def install(self):
-        # the wake-up fd first: no signal may be caught before it is there
-        self.previous_fd = signal.set_wakeup_fd(self.w, warn_on_full_buffer=False)
-        for sig in _STOP_SIGNALS:
-            self.previous[sig] = signal.signal(sig, _ignore_signal)
-
-    def wait(self, timeout):
-        """Wait up to ``timeout`` s or until a signal; count the stop signals."""
-        if timeout > 0:
-            select.select([self.r], [], [], timeout)
-        while True:
-            try:
-                data = os.read(self.r, 512)
-            except BlockingIOError:
-                break
-            if not data:
-                break
-            for number in data:
-                if number in _STOP_SIGNALS:
-                    self.count += 1
-
-    def uninstall(self):
-        try:
-            for sig, handler in self.previous.items():
-                signal.signal(sig, handler)
-            if self.previous_fd is not None:
-                signal.set_wakeup_fd(self.previous_fd)
-        finally:
-            self.previous = {}
-            self.previous_fd = None
-            self._close()
-
-    def close_in_child(self):
-        """In a forked worker: drop the supervisor's wake-up fd and pipe."""
-        signal.set_wakeup_fd(-1)
-        self._close()
-
-    def _close(self):
-        for fd in (self.r, self.w):
-            if fd >= 0:
-                os.close(fd)
-        self.r = self.w = -1
 
 
 def _signal_name(signum):
@@ -958,30 +835,33 @@ def _signal_name(signum):
         return "signal %d" % signum
 
 
-def _describe_status(status):
-    if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        try:
-            return "killed by %s" % signal.Signals(sig).name
-        except ValueError:
-            return "killed by signal %d" % sig
-    return "exit status %d" % os.WEXITSTATUS(status)
-
-
 class SelectorTCPServer(SelectorServer):
-    """TCP (IPv4, or IPv6 when the host is an IPv6 address)."""
+    """TCP on the multiplexing loop: IPv4, or IPv6 when the host is an IPv6
+    address (``address_family`` becomes AF_INET6).  ``RequestHandlerClass``
+    is a ``ConnectionHandler`` or ``FrameHandler`` subclass, instantiated
+    per connection.  The contract is ``SelectorServer``'s."""
 
 
 if hasattr(socket, "AF_UNIX"):
 
     class SelectorUnixStreamServer(SelectorServer):
-        """Unix stream sockets (``server_address`` is a path)."""
+        """Unix stream sockets on the multiplexing loop (``server_address``
+        is a path).  ``RequestHandlerClass`` is a ``ConnectionHandler`` or
+        ``FrameHandler`` subclass.  The contract is ``SelectorServer``'s;
+        with ``workers > 1`` the workers share the one socket.
+
+        Class variables overridden: address_family (AF_UNIX)."""
         address_family = socket.AF_UNIX
 
 
 class SelectorUDPServer(SelectorServer):
-    """UDP on the same loop; ``RequestHandlerClass`` is a
-    ``DatagramHandler`` subclass, instantiated once."""
+    """UDP on the multiplexing loop.  ``RequestHandlerClass`` is a
+    ``DatagramHandler`` subclass, instantiated once for the socket; the
+    contract is ``SelectorServer``'s, without the per-connection options
+    (no connections: ``connections()`` is empty).
+
+    Class variables overridden: socket_type (SOCK_DGRAM),
+    allow_reuse_address (False)."""
 
     socket_type = socket.SOCK_DGRAM
     allow_reuse_address = False

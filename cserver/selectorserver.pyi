@@ -16,7 +16,7 @@ import types
 from _typeshed import ReadableBuffer
 from collections.abc import Callable, Iterable
 from socket import socket as _socket
-from typing import Any, Literal, TypedDict, type_check_only
+from typing import Any, Final, Literal, TypedDict, type_check_only
 from typing_extensions import Self, TypeAlias, TypeVarTuple, Unpack
 
 from cserver._framing import BufferPool
@@ -34,6 +34,8 @@ __all__: list[str] = [
     "ConnectionHandler",
     "FrameHandler",
     "DatagramHandler",
+    "LOOP_KINDS",
+    "resolve_loop",
 ]
 
 _Ts = TypeVarTuple("_Ts")
@@ -45,6 +47,12 @@ _RetAddress: TypeAlias = Any
 _LoopKind: TypeAlias = Literal["epoll", "selectors"]
 
 logger: logging.Logger
+#: the values of the ``loop`` option (besides None)
+LOOP_KINDS: Final[tuple[_LoopKind, ...]]
+
+def resolve_loop(loop: _LoopKind | None = None) -> _LoopKind:
+    """The loop a server with ``loop=loop`` runs ($CSERVER_LOOP when None;
+    "selectors" where epoll does not exist).  ValueError for other names."""
 
 # The keyword options of the servers' constructors: the class attributes of
 # the same names.  The runtime takes **options and checks the names against
@@ -146,6 +154,7 @@ class SelectorServer:
     accept_batch: int
     workers: int
     buffer_pool: BufferPool | None
+    logger: logging.Logger
     server_address: _Address
     RequestHandlerClass: type[ConnectionHandler]
     socket: _socket
@@ -169,6 +178,9 @@ class SelectorServer:
     def shutdown(self, drain_timeout: float | None = None) -> None:
         """Stop serving: drain writes up to drain_timeout, close connections."""
     def server_close(self) -> None: ...
+    def stop_on_signal(self, signum: int, frame: types.FrameType | None = None) -> None:
+        """A SIGTERM/SIGINT handler: the first signal stops gracefully, the
+        next one closes every connection now."""
     def __enter__(self) -> Self: ...
     def __exit__(
         self, exc_type: type[BaseException] | None, exc_val: BaseException | None, exc_tb: types.TracebackType | None
