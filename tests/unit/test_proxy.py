@@ -538,6 +538,17 @@ def test_twins_agree_on_arbitrary_input(header_or_junk, cuts, mode):
     assert _outcome(_proxy_py, [header_or_junk], mode) == py      # splits don't matter
 
 
+def test_c_twin_buffer_never_exceeds_the_announced_header():
+    from cserver import _proxy
+    header = v2(1, 0x11, inet4() + tlv(0xE0, bytes(300 - 16 - 12 - 3)))
+    assert len(header) == 300
+    parser = _proxy.ProxyParser("v2")
+    parser.feed(header[:257])              # past the inline 256: doubling would say 512
+    assert parser.capacity == 300 and parser.held == 257
+    parser.feed(header[257:])
+    assert parser.done and parser.result.tlvs[0][0] == 0xE0 and parser.held == 0
+
+
 def test_c_twin_holds_no_heap_for_small_headers():
     from cserver import _proxy
     parser = _proxy.ProxyParser()
