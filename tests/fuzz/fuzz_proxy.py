@@ -3,8 +3,11 @@
 a third, independent parser, where it is installed).
 
 An input is read as: byte 0, the control byte (bits 0-1: the mode, "any",
-"v1", "v2"; bits 2-6: the chunk size the stream is cut into, 0 = one feed;
-bit 7: also feed byte by byte); the rest, the stream (a header and what
+"v1", "v2"; bits 2-5: the chunk size the stream is cut into, 0 = one feed;
+bit 6: repair a v2 stream first, so that mutations inside the TLVs reach the
+checks behind the length and the checksum: its length is set to the whole
+stream and the first CRC32C TLV, if any, gets the right checksum; bit 7:
+also feed the C twin byte by byte); the rest, the stream (a header and what
 follows it).  The seed corpus (tests/fuzz/corpus/proxy/) holds valid v1 and
 v2 headers of every family, with TLVs, SSL sub-TLVs and CRC32C, behind a
 control byte, so libFuzzer's mutations start from the interesting shapes.
@@ -116,13 +119,34 @@ def third_party(stream, info, used):
     STATS["third"] += 1
 
 
+def repair(stream):
+    """A v2 stream made self-consistent: the length covers the whole stream
+    (at most 65535 bytes after the fixed 16), and the first CRC32C TLV met
+    walking the TLVs after the address block holds the right checksum."""
+    if len(stream) < 16 or not stream.startswith(PY.V2_SIGNATURE):
+        return stream
+    header = bytearray(stream[:16 + 65535])
+    header[14:16] = (len(header) - 16).to_bytes(2, "big")
+    off = 16 + {1: 12, 2: 36, 3: 216}.get(header[13] >> 4, 0)
+    while off + 3 <= len(header):
+        size = int.from_bytes(header[off + 1:off + 3], "big")
+        if header[off] == 0x03 and size == 4 and off + 7 <= len(header):
+            header[off + 3:off + 7] = bytes(4)
+            header[off + 3:off + 7] = PY.crc32c(header).to_bytes(4, "big")
+            break
+        off += 3 + size
+    return bytes(header) + stream[16 + 65535:]
+
+
 def one_input(data):
     if not data:
         return
     control = data[0]
     stream = data[1:]
     mode = MODES[control & 3]
-    size = (control >> 2) & 31
+    size = (control >> 2) & 15
+    if control & 0x40:
+        stream = repair(stream)
     chunks = cut(stream, size)
     c_events = run(C, mode, chunks)
     py_events = run(PY, mode, chunks)
