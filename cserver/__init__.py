@@ -43,9 +43,10 @@ def _load_pure_sources():
         globals()[name] = module
 
 
-# Extension modules compiled from .pyx (the event loop and the C framing
-# layer): needed in pure mode too (the multiplexing server runs on them).
-_EXTENSIONS = ("_framing", "_loop")
+# Extension modules compiled from .pyx (the event loop, the C framing layer
+# and the PROXY header parser, not wired into the servers yet: issue 13):
+# needed in pure mode too (the multiplexing server runs on them).
+_EXTENSIONS = ("_framing", "_loop", "_proxy")
 
 
 def _check_compiled():

@@ -146,8 +146,8 @@ def test_import_from_an_uncompiled_checkout_names_the_fix(tmp_path, pure):
     assert os.path.join(root, "cserver") in last
     assert "pip install -e ." in last and "cserver echo" in last
     missing = last.split("missing ", 1)[1].split(".")[0]
-    assert missing.split(", ") == (["_framing", "_loop"] if pure else
-                                   list(cserver._COMPILED_PY) + ["_framing", "_loop"])
+    assert missing.split(", ") == (["_framing", "_loop", "_proxy"] if pure else
+                                   list(cserver._COMPILED_PY) + ["_framing", "_loop", "_proxy"])
     assert "circular import" not in proc.stderr
 
 
