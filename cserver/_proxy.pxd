@@ -79,6 +79,8 @@ cdef class ProxyParser:
     cdef void _release(self) noexcept
     cdef Py_ssize_t _feed_v1(self, const unsigned char* p, Py_ssize_t n) except -1
     cdef Py_ssize_t _feed_v2(self, const unsigned char* p, Py_ssize_t n) except -1
+    cdef int _v1_address(self, const unsigned char* p, Py_ssize_t n, int family,
+                         unsigned char* out, str which) except -1
     cdef int _parse_v1(self) except -1
     cdef int _check_v2(self) except -1
     cdef int _check_ssl(self, Py_ssize_t start, Py_ssize_t end) except -1

@@ -1,4 +1,5 @@
-# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+# cython: initializedcheck=False
 """C twin of ``cserver._proxy_py``: a sans-IO PROXY protocol (v1 and v2)
 header parser (spec: HAProxy's doc/proxy-protocol.txt).
 
@@ -25,7 +26,6 @@ without building anything.
 cimport cython
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
 from cpython.bytes cimport PyBytes_FromStringAndSize
-from cpython.exc cimport PyErr_Clear
 from cpython.mem cimport PyMem_Malloc, PyMem_Realloc, PyMem_Free
 from libc.stdint cimport uint32_t
 from libc.string cimport memcpy
@@ -89,10 +89,10 @@ cdef uint32_t _crc_table[256]
 
 cdef void _crc_init() noexcept:
     cdef uint32_t crc
-    cdef int i, k
+    cdef int i, _k
     for i in range(256):
         crc = <uint32_t>i
-        for k in range(8):
+        for _k in range(8):
             if crc & 1:
                 crc = (crc >> 1) ^ <uint32_t>0x82F63B78
             else:
@@ -134,7 +134,8 @@ cdef inline uint32_t _be32(const unsigned char* p) noexcept nogil:
     return ((<uint32_t>p[0]) << 24) | ((<uint32_t>p[1]) << 16) | ((<uint32_t>p[2]) << 8) | p[3]
 
 
-cdef int _number(const unsigned char* p, Py_ssize_t n, Py_ssize_t max_digits, int limit) noexcept nogil:
+cdef int _number(const unsigned char* p, Py_ssize_t n, Py_ssize_t max_digits,
+                 int limit) noexcept nogil:
     """A decimal field without leading zeros, <= limit; else -1."""
     cdef Py_ssize_t i
     cdef int value = 0
@@ -373,6 +374,14 @@ cdef class ProxyParser:
                 self._fail("v1_too_long", ())
         return pos
 
+    cdef int _v1_address(self, const unsigned char* p, Py_ssize_t n, int family,
+                         unsigned char* out, str which) except -1:
+        """Parse one v1 address field of ``family`` (4 or 6) into ``out``."""
+        cdef int rc = _ipv4(p, n, out) if family == 4 else _ipv6(p, n, out)
+        if rc < 0:
+            self._fail("v1_address", (which, _bytes(p, n), "TCP4" if family == 4 else "TCP6"))
+        return 0
+
     cdef int _parse_v1(self) except -1:
         """The fields of the complete line in _buf[:_held] (CRLF included)."""
         cdef const unsigned char* line = self._buf + 6
@@ -406,17 +415,8 @@ cdef class ProxyParser:
             self._fail("v1_empty_field", (_bytes(self._buf, self._held),))
         if count != 5:
             self._fail("v1_fields", (count - 1,))
-        name = "TCP4" if family == 4 else "TCP6"
-        if family == 4:
-            if _ipv4(line + starts[1], ends[1] - starts[1], self._src) < 0:
-                self._fail("v1_address", ("source", _bytes(line + starts[1], ends[1] - starts[1]), name))
-            if _ipv4(line + starts[2], ends[2] - starts[2], self._dst) < 0:
-                self._fail("v1_address", ("destination", _bytes(line + starts[2], ends[2] - starts[2]), name))
-        else:
-            if _ipv6(line + starts[1], ends[1] - starts[1], self._src) < 0:
-                self._fail("v1_address", ("source", _bytes(line + starts[1], ends[1] - starts[1]), name))
-            if _ipv6(line + starts[2], ends[2] - starts[2], self._dst) < 0:
-                self._fail("v1_address", ("destination", _bytes(line + starts[2], ends[2] - starts[2]), name))
+        self._v1_address(line + starts[1], ends[1] - starts[1], family, self._src, "source")
+        self._v1_address(line + starts[2], ends[2] - starts[2], family, self._dst, "destination")
         self._sport = _number(line + starts[3], ends[3] - starts[3], 5, 65535)
         if self._sport < 0:
             self._fail("v1_port", ("source", _bytes(line + starts[3], ends[3] - starts[3])))

@@ -227,7 +227,8 @@ class ProxySSL:
     @property
     def verified(self):
         """The client presented a certificate and it was verified."""
-        return bool(self.client & (PP2_CLIENT_CERT_CONN | PP2_CLIENT_CERT_SESS)) and self.verify == 0
+        presented = self.client & (PP2_CLIENT_CERT_CONN | PP2_CLIENT_CERT_SESS)
+        return bool(presented) and self.verify == 0
 
     def _key(self):
         return tuple(getattr(self, name) for name in self.__slots__)

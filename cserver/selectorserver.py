@@ -287,7 +287,8 @@ class FrameHandler(FramingAttributes, ConnectionHandler):
         """The peer broke the framing (``exc`` is a ``cserver.FrameError``):
         log it (a warning on the server's ``logger``,
         ``cserver.selectorserver`` by default, naming the limit and the value
-        seen).  When this returns, the connection is closed after the replies already queued (those to the good frames before the bad
+        seen).  When this returns, the connection is closed after the
+        replies already queued (those to the good frames before the bad
         one) are sent, within ``drain_timeout`` seconds; an override may
         still ``send_frame()`` a last reply, or ``abort()`` to discard them.
         As ``FramedRequestHandler.frame_error``."""

@@ -473,7 +473,8 @@ def _valid_headers():
                   st.binary(max_size=40)),
         st.builds(lambda c, v, sub: tlv(0x20, bytes([c]) + struct.pack("!I", v) + sub),
                   st.integers(0, 7), st.integers(0, 2**32 - 1),
-                  st.sampled_from([b"", tlv(0x21, b"TLSv1.2"), tlv(0x22, b"cn") + tlv(0x28, b"x")])),
+                  st.sampled_from([b"", tlv(0x21, b"TLSv1.2"),
+                                   tlv(0x22, b"cn") + tlv(0x28, b"x")])),
     ), max_size=4, unique_by=lambda t: t[0])
     v2s = st.builds(lambda a, t, crc: (with_crc if crc else (lambda h: h))(
         v2(1, a[0], a[1] + b"".join(t))), addr, tlvs, st.booleans())
