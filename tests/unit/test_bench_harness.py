@@ -381,7 +381,8 @@ def test_harness_before_tree_and_interleaved_rounds(bins, tmp_path):
          "--interleave", "--servers", "cserver-mux-raw", "--workloads", "1c-d1",
          "--no-baselines", "--warmup", "0.1", "--duration", "0.3", "--out", str(out),
          "--bin", os.path.dirname(bins["loadgen"]), "--before", str(tree)],
-        capture_output=True, timeout=120)
+        capture_output=True, timeout=120,
+        env={k: v for k, v in os.environ.items() if k != "CSERVER_PURE"})  # compiled only
     assert proc.returncode == 0, proc.stderr.decode()[-2000:]
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     rounds = [(r["server"], r["round"]) for r in records if r["type"] == "round"]
