@@ -627,19 +627,31 @@ def test_call_later_cancel_and_call_soon_threadsafe(kind):
     fired = []
     with serving(server):
         server.call_soon_threadsafe(server.call_later, 0.01, fired.append, "later")
-        handle_box = []
-        server.call_soon_threadsafe(
-            lambda: handle_box.append(server.call_later(0.01, fired.append, "cancelled")))
-        assert wait_for(lambda: handle_box)
-        server.call_soon_threadsafe(handle_box[0].cancel)
+        # A timer cancelled from this thread never fires.  The cancel must
+        # reach the loop before the timer is due; on a loaded machine it may
+        # not, so a late cancel (seen by the loop's clock) is tried again
+        # with a longer delay, never counted as a pass.
+        for delay in (0.2, 1.0, 3.0):
+            handle_box, cancelled_at, hits = [], [], []
+            server.call_soon_threadsafe(lambda: handle_box.append(
+                (time.monotonic() + delay, server.call_later(delay, hits.append, "cancelled"))))
+            assert wait_for(lambda: handle_box)
+            due, handle = handle_box[0]
+            server.call_soon_threadsafe(lambda: (handle.cancel(),
+                                                 cancelled_at.append(time.monotonic())))
+            assert wait_for(lambda: cancelled_at)
+            if cancelled_at[0] < due - 0.05:
+                break
+        else:
+            pytest.fail("the loop never ran a cancel before its timer was due")
         with connect(server) as c:
             assert wait_for(lambda: server.handlers)
             # write to a connection from this (non-loop) thread
             server.call_soon_threadsafe(server.handlers[0].send_frame, b"pushed")
             assert recv_exactly(c, 10) == frame(b"pushed")
         assert wait_for(lambda: fired == ["later"])
-        time.sleep(0.05)
-        assert fired == ["later"]
+        time.sleep(max(0.0, due - time.monotonic()) + 0.1)
+        assert fired == ["later"] and hits == []
 
 
 def test_no_leaked_fds_or_threads_after_server_close(kind):
