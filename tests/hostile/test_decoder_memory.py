@@ -281,11 +281,13 @@ def test_framed_client_against_a_hostile_server():
     listener.bind(("127.0.0.1", 0))
     listener.listen(1)
     done = threading.Event()
+    sent = threading.Event()
 
     def serve():
         conn, _ = listener.accept()
         with conn:
             conn.sendall((1 << 30).to_bytes(8, "big"))
+            sent.set()
             done.wait(TIMEOUT)
 
     thread = threading.Thread(target=serve)
@@ -293,6 +295,9 @@ def test_framed_client_against_a_hostile_server():
     try:
         with cserver.FramedClient(listener.getsockname(), timeout=0.5, frame_format="!Q",
                                   max_frame_size=1 << 30) as client:
+            # the header is in the client's socket buffer before the clock
+            # of its 0.5 s timeout starts (a loaded machine may be slow to send)
+            assert sent.wait(TIMEOUT)
             tracemalloc.start()
             try:
                 before = tracemalloc.get_traced_memory()[0]
