@@ -582,7 +582,6 @@ def test_the_pypi_parser_agrees_on_valid_headers(pp, header):
     field, it does not check the protocol nibble, it reads abstract Unix
     addresses as ASCII text, and verifies a CRC32C only with the ``crc32c``
     package installed; so only valid headers are compared)."""
-    pytest.importorskip("proxyprotocol", reason="the proxy-protocol package is not installed")
     from proxyprotocol.v1 import ProxyProtocolV1
     from proxyprotocol.v2 import ProxyProtocolV2
     parser, used = parse(pp, header)
