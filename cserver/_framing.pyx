@@ -76,11 +76,13 @@ cdef inline Py_ssize_t _double(Py_ssize_t n) noexcept nogil:
 # header's 4 bytes, out to the bytes object).  Below it the slab wins: its
 # recv takes the frames that follow too, in one system call.
 # (bench/instructions.py --workloads 10c-d4-64k: bytes copied per request.)
-cdef Py_ssize_t BIG_FRAME = 16384
-# Scatter reads (scatter_begin): at most this many predicted frames per read,
-# for headers of at most SCATTER_HDR bytes (_scatter_hdr holds them all).
-cdef int SCATTER_MAX = 4
-cdef Py_ssize_t SCATTER_HDR = 16
+# Scatter reads (scatter_begin): at most SCATTER_MAX predicted frames per
+# read, for headers of at most SCATTER_HDR bytes (_scatter_hdr holds them
+# all).  C constants: the hot path compares with an immediate.
+cdef enum:
+    BIG_FRAME = 16384
+    SCATTER_MAX = 4
+    SCATTER_HDR = 16
 
 __all__ = ["FrameDecoder", "FrameEncoder", "BufferPool", "encode_frame",
            "DEFAULT_MAX_FRAME_SIZE", "DEFAULT_POOL", "FrameError",
@@ -431,13 +433,20 @@ cdef class FrameDecoder:
         self._pooled = False
 
     cdef void release_buffer(self) noexcept:
-        self._free_storage()
+        # called at the end of every read (next_frame with nothing left):
+        # the fields are stored only when set (no reference counting of None)
+        if self._buf != NULL:
+            self._free_storage()
         self._need = -1
-        self._big = None
+        if self._big is not None:
+            self._big = None
         self._big_fill = 0
-        self._last = None
-        self._queue = None
-        self._scatter = None
+        if self._last is not None:
+            self._last = None
+        if self._queue is not None:
+            self._queue = None
+        if self._scatter is not None:
+            self._scatter = None
 
     cdef int _fail(self, type cls, str message) except -1:
         self._error = (cls, message)
@@ -628,7 +637,8 @@ cdef class FrameDecoder:
                     consumed[0] = total
                     frame[0] = data + self.initial_bytes_to_strip
                     frame_size[0] = total - self.initial_bytes_to_strip
-                    self._note_size(frame_size[0])
+                    if frame_size[0] >= BIG_FRAME or self._predict:
+                        self._note_size(frame_size[0])
                     return 1
                 self._need = total
                 if self._go_big(data, length):
@@ -668,7 +678,8 @@ cdef class FrameDecoder:
                 return 0
         frame[0] = self._buf + self._start + self.initial_bytes_to_strip
         frame_size[0] = self._need - self.initial_bytes_to_strip
-        self._note_size(frame_size[0])
+        if frame_size[0] >= BIG_FRAME or self._predict:
+            self._note_size(frame_size[0])
         self._start += self._need
         self._need = -1
         consumed[0] = used
