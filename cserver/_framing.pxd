@@ -59,6 +59,9 @@
 #         ``next_frame`` returned it, so the caller can keep it without a
 #         copy; None when the frame was not delivered as an object.
 #
+#     bint scatter_wanted(self) noexcept   (inline)
+#         Whether scatter_begin may offer iovecs (a size is predicted): a
+#         loop checks it on every read, scatter_begin only when it is true.
 #     int scatter_begin(self, iovec* iov, int max_iov, Py_ssize_t budget) except -1
 #         Zero-copy reads of large frames.  When nothing is buffered and the
 #         last frame decoded had a body of at least BIG_FRAME (16 KiB) bytes
@@ -198,6 +201,9 @@ cdef class FrameDecoder:
     cdef void release_buffer(self) noexcept
     cdef object take_frame_object(self)
     cdef int scatter_begin(self, iovec* iov, int max_iov, Py_ssize_t budget) except -1
+    # (inline: a loop asks on every read before it calls scatter_begin)
+    cdef inline bint scatter_wanted(self) noexcept:
+        return self._predict > 0
     cdef Py_ssize_t scatter_done(self, Py_ssize_t n, const char* tail_buf) except -1
     # private
     cdef void _note_size(self, Py_ssize_t size) noexcept

@@ -729,11 +729,13 @@ cdef class FrameDecoder:
         cdef Py_ssize_t p = self._predict, hs = self.header_size
         cdef Py_ssize_t k, i
         cdef list objs
+        if p <= 0:
+            return 0       # the common case, first: small frames
         if self._error is not None:
             self._raise_failed()
         self._last = None
         self._scatter = None
-        if (p <= 0 or self._big is not None or self._end != self._start or self._reading
+        if (self._big is not None or self._end != self._start or self._reading
                 or self._queue is not None):
             return 0
         k = budget // p
