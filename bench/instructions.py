@@ -18,6 +18,8 @@ same interpreter.
 
     python bench/instructions.py          # c-epoll, cserver-mux, uvloop; 1c-d1, 500c-d1
     python bench/instructions.py --servers cserver-mux --workloads 1c-d1 --requests 2000
+    python bench/instructions.py --workloads 10c-d4-64k --requests 1000 --keep /tmp/cg
+    callgrind_annotate /tmp/cg/callgrind.cserver-mux.10c-d4-64k.2   # where the time goes
 
 The servers are the harness's (``bench/run.py --list``); cserver is found as
 ``bench/run.py`` finds it (a tree built in place, else the installed
@@ -27,6 +29,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -36,7 +39,10 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import run  # noqa: E402  (the harness: servers, binaries, processes)
 
-WORKLOADS = {"1c-d1": (1, 1), "50c-d1": (50, 1), "500c-d1": (500, 1), "50c-d16": (50, 16)}
+#: name: (connections, depth, payload bytes); the names are bench/run.py's.
+WORKLOADS = {"1c-d1": (1, 1, 64), "50c-d1": (50, 1, 64), "500c-d1": (500, 1, 64),
+             "50c-d16": (50, 16, 64), "10c-d4-64k": (10, 4, 65536),
+             "1c-d1-64k": (1, 1, 65536)}
 DEFAULT_SERVERS = "c-epoll,cserver-mux,uvloop"
 DEFAULT_WORKLOADS = "1c-d1,500c-d1"
 READY_TIMEOUT = 180.0   # a Python server under valgrind starts in ~10-60 s
@@ -53,7 +59,7 @@ def callgrind_total(path):
     raise RuntimeError("no summary line in %s" % path)
 
 
-def measure(server, conns, depth, requests, bins, env, tmp):
+def measure(server, conns, depth, size, requests, bins, env, tmp):
     """(Ir of N requests, Ir of 2N requests) in one server process, each
     counted from the end of the load generator's connection setup to its
     last reply, after a warm-up run; or (None, why) if it cannot run."""
@@ -67,14 +73,17 @@ def measure(server, conns, depth, requests, bins, env, tmp):
         if state != "ready":
             return None, where
         load = [bins["loadgen"], "--tcp", "127.0.0.1:%s" % where, "--conns", str(conns),
-                "--depth", str(depth), "--size", "64", "--warmup", "0",
+                "--depth", str(depth), "--size", str(size), "--warmup", "0",
                 "--duration", str(LOAD_TIMEOUT), "--connect-timeout", "120"]
         _load(load, requests, conns, server.key, None)          # warm-up, not counted
         counts = []
         for i, n in enumerate((requests, 2 * requests)):
             _load(load, n, conns, server.key, proc.pid)
             counts.append(callgrind_total("%s.%d" % (out, i + 1)))
-        stop_server(proc, signal.SIGINT if server.script != "c_echo" else signal.SIGTERM)
+        try:
+            stop_server(proc, signal.SIGINT if server.script != "c_echo" else signal.SIGTERM)
+        except RuntimeError:
+            pass   # the counts are in (dumped): kill_group stops it
     finally:
         run.kill_group(proc, grace=30.0)
     return tuple(counts), None
@@ -134,6 +143,11 @@ def main(argv=None):
     p.add_argument("--requests", type=int, default=3000,
                    help="N: each server answers N, then 2N requests (default 3000)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON lines")
+    p.add_argument("--cserver-from", metavar="DIR",
+                   help="run cserver from this source tree built in place (as bench/run.py)")
+    p.add_argument("--keep", metavar="DIR",
+                   help="copy the callgrind files there (callgrind.SERVER.WORKLOAD.1 for N "
+                        "requests, .2 for 2N) for callgrind_annotate")
     opts = p.parse_args(argv)
     if not 100 <= opts.requests <= 1000000:
         p.error("--requests must be 100..1000000")
@@ -147,29 +161,41 @@ def main(argv=None):
     for w in wls:
         if w not in WORKLOADS:
             p.error("unknown workload %r" % w)
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        # started in the background by a shell: the servers would inherit
+        # an ignored SIGINT, the signal that stops them
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     if subprocess.run(["valgrind", "--version"], capture_output=True).returncode != 0:
         raise SystemExit("valgrind is not installed (Debian: apt install valgrind)")
     bins = run.build_binaries()
-    env, version, build = run.cserver_env()
+    env, version, build = run.cserver_env(opts.cserver_from)
+    if opts.keep:
+        os.makedirs(opts.keep, exist_ok=True)
     env["PYTHONHASHSEED"] = "0"   # the same dict layouts in every run
     print("# %s, cserver %s (%s), git %s" % (sys.version.split()[0], version, build,
-                                             _git_rev()))
+                                             _git_rev(opts.cserver_from or run.ROOT)))
     print("| server | workload | instructions/request | Ir(N) | Ir(2N) |")
     print("|---|---|---|---|---|")
     results = []
     with tempfile.TemporaryDirectory(prefix="cserver-ir-") as tmp:
         for w in wls:
-            conns, depth = WORKLOADS[w]
+            conns, depth, size = WORKLOADS[w]
             for k in keys:
                 server = by_key[k]
                 if server.requires and not _importable(server.requires, env):
                     print("| %s | %s | skipped: %s not installed | | |" % (k, w, server.requires))
                     continue
                 t0 = time.monotonic()
-                counts, why = measure(server, conns, depth, opts.requests, bins, env, tmp)
+                counts, why = measure(server, conns, depth, size, opts.requests, bins, env,
+                                      tmp)
                 if counts is None:
                     print("| %s | %s | skipped: %s | | |" % (k, w, why))
                     continue
+                if opts.keep:
+                    for i in (1, 2):
+                        src = os.path.join(tmp, "callgrind.%s.%d.%d" % (k, conns, i))
+                        shutil.copy(src, os.path.join(opts.keep, "callgrind.%s.%s.%d" % (
+                            k, w, i)))
                 ir1, ir2 = counts
                 per = (ir2 - ir1) / opts.requests
                 print("| %s | %s | %.0f | %d | %d |" % (k, w, per, ir1, ir2), flush=True)
@@ -188,8 +214,8 @@ def _importable(module, env):
                           capture_output=True).returncode == 0
 
 
-def _git_rev():
-    r = subprocess.run(["git", "-C", run.ROOT, "rev-parse", "--short", "HEAD"],
+def _git_rev(tree):
+    r = subprocess.run(["git", "-C", tree, "rev-parse", "--short", "HEAD"],
                        capture_output=True, text=True)
     return r.stdout.strip() or "?"
 

@@ -10,7 +10,10 @@ The load generator (bench/loadgen.c) and the C echo server (bench/c_echo.c)
 are compiled here with ``cc -O2`` into bench/bin/.  Each (server, workload,
 round) gets a fresh server process, pinned to one core while the load
 generator is pinned to another (when there are two or more); the server's
-process group is killed at the end of its round, whatever happens.  Results:
+process group is killed at the end of its round, whatever happens.  Rounds
+are interleaved (round 1 of every cell, then round 2, ...), so a burst of load
+from elsewhere lands on one round of many cells, not on every round of one.
+Results:
 bench/results/<date>/results.jsonl, table.md and chart.png (with
 matplotlib), and the table on stdout.  Progress goes to stderr.
 
@@ -961,9 +964,6 @@ def parse_args(argv):
     p.add_argument("--before", metavar="DIR",
                    help="also run every selected cserver server from this source tree (built "
                         "in place), as KEY@before, in the same run")
-    p.add_argument("--interleave", action="store_true",
-                   help="run round 1 of every cell, then round 2 of every cell, ... "
-                        "(a slow phase of the machine then hits every cell alike)")
     p.add_argument("--bin", help="where to build loadgen and c_echo (default bench/bin)")
     p.add_argument("--list", action="store_true", help="list servers and workloads and exit")
     p.add_argument("--python", metavar="PYTHON", default=sys.executable,
@@ -985,6 +985,64 @@ def parse_args(argv):
         if not 0 <= v <= 600 or (name not in ("warmup", "connect_timeout") and v == 0):
             p.error("--%s out of range" % name.replace("_", "-"))
     return opts
+
+
+def run_cells(runner, cells, opts, records, jsonl, log, started):
+    """Every round of every cell into ``records[(server, workload)]``.
+
+    Rounds are interleaved: round 1 of every cell, then round 2 of every
+    cell, and so on.  Run back to back, the rounds of one cell share
+    whatever else the machine was doing in those seconds, so a burst of
+    load elsewhere (a build, another benchmark) moved one server's median
+    and not its neighbours'; interleaved, it lands on one round of many
+    cells and the median of each cell drops it."""
+    skipped = {}
+    given_up = set()
+    for srv, w in cells:
+        key = (srv.key, w.name)
+        if w.persistent and srv.max_conns is not None and w.conns > srv.max_conns:
+            records[key] = [{"type": "round", "server": srv.key, "workload": w.name,
+                             "status": "n/a", "note": srv.max_conns_why}]
+        elif srv.requires and not importable(srv.requires):
+            records[key] = [{"type": "round", "server": srv.key, "workload": w.name,
+                             "status": "skip",
+                             "note": "%s is not installed (pip install .[bench])" % srv.requires}]
+        if key in records:
+            given_up.add(key)
+    for i in range(opts.rounds):
+        for n, (srv, w) in enumerate(cells, 1):
+            key = (srv.key, w.name)
+            if key in given_up:
+                continue
+            if srv.key in skipped:
+                records[key] = [dict(skipped[srv.key], workload=w.name)]
+                given_up.add(key)
+                continue
+            log.write("[%3d/%d %5.0fs] %-10s %-24s round %d/%d ... " % (
+                n, len(cells), time.monotonic() - started, w.name, srv.key, i + 1,
+                opts.rounds))
+            log.flush()
+            rec = runner.round(srv, w, i)
+            records.setdefault(key, []).append(rec)
+            jsonl.write(json.dumps(rec) + "\n")
+            jsonl.flush()
+            if rec["status"] == "ok":
+                if w.kind == "idle":
+                    log.write("%.1f KiB/conn (%s held)\n" % (
+                        rec.get("rss_per_conn_kib") or 0, rec.get("held")))
+                else:
+                    lg = rec["loadgen"]
+                    log.write("%s req/s, p99 %.0f us, cpu server %.0f%% loadgen %.0f%%%s\n" % (
+                        fmt_num(rec["rps"]), lg["lat_us"]["p99"], rec["server_cpu_pct"],
+                        lg["cpu_pct"],
+                        ", %d MISMATCHES" % lg["mismatches"] if lg["mismatches"] else ""))
+                continue
+            log.write("%s: %s\n" % (rec["status"], rec.get("note", "")))
+            if rec["status"] == "skip":
+                skipped[srv.key] = rec
+                given_up.add(key)
+            elif rec["status"] == "error" and i == 0:
+                given_up.add(key)   # a server that fails its first round is not retried
 
 
 def select_cells(opts, wls, srvs):
@@ -1065,66 +1123,16 @@ def main(argv=None):
         log.write("WARNING: cserver runs as pure Python here; build it first "
                   "(python setup.py build_ext --inplace, or pip install .)\n")
     summ = {}
-    skipped = {}
-    records = {(srv.key, w.name): [] for srv, w in cells}
-    done = set()    # cells that ran out of rounds early (n/a, skip, a first round failed)
-    if opts.interleave:
-        jobs = [(i, n, c) for i in range(opts.rounds) for n, c in enumerate(cells, 1)]
-    else:
-        jobs = [(i, n, c) for n, c in enumerate(cells, 1) for i in range(opts.rounds)]
     started = time.monotonic()
+    records = {}
     try:
-        for i, n, (srv, w) in jobs:
-            key = (srv.key, w.name)
-            if key in done:
-                continue
-            if w.persistent and srv.max_conns is not None and w.conns > srv.max_conns:
-                records[key] = [{"type": "round", "server": srv.key, "workload": w.name,
-                                 "status": "n/a", "note": srv.max_conns_why}]
-                done.add(key)
-                continue
-            if srv.requires and not importable(srv.requires):
-                records[key] = [{"type": "round", "server": srv.key, "workload": w.name,
-                                 "status": "skip",
-                                 "note": "%s is not installed (pip install .[bench])"
-                                         % srv.requires}]
-                done.add(key)
-                continue
-            if srv.key in skipped:
-                records[key] = [dict(skipped[srv.key], workload=w.name)]
-                done.add(key)
-                continue
-            log.write("[%3d/%d %5.0fs] %-10s %-24s round %d/%d ... " % (
-                n, len(cells), time.monotonic() - started, w.name, srv.key, i + 1,
-                opts.rounds))
-            log.flush()
-            rec = runner.round(srv, w, i)
-            records[key].append(rec)
-            jsonl.write(json.dumps(rec) + "\n")
-            jsonl.flush()
-            if rec["status"] == "ok":
-                if w.kind == "idle":
-                    log.write("%.1f KiB/conn (%s held)\n" % (
-                        rec.get("rss_per_conn_kib") or 0, rec.get("held")))
-                else:
-                    lg = rec["loadgen"]
-                    log.write("%s req/s, p99 %.0f us, cpu server %.0f%% loadgen %.0f%%%s\n" % (
-                        fmt_num(rec["rps"]), lg["lat_us"]["p99"], rec["server_cpu_pct"],
-                        lg["cpu_pct"],
-                        ", %d MISMATCHES" % lg["mismatches"] if lg["mismatches"] else ""))
-            else:
-                log.write("%s: %s\n" % (rec["status"], rec.get("note", "")))
-                if rec["status"] == "skip":
-                    skipped[srv.key] = rec
-                    done.add(key)
-                elif rec["status"] == "error" and i == 0:
-                    done.add(key)  # a server that fails its first round is not retried
+        run_cells(runner, cells, opts, records, jsonl, log, started)
     except KeyboardInterrupt:
         log.write("\ninterrupted: reporting what was measured\n")
     finally:
         runner.close()
     for srv, w in cells:
-        if records[(srv.key, w.name)]:
+        if records.get((srv.key, w.name)):
             summ[(srv.key, w.name)] = summarize(records[(srv.key, w.name)], w, srv)
     for w in wls:
         add_ratios([s for (k, wn), s in summ.items() if wn == w.name], w)

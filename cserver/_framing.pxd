@@ -50,12 +50,41 @@
 #                 ... handle f[:flen] ...
 #             # here every byte of buf[:n] is consumed
 #
-#         A frame larger than a pool slab is received straight into a
-#         ``bytes`` object; ``frame[0]`` then points into it and:
+#         A frame larger than a pool slab, or with a body of at least
+#         BIG_FRAME (16 KiB) bytes, that is cut by the end of ``data`` is
+#         received straight into a ``bytes`` object; ``frame[0]`` then points
+#         into it and:
 #     object take_frame_object(self)
 #         returns that ``bytes`` object (the frame, exactly) right after
 #         ``next_frame`` returned it, so the caller can keep it without a
 #         copy; None when the frame was not delivered as an object.
+#
+#     bint scatter_wanted(self) noexcept   (inline)
+#         Whether scatter_begin may offer iovecs (a size is predicted): a
+#         loop checks it on every read, scatter_begin only when it is true.
+#     int scatter_begin(self, iovec* iov, int max_iov, Py_ssize_t budget) except -1
+#         Zero-copy reads of large frames.  When nothing is buffered and the
+#         last frame decoded had a body of at least BIG_FRAME (16 KiB) bytes
+#         and at most one slab (and the header is exactly what is stripped),
+#         fills ``iov`` with up to ``max_iov // 2`` (at most 4) pairs (room
+#         for a header, a new ``bytes`` object of that body size) whose
+#         bodies add up to at most ``budget`` bytes (at least one pair), and
+#         returns the number of iovecs; else returns 0 and the caller reads
+#         as usual.  The caller appends its own buffer as the last iovec and
+#         reads with readv/recvmsg, then must call:
+#     Py_ssize_t scatter_done(self, Py_ssize_t n, const char* tail_buf) except -1
+#         ``n`` bytes arrived over those iovecs, then at ``tail_buf`` (call it
+#         with n <= 0 too, after a failed read: it drops the objects).  The
+#         frames that came whole in their objects are queued in the decoder
+#         (no copy: ``next_frame`` returns them first, with
+#         ``take_frame_object``), a frame cut short stays in the decoder, and
+#         when a header did not announce the predicted size (or is bad) the
+#         stream from it on is copied into the decoder's buffer (next_frame
+#         then decodes it, or reports the bad header).  Returns how many
+#         bytes at ``tail_buf`` are still to decode: drain with
+#         ``next_frame(tail_buf, returned, ...)`` as after any read (with
+#         ``next_frame(NULL, 0, ...)`` when it returns 0).  Raises only
+#         MemoryError.
 #
 #     Py_ssize_t get_write_buffer(self, Py_ssize_t size_hint, char** ptr) except -1
 #         Reading straight into the decoder (asyncio's get_buffer): returns
@@ -89,6 +118,7 @@
 
 cimport cython
 from cpython.pythread cimport PyThread_type_lock
+from posix.uio cimport iovec
 
 
 @cython.final
@@ -147,6 +177,16 @@ cdef class FrameDecoder:
     cdef Py_ssize_t _big_fill
     # the last big frame delivered by next_frame (kept until the next call)
     cdef object _last
+    # scatter reads (scatter_begin/scatter_done): the body size the next
+    # frames are expected to have (0: no prediction), the bytes objects
+    # offered to the last scatter_begin, and where their headers land
+    cdef Py_ssize_t _predict
+    cdef list _scatter
+    # frames a scatter read received whole, not yet returned by next_frame:
+    # _queue[_qpos:] (None when there are none)
+    cdef list _queue
+    cdef Py_ssize_t _qpos
+    cdef char _scatter_hdr[64]
     # read_from() is receiving into the buffer (sock.recv_into releases the
     # GIL): every other call that could move or free it is refused meanwhile
     cdef bint _reading
@@ -160,7 +200,14 @@ cdef class FrameDecoder:
     cdef int check_eof(self) except -1
     cdef void release_buffer(self) noexcept
     cdef object take_frame_object(self)
+    cdef int scatter_begin(self, iovec* iov, int max_iov, Py_ssize_t budget) except -1
+    # (inline: a loop asks on every read before it calls scatter_begin)
+    cdef inline bint scatter_wanted(self) noexcept:
+        return self._predict > 0
+    cdef Py_ssize_t scatter_done(self, Py_ssize_t n, const char* tail_buf) except -1
     # private
+    cdef void _note_size(self, Py_ssize_t size) noexcept
+    cdef int _next_queued(self, const char** frame, Py_ssize_t* frame_size) except -1
     cdef int _fail(self, type cls, str message) except -1
     cdef int _out_of_memory(self, Py_ssize_t want) except -1
     cdef int _raise_failed(self) except -1
@@ -174,6 +221,7 @@ cdef class FrameDecoder:
                        Py_ssize_t* frame_size) except -1
     cdef int _append(self, const char* data, Py_ssize_t n) except -1
     cdef list _drain(self, const char* data, Py_ssize_t length, object source)
+    cdef object _scatter_from(self, object sock, iovec* iov, int cnt)
 
 
 @cython.final

@@ -16,9 +16,10 @@ that frame still needs, so no byte is ever copied twice and a 64 KiB read of
 1000 small frames costs one pass.
 
 The decoder's buffer is a slab from a BufferPool while the frame in progress
-fits a slab; a larger frame gets a private allocation that grows by doubling
-(bounded by the announced length, itself bounded by ``max_frame_size``) and
-is freed once the frame is delivered.  A partial frame is compacted
+is small (fits a slab, body under ``BIG_FRAME``); a larger frame is received
+straight into the ``bytes`` object that is delivered, which grows by doubling
+from one slab as the body arrives (bounded by the announced length, itself
+bounded by ``max_frame_size``).  A partial frame is compacted
 (memmove) to the front of its slab rather than reallocated.  When a call
 ends with nothing buffered, the slab goes back to the pool: an idle
 connection holds no memory.
@@ -40,6 +41,11 @@ from cpython.pythread cimport (
     PyThread_release_lock, WAIT_LOCK,
 )
 from libc.string cimport memcpy, memmove, memset
+
+from socket import socket as _socket_type
+
+# read_from() uses scatter reads on plain sockets that have recvmsg_into
+cdef bint _SCATTER_SOCKETS = hasattr(_socket_type, "recvmsg_into")
 
 from cserver.errors import FrameError, FrameTooLarge, IncompleteFrame
 # the header description both twins implement: validation, messages, defaults
@@ -68,6 +74,22 @@ cdef extern from "Python.h":
 cdef inline Py_ssize_t _double(Py_ssize_t n) noexcept nogil:
     """2 * n, saturated (never overflows)."""
     return n + n if n <= PY_SSIZE_T_MAX // 2 else PY_SSIZE_T_MAX
+
+# A frame in progress whose body (what is delivered) is at least this large
+# is received straight into the bytes object that will be delivered (the
+# "big" path, as for a frame larger than a slab) instead of into a slab that
+# is then copied out: a 64 KiB frame cut by a read costs one copy of what had
+# arrived instead of three (into the slab, into a larger buffer for the
+# header's 4 bytes, out to the bytes object).  Below it the slab wins: its
+# recv takes the frames that follow too, in one system call.
+# (bench/instructions.py --workloads 10c-d4-64k: bytes copied per request.)
+# Scatter reads (scatter_begin): at most SCATTER_MAX predicted frames per
+# read, for headers of at most SCATTER_HDR bytes (_scatter_hdr holds them
+# all).  C constants: the hot path compares with an immediate.
+cdef enum:
+    BIG_FRAME = 16384
+    SCATTER_MAX = 4
+    SCATTER_HDR = 16
 
 __all__ = ["FrameDecoder", "FrameEncoder", "BufferPool", "encode_frame",
            "DEFAULT_MAX_FRAME_SIZE", "DEFAULT_POOL", "FrameError",
@@ -413,11 +435,20 @@ cdef class FrameDecoder:
         self._pooled = False
 
     cdef void release_buffer(self) noexcept:
-        self._free_storage()
+        # called at the end of every read (next_frame with nothing left):
+        # the fields are stored only when set (no reference counting of None)
+        if self._buf != NULL:
+            self._free_storage()
         self._need = -1
-        self._big = None
+        if self._big is not None:
+            self._big = None
         self._big_fill = 0
-        self._last = None
+        if self._last is not None:
+            self._last = None
+        if self._queue is not None:
+            self._queue = None
+        if self._scatter is not None:
+            self._scatter = None
 
     cdef int _fail(self, type cls, str message) except -1:
         self._error = (cls, message)
@@ -506,10 +537,10 @@ cdef class FrameDecoder:
 
     cdef bint _go_big(self, const char* frame_start, Py_ssize_t n) except -1:
         """The frame in progress (``_need`` bytes, ``n`` of them at
-        ``frame_start``) does not fit a slab: receive the rest straight into
-        the bytes object that will be delivered.  Returns False (and does
-        nothing) if the frame fits a slab or its stripped part has not
-        started yet.
+        ``frame_start``) does not fit a slab, or its body is at least
+        ``BIG_FRAME`` bytes: receive the rest straight into the bytes object
+        that will be delivered.  Returns False (and does nothing) if the
+        frame is smaller, or its stripped part has not started yet.
 
         The object starts at one slab (or at twice what has arrived, if
         more, never past the frame) and grows geometrically as the body
@@ -517,8 +548,8 @@ cdef class FrameDecoder:
         alone reserves one slab, not the body it announces."""
         cdef Py_ssize_t size = self._need - self.initial_bytes_to_strip
         cdef Py_ssize_t fill, cap
-        if (size <= self.pool.slab_size or n < self.initial_bytes_to_strip
-                or n >= self._need):
+        if ((size <= self.pool.slab_size and size < BIG_FRAME)
+                or n < self.initial_bytes_to_strip or n >= self._need):
             return False
         fill = n - self.initial_bytes_to_strip
         # twice what has arrived (at least a slab, at most the frame): the
@@ -579,6 +610,7 @@ cdef class FrameDecoder:
             return 0
         frame[0] = PyBytes_AS_STRING(self._big)
         frame_size[0] = size
+        self._note_size(size)
         self._last = self._big     # keeps the frame valid until the next call
         self._big = None
         self._big_fill = 0
@@ -593,6 +625,8 @@ cdef class FrameDecoder:
         if self._error is not None:
             self._raise_failed()
         self._last = None
+        if self._queue is not None:
+            return self._next_queued(frame, frame_size)
         if self._big is not None:
             return self._big_next(data, length, 0, consumed, frame, frame_size)
         buffered = self._end - self._start
@@ -605,6 +639,8 @@ cdef class FrameDecoder:
                     consumed[0] = total
                     frame[0] = data + self.initial_bytes_to_strip
                     frame_size[0] = total - self.initial_bytes_to_strip
+                    if frame_size[0] >= BIG_FRAME or self._predict:
+                        self._note_size(frame_size[0])
                     return 1
                 self._need = total
                 if self._go_big(data, length):
@@ -644,14 +680,145 @@ cdef class FrameDecoder:
                 return 0
         frame[0] = self._buf + self._start + self.initial_bytes_to_strip
         frame_size[0] = self._need - self.initial_bytes_to_strip
+        if frame_size[0] >= BIG_FRAME or self._predict:
+            self._note_size(frame_size[0])
         self._start += self._need
         self._need = -1
         consumed[0] = used
         return 1
 
+    cdef int _next_queued(self, const char** frame, Py_ssize_t* frame_size) except -1:
+        """The next frame a scatter read received whole in its own object."""
+        obj = self._queue[self._qpos]
+        self._qpos += 1
+        if self._qpos == len(self._queue):
+            self._queue = None
+        frame[0] = PyBytes_AS_STRING(obj)
+        frame_size[0] = PyBytes_GET_SIZE(obj)
+        self._last = obj
+        return 1
+
     cdef object take_frame_object(self):
         last, self._last = self._last, None
         return last
+
+    # -- scatter reads: a large frame received straight into its bytes ------
+    #
+    # A frame whose bytes all arrived in one read is copied out of the read
+    # buffer into the bytes object delivered (next_frame + PyBytes): for 64
+    # KiB frames that copy is most of the decoder's work.  Streams of large
+    # frames usually repeat one size (bulk transfer, an echo), so once a
+    # large frame was decoded the next read is offered as iovecs: the
+    # header into _scatter_hdr, the body straight into a new bytes object of
+    # the predicted size, and so on, then the caller's buffer.  A header
+    # that announces another size costs the copy it would have cost anyway.
+    # Memory: the objects are at most one slab each and ``budget`` in all
+    # (the caller's read size), taken for the read and dropped after it
+    # unless bytes landed in them; a frame cut short keeps one object of at
+    # most one slab, as the big path does.
+
+    cdef void _note_size(self, Py_ssize_t size) noexcept:
+        """Remember a decoded frame's body size as the prediction for the
+        next reads, if it qualifies for them (see scatter_begin)."""
+        if (size >= BIG_FRAME and size <= self.pool.slab_size
+                and self.initial_bytes_to_strip == self.header_size
+                and self.header_size <= SCATTER_HDR):
+            self._predict = size
+        else:
+            self._predict = 0
+
+    cdef int scatter_begin(self, iovec* iov, int max_iov, Py_ssize_t budget) except -1:
+        cdef Py_ssize_t p = self._predict, hs = self.header_size
+        cdef Py_ssize_t k, i
+        cdef list objs
+        if p <= 0:
+            return 0       # the common case, first: small frames
+        if self._error is not None:
+            self._raise_failed()
+        self._last = None
+        self._scatter = None
+        if (self._big is not None or self._end != self._start or self._reading
+                or self._queue is not None):
+            return 0
+        k = budget // p
+        if k > SCATTER_MAX:
+            k = SCATTER_MAX
+        if k > max_iov // 2:
+            k = max_iov // 2
+        if k < 1:
+            k = 1 if max_iov >= 2 else 0
+        objs = []
+        for i in range(k):
+            obj = PyBytes_FromStringAndSize(NULL, p)
+            objs.append(obj)
+            iov[2 * i].iov_base = self._scatter_hdr + i * hs
+            iov[2 * i].iov_len = <size_t>hs
+            iov[2 * i + 1].iov_base = PyBytes_AS_STRING(obj)
+            iov[2 * i + 1].iov_len = <size_t>p
+        if k:
+            self._scatter = objs
+        return <int>(2 * k)
+
+    cdef Py_ssize_t scatter_done(self, Py_ssize_t n, const char* tail_buf) except -1:
+        cdef Py_ssize_t p = self._predict, hs = self.header_size, r = n, got, i, j, take
+        cdef Py_ssize_t k
+        cdef const char* hdr
+        cdef unsigned long long value
+        cdef list objs = self._scatter
+        cdef list queue = []
+        self._scatter = None
+        if objs is None or n <= 0:
+            return 0
+        k = len(objs)
+        for i in range(k):
+            if r <= 0:
+                break
+            hdr = self._scatter_hdr + i * hs
+            if r < hs:
+                # a header cut short: buffered as any partial header
+                self._append(hdr, r)
+                self._need = -1
+                r = 0
+                break
+            value = _read_length(<const unsigned char*>hdr + self.length_offset,
+                                 self.length_size, self.big_endian)
+            if (value > self._max_value or value < self._min_value
+                    or <Py_ssize_t>(value + <unsigned long long>self.length_adjustment) != p):
+                # not the predicted frame (or a bad header): the stream from
+                # this header on goes to the buffer, for next_frame (which
+                # reports a bad header) -- one copy, as without the guess
+                self._predict = 0
+                self._reserve(r)
+                j = i
+                while r > 0:
+                    if j < k:
+                        take = hs if r > hs else r
+                        self._append(self._scatter_hdr + j * hs, take)
+                        r -= take
+                        take = p if r > p else r
+                        self._append(PyBytes_AS_STRING(objs[j]), take)
+                    else:
+                        take = r
+                        self._append(tail_buf, take)
+                    r -= take
+                    j += 1
+                break
+            got = r - hs
+            if got >= p:
+                queue.append(objs[i])
+                r -= hs + p
+                continue
+            # the frame is cut short: its object is the big frame in progress
+            self._big = objs[i]
+            self._big_fill = got
+            self._need = hs + p
+            self.pool.note_bypass()
+            r = 0
+            break
+        if queue:
+            self._queue = queue
+            self._qpos = 0
+        return r
 
     cdef Py_ssize_t get_write_buffer(self, Py_ssize_t size_hint, char** ptr) except -1:
         cdef Py_ssize_t buffered, want, grow
@@ -756,7 +923,8 @@ cdef class FrameDecoder:
         cdef object view = None
         try:
             while True:
-                if copy and self._end == self._start and self._big is None:
+                if (copy and self._end == self._start and self._big is None
+                        and self._queue is None):
                     # Hot loop: frames whole inside ``data``, nothing
                     # buffered and no large frame in progress (its body is
                     # not headers).  Any header it does not accept (bad, or
@@ -838,8 +1006,14 @@ cdef class FrameDecoder:
         end of stream (IncompleteFrame if it ended inside a frame).  Socket
         errors and timeouts propagate."""
         cdef char* ptr
+        cdef iovec iov[8]
+        cdef int cnt
         if self._reading:
             _busy()
+        if _SCATTER_SOCKETS and type(sock) is _socket_type:
+            cnt = self.scatter_begin(iov, 8, self.pool.slab_size)
+            if cnt:
+                return self._scatter_from(sock, iov, cnt)
         cdef Py_ssize_t n = self.get_write_buffer(0, &ptr)
         view = PyMemoryView_FromMemory(ptr, n, PyBUF_WRITE)
         # recv_into releases the GIL: another thread (or a socket object that
@@ -856,6 +1030,38 @@ cdef class FrameDecoder:
             return None
         self.write_done(n)
         return self._drain(NULL, 0, None)
+
+    cdef object _scatter_from(self, sock, iovec* iov, int cnt):
+        """read_from with the iovecs of scatter_begin (one recvmsg_into),
+        then a slab-sized bytes object of its own (not the decoder's buffer,
+        which scatter_done may fill while it reads the tail)."""
+        cdef char* ptr
+        cdef Py_ssize_t n, room = self.pool.slab_size, tail
+        cdef int i
+        views = []
+        try:
+            spare = PyBytes_FromStringAndSize(NULL, room)
+            ptr = PyBytes_AS_STRING(spare)
+            for i in range(cnt):
+                views.append(PyMemoryView_FromMemory(<char*>iov[i].iov_base,
+                                                      <Py_ssize_t>iov[i].iov_len, PyBUF_WRITE))
+            views.append(PyMemoryView_FromMemory(ptr, room, PyBUF_WRITE))
+            self._reading = True
+            try:
+                n = sock.recvmsg_into(views)[0]
+            finally:
+                self._reading = False
+                for v in views:
+                    v.release()
+        except BaseException:
+            self._scatter = None
+            raise
+        if n == 0:
+            self._scatter = None
+            self.check_eof()
+            return None
+        tail = self.scatter_done(n, ptr)
+        return self._drain(ptr, tail, None)
 
     def eof(self):
         """End of stream: raise IncompleteFrame if a partial frame is

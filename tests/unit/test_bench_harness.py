@@ -369,8 +369,8 @@ def test_harness_python_option_names_a_missing_interpreter(tmp_path):
 
 
 def test_harness_before_tree_and_interleaved_rounds(bins, tmp_path):
-    """--before DIR adds KEY@before servers run from DIR; --interleave runs
-    round 1 of every cell before round 2 of any."""
+    """--before DIR adds KEY@before servers run from DIR; rounds are
+    interleaved: round 1 of every cell before round 2 of any."""
     import cserver
     tree = tmp_path / "tree"
     tree.mkdir()
@@ -378,7 +378,7 @@ def test_harness_before_tree_and_interleaved_rounds(bins, tmp_path):
     out = tmp_path / "results"
     proc = subprocess.run(
         [sys.executable, os.path.join(BENCH, "run.py"), "--quick", "--rounds", "2",
-         "--interleave", "--servers", "cserver-mux-raw", "--workloads", "1c-d1",
+         "--servers", "cserver-mux-raw", "--workloads", "1c-d1",
          "--no-baselines", "--warmup", "0.1", "--duration", "0.3", "--out", str(out),
          "--bin", os.path.dirname(bins["loadgen"]), "--before", str(tree)],
         capture_output=True, timeout=120,

@@ -703,6 +703,138 @@ def test_read_from_reserves_what_arrives(twin):
         b.close()
 
 
+# -- large frames read straight into their bytes (scatter reads) ---------
+
+def _read_all(dec, sock, wanted, timeout=20.0):
+    """read_from until ``wanted`` frames (or end of stream, or an error)."""
+    frames = []
+    deadline = time.monotonic() + timeout
+    while len(frames) < wanted and time.monotonic() < deadline:
+        got = dec.read_from(sock)
+        if got is None:
+            break
+        frames.extend(got)
+    return frames
+
+
+def _send_in_chunks(sock, wire, cuts):
+    """Send ``wire`` cut at ``cuts`` (each piece its own sendall), then
+    shut the socket down for writing."""
+    try:
+        pos = 0
+        for cut in sorted(set(c for c in cuts if 0 < c < len(wire))) + [len(wire)]:
+            sock.sendall(wire[pos:cut])
+            pos = cut
+            time.sleep(0.001)
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+
+
+@settings(max_examples=40, deadline=None)
+@given(sizes=st.lists(st.one_of(st.sampled_from([16384, 20000, 65536]),
+                                st.integers(0, 70000)), min_size=1, max_size=8),
+       cuts=st.lists(st.integers(0, 600000), max_size=6),
+       fmt=st.sampled_from([None, "!H", "<Q"]))
+def test_read_from_large_frames_any_sizes_any_cuts(twin, sizes, cuts, fmt):
+    """read_from over a stream of large frames, most of one size (the C twin
+    then reads the next frames straight into their bytes objects, guessing
+    their size), some of another, cut anywhere: every frame exact, in
+    order, as the pure twin delivers them."""
+    if fmt == "!H":
+        sizes = [min(n, 65535) for n in sizes]
+    bodies = [pattern(n, seed=i) for i, n in enumerate(sizes)]
+    wire = b"".join(twin.encode_frame(b, fmt) for b in bodies)
+    a, b = socket.socketpair()
+    sender = threading.Thread(target=_send_in_chunks, args=(a, wire, cuts))
+    try:
+        b.settimeout(20)
+        sender.start()
+        dec = twin.FrameDecoder(fmt)
+        assert _read_all(dec, b, len(bodies)) == bodies
+        assert dec.read_from(b) is None
+        assert dec.pending == 0
+    finally:
+        a.close()
+        sender.join(30)
+        b.close()
+
+
+@pytest.mark.parametrize("cut", [1, 3, 4, 5, 20004, 20005, 40005])
+def test_read_from_large_frames_then_a_cut_stream(twin, cut):
+    """Frames of one large size, then the stream ends inside the next
+    header or body (the read the C twin made with guessed sizes):
+    IncompleteFrame says how much of it arrived."""
+    bodies = [pattern(20000, seed=i) for i in range(3)]
+    wire = b"".join(twin.encode_frame(b) for b in bodies)
+    wire = wire[:2 * 20004 + cut] if cut <= 20004 else wire[:cut]
+    whole = len(wire) // 20004
+    a, b = socket.socketpair()
+    sender = threading.Thread(target=_send_in_chunks, args=(a, wire, [20004, 40008]))
+    try:
+        b.settimeout(20)
+        sender.start()
+        dec = twin.FrameDecoder()
+        assert _read_all(dec, b, whole) == bodies[:whole]
+        if len(wire) % 20004:
+            with pytest.raises(IncompleteFrame):
+                while dec.read_from(b) is not None:
+                    pass
+            assert dec.pending == 0 or dec.failed
+    finally:
+        a.close()
+        sender.join(30)
+        b.close()
+
+
+@pytest.mark.parametrize("bad_at", [0, 1, 2])
+def test_read_from_large_frames_then_a_bad_header(twin, bad_at):
+    """A header that breaks the limit after frames of a guessed size: the
+    frames before it are delivered, then FrameTooLarge (as feed())."""
+    bodies = [pattern(30000, seed=i) for i in range(3)]
+    wire = b"".join(twin.encode_frame(b) for b in bodies[:bad_at + 1])
+    wire += (1 << 30).to_bytes(4, "big") + b"x" * 100
+    a, b = socket.socketpair()
+    try:
+        b.settimeout(20)
+        a.sendall(wire[:30004])       # the first frame alone: the guess is made
+        dec = twin.FrameDecoder()
+        frames = dec.read_from(b)
+        a.sendall(wire[30004:])
+        a.shutdown(socket.SHUT_WR)
+        with pytest.raises(FrameTooLarge):
+            while len(frames) <= bad_at + 1:
+                got = dec.read_from(b)
+                assert got is not None
+                frames.extend(got)
+        assert frames == bodies[:bad_at + 1]
+        assert dec.failed
+    finally:
+        a.close()
+        b.close()
+
+
+def test_read_from_guessed_size_holds_at_most_one_slab(ctwin):
+    """After large frames, the reads with guessed sizes keep nothing when
+    nothing arrives in them, and a frame cut short holds at most one slab
+    (its body), whatever was guessed."""
+    pool = ctwin.BufferPool()
+    a, b = socket.socketpair()
+    try:
+        b.settimeout(5)
+        dec = ctwin.FrameDecoder(pool=pool)
+        a.sendall(ctwin.encode_frame(pattern(65536)))
+        assert _read_all(dec, b, 1) == [pattern(65536)]
+        a.sendall(ctwin.encode_frame(pattern(65536, 1))[:10])
+        frames, held = traced(lambda: dec.read_from(b))
+        assert frames == [] and dec.pending == 10
+        assert held <= 65536 + SLACK
+        assert pool.stats()["in_use"] == 0
+    finally:
+        a.close()
+        b.close()
+
+
 def test_size_hint_is_capped(twin):
     pool = twin.BufferPool(slab_size=1024)
     dec = twin.FrameDecoder(pool=pool)

@@ -175,6 +175,22 @@ def test_large_frames(kind, size):
         assert server.stats()["frame_errors"] == 0
 
 
+@pytest.mark.parametrize("chunk", [1000, 65540, 300000])
+def test_large_frames_of_one_size_then_others(kind, chunk):
+    """Pipelined large frames of one size (the decoder guesses the next
+    ones' size and may read them straight into their objects), then
+    other sizes, small ones, and the first size again: echoed exact and in
+    order, however the stream is cut."""
+    sizes = [30000] * 5 + [40000, 16384, 10] + [30000] * 3 + [65536] * 4 + [5]
+    payloads = [os.urandom(n) for n in sizes]
+    stream = b"".join(frame(p) for p in payloads)
+    with serving(tcp(Echo, kind)) as server, connect(server) as c:
+        for i in range(0, len(stream), chunk):
+            c.sendall(stream[i:i + chunk])
+        assert recv_exactly(c, len(stream)) == stream
+        assert server.stats()["frame_errors"] == 0
+
+
 def test_pipelined_requests_in_order(kind):
     payloads = [b"%06d" % i * (i % 7 + 1) for i in range(2000)]
     stream = b"".join(frame(p) for p in payloads)
@@ -494,7 +510,7 @@ def test_bytes_received_before_a_pause_go_before_later_ones(kind):
         assert server.events == [b"one", b"two" * 1000, b"three"]
 
 
-@pytest.mark.parametrize("size", [100, 200000])
+@pytest.mark.parametrize("size", [100, 20000, 65536, 200000])
 def test_pause_reading_with_buffered_large_frames(kind, size):
     class Pausing(cserver.FrameHandler):
         def frame_received(self, frame):
