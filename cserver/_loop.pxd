@@ -137,7 +137,9 @@ cdef class Transport(Handle):
     cdef int _read_raw(self) except -1
     cdef int _read_framed(self) except -1
     cdef int _read_into_decoder(self) except -1
-    cdef int _read_failed(self, Py_ssize_t n) except -1
+    cdef int _read_scattered(self) except -1
+    cdef inline void _received(self, ssize_t n) noexcept
+    cdef int _read_failed(self, Py_ssize_t n, int err) except -1
     cdef int _read_eof(self) except -1
     cdef int _deliver(self, const char *data, Py_ssize_t n, bint buffered) except -1
     cdef int _deliver_pending(self) except -1

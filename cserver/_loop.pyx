@@ -47,6 +47,7 @@ from libc.stdint cimport uint32_t, uint64_t
 from libc.errno cimport (errno, EAGAIN, EINTR, EMFILE, ENFILE,
                          ENOBUFS, ENOMEM, ECONNABORTED, EPROTO, EPERM)
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
+from posix.uio cimport iovec, readv, writev
 from posix.unistd cimport close as c_close, read as c_read, write as c_write
 
 from cserver._framing cimport FrameDecoder, FrameEncoder
@@ -219,10 +220,6 @@ cdef extern from *:
     ctypedef unsigned int socklen_t
     struct sockaddr_storage:
         pass
-    struct iovec:
-        void *iov_base
-        size_t iov_len
-    ssize_t writev(int fd, const iovec *iov, int iovcnt)
     ssize_t recv(int fd, void *buf, size_t n, int flags)
     ssize_t send(int fd, const void *buf, size_t n, int flags)
     int cs_accept(int fd, sockaddr_storage *ss, socklen_t *len)

@@ -257,11 +257,8 @@ cdef class Transport(Handle):
         cdef Loop loop = self.loop
         cdef ssize_t n = recv(self.fd, loop.slab, loop.slab_size, 0)
         if n <= 0:
-            return self._read_failed(n)
-        loop.bytes_in += n
-        self.last_active = loop.now
-        if self.dkind == D_FIRST_BYTE:
-            self.dkind = D_NONE
+            return self._read_failed(n, errno)
+        self._received(n)
         # an exception propagates to the dispatcher: see _failed
         self.doing = W_HANDLER
         self.on_data(PyBytes_FromStringAndSize(loop.slab, n))
@@ -272,14 +269,45 @@ cdef class Transport(Handle):
         # common case: frames decoded in place in the shared slab; the tail
         # of an incomplete frame goes to the decoder's pooled buffer
         cdef Loop loop = self.loop
-        cdef ssize_t n = recv(self.fd, loop.slab, loop.slab_size, 0)
+        cdef ssize_t n
+        if self.dec.scatter_wanted():
+            return self._read_scattered()
+        n = recv(self.fd, loop.slab, loop.slab_size, 0)
         if n <= 0:
-            return self._read_failed(n)
-        loop.bytes_in += n
-        self.last_active = loop.now
+            return self._read_failed(n, errno)
+        self._received(n)
+        return self._deliver(loop.slab, n, False)
+
+    cdef int _read_scattered(self) except -1:
+        # a run of large frames of one size: the decoder offers the bodies
+        # of the next ones as iovecs (a header, then the bytes object that
+        # frame_received will get), so that they are read with no copy; the
+        # shared slab takes whatever else arrives.  A MemoryError of
+        # scatter_begin goes to the dispatcher (doing: W_DECODING).
+        cdef Loop loop = self.loop
+        cdef iovec iov[9]
+        cdef Py_ssize_t room
+        cdef ssize_t n
+        cdef int err, cnt
+        self.doing = W_DECODING
+        cnt = self.dec.scatter_begin(iov, 8, loop.slab_size)
+        iov[cnt].iov_base = loop.slab
+        iov[cnt].iov_len = <size_t>loop.slab_size
+        n = readv(self.fd, iov, cnt + 1)
+        err = errno
+        # always called, n <= 0 too: it drops the objects no byte reached
+        room = self.dec.scatter_done(n, loop.slab)
+        self.doing = W_SERVING
+        if n <= 0:
+            return self._read_failed(n, err)
+        self._received(n)
+        return self._deliver(loop.slab, room, True)
+
+    cdef inline void _received(self, ssize_t n) noexcept:
+        self.loop.bytes_in += n
+        self.last_active = self.loop.now
         if self.dkind == D_FIRST_BYTE:
             self.dkind = D_NONE
-        return self._deliver(loop.slab, n, False)
 
     cdef int _read_into_decoder(self) except -1:
         # a frame is in progress: read straight into the decoder's buffer
@@ -295,7 +323,7 @@ cdef class Transport(Handle):
             return self._internal_failed("getting a receive buffer")
         n = recv(self.fd, ptr, room, 0)
         if n <= 0:
-            return self._read_failed(n)
+            return self._read_failed(n, errno)
         self.loop.bytes_in += n
         self.last_active = self.loop.now
         try:
@@ -306,9 +334,8 @@ cdef class Transport(Handle):
             return self._internal_failed("decoding")
         return self._deliver(NULL, 0, True)
 
-    cdef int _read_failed(self, Py_ssize_t n) except -1:
-        """``recv`` returned ``n`` <= 0: end of stream, or errno."""
-        cdef int err = errno
+    cdef int _read_failed(self, Py_ssize_t n, int err) except -1:
+        """A read returned ``n`` <= 0: end of stream, or ``err`` (its errno)."""
         if n == 0:
             return self._read_eof()
         if err == EAGAIN or err == EWOULDBLOCK or err == EINTR:
