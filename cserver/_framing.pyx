@@ -1043,8 +1043,8 @@ cdef class FrameDecoder:
             spare = PyBytes_FromStringAndSize(NULL, room)
             ptr = PyBytes_AS_STRING(spare)
             for i in range(cnt):
-                views.append(PyMemoryView_FromMemory(<char*>iov[i].iov_base,
-                                                      <Py_ssize_t>iov[i].iov_len, PyBUF_WRITE))
+                views.append(PyMemoryView_FromMemory(
+                    <char*>iov[i].iov_base, <Py_ssize_t>iov[i].iov_len, PyBUF_WRITE))
             views.append(PyMemoryView_FromMemory(ptr, room, PyBUF_WRITE))
             self._reading = True
             try:
