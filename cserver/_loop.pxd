@@ -215,6 +215,7 @@ cdef class Loop:
     cdef Py_ssize_t slab_size
     # state
     cdef readonly bint running
+    cdef readonly bint closed    # close() was called: nothing can be scheduled
     cdef bint stopping
     cdef double drain_deadline
     cdef bint accept_paused_limit
@@ -257,6 +258,7 @@ cdef class Loop:
     cdef int _user_error(self, object request, object address) except -1
     cdef int _report(self, object request, object address) except -1
     cdef int _call_guarded(self, fn, tuple args) except -1
+    cdef int _check_open(self, str what) except -1
     cdef int _set_accepting(self, bint on) except -1
     cdef int _transport_closed(self) except -1
     cdef int _dispatch(self, int fd, uint32_t ev) except -1

@@ -463,18 +463,29 @@ cdef class Loop:
     def call_soon(self, fn, *args):
         """Run ``fn(*args)`` on the loop thread at the next pass."""
         _check_callable("call_soon", fn)
+        self._check_open("call_soon")
         self.ready.append((fn, args))
 
     def call_soon_threadsafe(self, fn, *args):
         """Like ``call_soon`` but safe from any thread: wakes the loop."""
         _check_callable("call_soon_threadsafe", fn)
+        # the check and the append run under the GIL with no Python code
+        # between them, and close() sets ``closed`` first: a call is either
+        # refused here or was queued before close() began
+        self._check_open("call_soon_threadsafe")
         self.ready.append((fn, args))
         self.waker.wake()
+
+    cdef int _check_open(self, str what) except -1:
+        if self.closed:
+            raise RuntimeError("%s() on a closed loop: the call would never run" % what)
+        return 0
 
     def call_at(self, double when, fn, *args):
         """Run ``fn(*args)`` on the loop when ``time.monotonic()`` reaches
         ``when``; returns a handle with ``cancel()``.  Loop thread only."""
         _check_callable("call_at", fn)
+        self._check_open("call_at")
         if when != when:  # NaN: no place in the heap (it would stall every timer)
             raise ValueError("call_at() needs a time, got when=nan")
         return self.timers.push(when, fn, args)
@@ -664,6 +675,7 @@ cdef class Loop:
         cdef Transport t
         if self.running:
             raise RuntimeError("the loop is already running")
+        self._check_open("run")
         if self.factory is None and self.listeners:
             raise RuntimeError("configure() the loop before run()")
         self.running = True
@@ -703,6 +715,7 @@ cdef class Loop:
         cdef DatagramEndpoint ep
         if self.running:
             raise RuntimeError("cannot close a running loop")
+        self.closed = True
         self._close_all()
         for ep in self.endpoints:
             ep._lost()

@@ -448,7 +448,7 @@ class SelectorServer:
         self._core = None
         self._closed_stats = None
         self._extra_sockets = []
-        self._core_lock = threading.Lock()
+        self._core_lock = threading.RLock()   # server_close may run callbacks that ask for the core
         self._loop_thread = None
         self._is_worker = False
         self._stop_signals = 0
@@ -670,13 +670,16 @@ class SelectorServer:
 
     def server_close(self):
         """Close the connections, the loop and the listening socket."""
-        core = self._core
-        if core is not None and not core.running:
-            self._closed_stats = core.stats()
-            self._core = None
-            core.close()
-        elif self._closed_stats is None:
-            self._closed_stats = {}
+        with self._core_lock:
+            # under the lock: no other thread gets this core from
+            # _get_core() while it closes, nor a new one after
+            core = self._core
+            if core is not None and not core.running:
+                self._closed_stats = core.stats()
+                self._core = None
+                core.close()
+            elif self._closed_stats is None:
+                self._closed_stats = {}
         for sock in self._extra_sockets:
             sock.close()
         self._extra_sockets = []
@@ -815,7 +818,7 @@ class SelectorServer:
         self._is_worker = True
         self.worker_id = slot
         self._core = None
-        self._core_lock = threading.Lock()
+        self._core_lock = threading.RLock()   # server_close may run callbacks that ask for the core
         mine = sockets[slot] if self._reuseport_workers() else self.socket
         for sock in sockets:
             if sock is not mine:

@@ -1179,3 +1179,44 @@ def test_a_raising_datagram_connection_lost_is_counted_and_reported(kind):
         srv.close()
         cli.close()
         shutil.rmtree(tmp)
+
+
+def test_a_closed_loop_refuses_new_calls(kind):
+    # a call accepted after close() would never run: it is refused instead
+    loop = _loop.Loop(kind)
+    assert not loop.closed
+    loop.close()
+    assert loop.closed
+    for schedule in (lambda: loop.call_soon_threadsafe(print),
+                     lambda: loop.call_soon(print),
+                     lambda: loop.call_later(1.0, print),
+                     lambda: loop.call_at(0.0, print),
+                     loop.run):
+        with pytest.raises(RuntimeError, match="closed loop"):
+            schedule()
+
+
+def test_server_close_while_a_handler_asks_for_the_loop(kind):
+    # a datagram handler's connection_lost runs inside server_close (which
+    # holds the core lock while it closes the loop): asking the server for
+    # its loop there neither deadlocks nor gets the closing loop
+    seen = []
+
+    class AsksOnLost(cserver.DatagramHandler):
+        def connection_lost(self, exc):
+            try:
+                self.server.call_soon(print)
+            except RuntimeError as e:
+                seen.append(str(e))
+
+    server = cserver.SelectorUDPServer(("127.0.0.1", 0), AsksOnLost, loop=kind)
+    closer = threading.Thread(target=server.server_close)
+    try:
+        server.call_soon(print)     # the loop exists, with the endpoint
+        closer.start()
+        closer.join(TIMEOUT)
+        assert not closer.is_alive(), "server_close deadlocked"
+        assert seen == ["the server is closed"]
+    finally:
+        if not closer.is_alive():   # (a deadlocked closer holds the lock: do not join it)
+            server.server_close()
