@@ -191,6 +191,38 @@ def test_large_frames_of_one_size_then_others(kind, chunk):
         assert server.stats()["frame_errors"] == 0
 
 
+@pytest.mark.parametrize("ending", ["reset", "oversized_header"])
+def test_a_run_of_large_frames_that_ends_in_an_attack(kind, ending):
+    """The peer sends large frames of one size (so the next reads are
+    offered straight into guessed objects), then, mid-frame, either resets
+    the connection or sends a header announcing more than max_frame_size:
+    that connection alone is closed, nothing leaks, and the server goes on
+    serving."""
+    size = 30000
+    run = b"".join(frame(os.urandom(size)) for _ in range(6))
+    with serving(tcp(Echo, kind)) as server:
+        c = connect(server)
+        try:
+            c.sendall(run)
+            assert len(recv_exactly(c, len(run))) == len(run)
+            if ending == "reset":
+                c.sendall(frame(os.urandom(size))[:size // 2])
+                c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            else:
+                c.sendall(frame(os.urandom(size))
+                          + struct.pack("!I", (1 << 31)) + os.urandom(size))
+                assert recv_exactly(c, 4 + size)[:4] == struct.pack("!I", size)
+                assert wait_for(lambda: server.stats()["frame_errors"] == 1)
+        finally:
+            c.close()
+        assert wait_for(lambda: server.stats()["connections"] == 0)
+        with connect(server) as good:
+            good.sendall(frame(b"still serving"))
+            assert recv_exactly(good, 17) == frame(b"still serving")
+        stats = server.stats()
+        assert stats["internal_errors"] == 0 and stats["handler_errors"] == 0
+
+
 def test_pipelined_requests_in_order(kind):
     payloads = [b"%06d" % i * (i % 7 + 1) for i in range(2000)]
     stream = b"".join(frame(p) for p in payloads)
