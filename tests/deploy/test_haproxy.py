@@ -1,0 +1,118 @@
+"""cserver behind a real HAProxy (Debian's 2.6): ``mode tcp`` with
+``send-proxy`` (v1) and ``send-proxy-v2``, health checks that send a v2
+LOCAL header, a balancer that sends no header or the wrong version.
+
+Each test starts its own HAProxy (``haproxy -f cfg -db``) on loopback from a
+config it writes (tests/deploy/conftest.py), and stops it by pid.  Clients
+bind a source address of their own (127.0.0.N, N >= 2) before connecting, so
+the real client's address differs from HAProxy's 127.0.0.1: a server that
+reported the balancer's address would fail.
+"""
+import json
+import random
+
+import pytest
+
+import cserver
+
+TCP_FRONTEND = """
+frontend fe
+    bind 127.0.0.1:{port}
+    default_backend be
+backend be
+    server s1 127.0.0.1:{backend_port} {server_options}
+"""
+
+
+def _client_host():
+    return "127.0.0.%d" % random.randint(2, 254)
+
+
+@pytest.mark.parametrize("version, option", [("v1", "send-proxy"), ("v2", "send-proxy-v2")])
+def test_send_proxy_gives_the_real_client(haproxy, proxy_echo, version, option):
+    server = proxy_echo(proxy_protocol=version)
+    balancer = haproxy(TCP_FRONTEND, backend_port=server.server_address[1],
+                       server_options=option)
+    host = _client_host()
+    with cserver.FramedClient(balancer.address, 10, source_address=(host, 0)) as client:
+        local = client.socket.getsockname()
+        # several frames on one connection: the bytes after the header are the
+        # connection's own, none lost
+        replies = [json.loads(client.request(b"frame %d" % i)) for i in range(3)]
+    for i, reply in enumerate(replies):
+        assert reply["echo"] == "frame %d" % i
+        assert reply["client_address"] == [host, local[1]], reply     # not HAProxy's
+        assert reply["peername"][0] == "127.0.0.1", reply             # HAProxy itself
+        assert reply["peername"] != reply["client_address"]
+        proxy = reply["proxy"]
+        assert proxy["version"] == int(version[1]) and proxy["command"] == "PROXY"
+        assert proxy["family"] == "TCP4" and proxy["proxied"] is True
+        assert proxy["source"] == [host, local[1]]
+        assert proxy["destination"] == list(balancer.address)        # the frontend
+    stats = server.stats()
+    assert stats["proxy_headers"] == 1 and stats["proxy_errors"] == 0, stats
+    assert server.captured.errors() == []
+
+
+def test_health_checks_send_a_v2_local_header(haproxy, proxy_echo, wait_for):
+    """``check`` + ``check-send-proxy`` on a ``send-proxy-v2`` server: each
+    check is a v2 LOCAL header, counted as a header (not an error), the
+    connection's client is the socket's peer; HAProxy's own check sends a
+    frame after the header and expects the server's answer (which names the
+    header's command, LOCAL), so the server is UP only if it accepted the
+    LOCAL header and served the bytes after it."""
+    server = proxy_echo(proxy_protocol="v2")
+    check = ("send-proxy-v2 check check-send-proxy inter 100ms fastinter 100ms rise 2 fall 1")
+    template = TCP_FRONTEND + """\
+    option tcp-check
+    tcp-check send-binary 00000005636865636b
+    tcp-check expect string LOCAL
+"""
+    balancer = haproxy(template, backend_port=server.server_address[1], server_options=check)
+    status = balancer.wait_servers(lambda s: s.get("s1", "").startswith("UP"))
+    assert status["s1"].startswith("UP"), (status, balancer.log())
+    assert wait_for(lambda: len(server.seen) >= 3)
+    locals_ = [s for s in server.seen if s["proxy"]["command"] == "LOCAL"]
+    assert len(locals_) >= 3, server.seen
+    for seen in locals_:
+        assert seen["proxy"]["version"] == 2 and seen["proxy"]["proxied"] is False
+        assert seen["client_address"] == seen["peername"]     # LOCAL: the socket's peer
+    stats = server.stats()
+    assert stats["proxy_headers"] >= 3 and stats["proxy_errors"] == 0, stats
+    assert stats.get("proxy_timeouts", 0) == 0 and stats.get("proxy_rejected", 0) == 0, stats
+    assert server.captured.errors() == []
+
+
+@pytest.mark.parametrize("expected, option", [
+    ("v1", ""),                    # no header at all: the client's bytes come first
+    ("v2", ""),
+    ("any", ""),
+    ("v2", "send-proxy"),          # v1 to a v2 listener
+    ("v1", "send-proxy-v2"),       # v2 to a v1 listener
+])
+def test_a_balancer_sending_no_or_the_wrong_header_is_refused(haproxy, proxy_echo, wait_for,
+                                                              expected, option):
+    server = proxy_echo(proxy_protocol=expected)
+    balancer = haproxy(TCP_FRONTEND, backend_port=server.server_address[1],
+                       server_options=option)
+    with cserver.FramedClient(balancer.address, 10,
+                              source_address=(_client_host(), 0)) as client:
+        # a frame that is also the start of a v1 header cannot pass either
+        with pytest.raises((EOFError, ConnectionError)):
+            client.request(b"PROXY TCP4 10.0.0.1 10.0.0.2 1 2\r\n")
+    assert wait_for(lambda: server.stats()["proxy_errors"] == 1), server.stats()
+    assert server.stats()["proxy_headers"] == 0
+    assert server.seen == []           # no handler ever existed for it
+
+
+def test_an_untrusted_balancer_is_refused(haproxy, proxy_echo, wait_for):
+    """A peer outside ``trusted_proxies`` is closed before any read, even
+    with a valid header."""
+    server = proxy_echo(proxy_protocol="v2", trusted_proxies=("10.99.0.0/16",))
+    balancer = haproxy(TCP_FRONTEND, backend_port=server.server_address[1],
+                       server_options="send-proxy-v2")
+    with cserver.FramedClient(balancer.address, 10) as client:
+        with pytest.raises((EOFError, ConnectionError)):
+            client.request(b"hello")
+    assert wait_for(lambda: server.stats()["proxy_rejected"] == 1), server.stats()
+    assert server.stats()["proxy_headers"] == 0 and server.seen == []
