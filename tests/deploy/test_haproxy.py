@@ -100,7 +100,8 @@ def test_a_balancer_sending_no_or_the_wrong_header_is_refused(haproxy, proxy_ech
         # a frame that is also the start of a v1 header cannot pass either
         with pytest.raises((EOFError, ConnectionError)):
             client.request(b"PROXY TCP4 10.0.0.1 10.0.0.2 1 2\r\n")
-    assert wait_for(lambda: server.stats()["proxy_errors"] == 1), server.stats()
+    # (HAProxy may retry a connection the server closed at once: >= 1)
+    assert wait_for(lambda: server.stats()["proxy_errors"] >= 1), server.stats()
     assert server.stats()["proxy_headers"] == 0
     assert server.seen == []           # no handler ever existed for it
 
@@ -114,5 +115,5 @@ def test_an_untrusted_balancer_is_refused(haproxy, proxy_echo, wait_for):
     with cserver.FramedClient(balancer.address, 10) as client:
         with pytest.raises((EOFError, ConnectionError)):
             client.request(b"hello")
-    assert wait_for(lambda: server.stats()["proxy_rejected"] == 1), server.stats()
+    assert wait_for(lambda: server.stats()["proxy_rejected"] >= 1), server.stats()
     assert server.stats()["proxy_headers"] == 0 and server.seen == []
