@@ -37,7 +37,11 @@ cdef class Listener(Handle):
             loop.accept_backoff = 0.0
             if self.tcp and loop.nodelay:
                 cs_nodelay(fd)
-            self._new_transport(fd, &ss, alen)
+            if self.proxy:
+                # PROXY protocol: the header comes first (_proxystage.pxi)
+                _proxy_accept(self, fd, &ss, alen)
+            else:
+                self._new_transport(fd, &ss, alen)
         return 0
 
     cdef int _accept_failed(self, int err) except -1:
@@ -109,11 +113,12 @@ cdef class Listener(Handle):
         return 0
 
 
-cdef Listener _new_listener(Loop loop, object sock):
+cdef Listener _new_listener(Loop loop, object sock, bint proxy):
     cdef Listener ls = Listener.__new__(Listener)
     sock.setblocking(False)
     ls.loop = loop
     ls.fd = sock.fileno()
     ls.sock = sock
     ls.tcp = sock.family in (socket.AF_INET, socket.AF_INET6)
+    ls.proxy = proxy
     return ls

@@ -29,6 +29,7 @@ again.
 cimport cython
 from libc.stdint cimport uint32_t
 from cserver._framing cimport FrameDecoder, FrameEncoder, BufferPool
+from cserver._proxy cimport ProxyParser
 
 
 cdef enum:
@@ -48,6 +49,9 @@ cdef enum:
     T_IN_FLUSH = 64      # queued in this pass's flush queue
     T_DRAINING = 128     # the loop is stopping: no more reads
     T_RESUMED = 256      # resume_reading() with buffered frames to deliver
+    # raw mode: ``held`` bytes (after a PROXY header) go first: no reads
+    # until they are delivered
+    T_HELD_RAW = 512
 
 cdef enum:
     # Transport.doing: whose code runs on the hot read path, so that an
@@ -121,6 +125,11 @@ cdef class Transport(Handle):
     cdef int doing            # W_*: see _failed
     cdef Py_ssize_t high_water, low_water
     cdef object close_exc
+    # PROXY protocol (None when off): the done parser (the ProxyInfo is
+    # built from it on the first get_extra_info("proxy")) and the socket's
+    # own peer (client_address is the header's source)
+    cdef ProxyParser proxy
+    cdef object peer
 
     cdef int _set_state(self, int new) except -1
     cdef int _start(self, object addr) except -1
@@ -158,9 +167,25 @@ cdef class Transport(Handle):
 cdef class Listener(Handle):
     cdef object sock
     cdef bint tcp
+    cdef bint proxy           # connections start with a PROXY header
     cdef int set_accepting(self, bint on) except -1
     cdef int _accept_failed(self, int err) except -1
     cdef int _new_transport(self, int fd, void *ss, unsigned int alen) except -1
+
+
+@cython.final
+cdef class ProxyStage(Handle):
+    # an accepted connection while its PROXY header arrives (_proxystage.pxi)
+    cdef Listener listener
+    cdef object peer
+    cdef ProxyParser parser
+    cdef double deadline
+    cdef int _read(self) except -1
+    cdef int _done(self, Py_ssize_t used, Py_ssize_t n) except -1
+    cdef int _make(self, Transport t, object addr) except -1
+    cdef int _deliver_rest(self, Transport t, Py_ssize_t used, Py_ssize_t n) except -1
+    cdef int _fail(self, str reason, bint timeout) except -1
+    cdef int _close(self) except -1
 
 
 @cython.final
@@ -251,6 +276,15 @@ cdef class Loop:
     cdef Py_ssize_t internal_errors
     cdef Py_ssize_t idle_timeouts, frame_timeouts, first_byte_timeouts, close_timeouts
     cdef Py_ssize_t wbuf_bytes, wbuf_peak
+    # PROXY protocol (configure; _proxystage.pxi)
+    cdef object proxy_mode         # None (off), "v1", "v2" or "any"
+    cdef void *trusted             # cs_net_t[ntrusted]: trusted_proxies
+    cdef int ntrusted
+    cdef double proxy_header_timeout
+    cdef Py_ssize_t proxy_pending  # ProxyStage handles open
+    cdef Py_ssize_t proxy_headers, proxy_errors, proxy_timeouts, proxy_rejected
+    cdef double proxy_log_at       # rate limit of the PROXY failure log
+    cdef Py_ssize_t proxy_log_quiet
 
     cdef int _register(self, Handle h) except -1
     cdef int _forget(self, Handle h) except -1
@@ -267,6 +301,8 @@ cdef class Loop:
     cdef int _run_ready(self) except -1
     cdef int _housekeeping(self) except -1
     cdef int _check_idle(self) except -1
+    cdef int _check_stages(self, double now) except -1
+    cdef int _close_stages(self) except -1
     cdef int _trim_buffers(self) except -1
     cdef int _pass(self, int timeout_ms) except -1
     cdef int _timeout_ms(self) except? -2

@@ -19,6 +19,8 @@ from cserver.errors import FrameError as FrameError
 _Ts = TypeVarTuple("_Ts")
 
 HAVE_EPOLL: Final[bool]
+#: the values of ``configure(proxy_protocol=...)`` (besides None)
+PROXY_MODES: Final[tuple[str, ...]]
 
 @disjoint_base
 class Poller:
@@ -84,6 +86,10 @@ class Listener(Handle):
     """A listening socket of the loop (internal)."""
 
 @final
+class ProxyStage(Handle):
+    """An accepted connection whose PROXY header has not arrived yet (internal)."""
+
+@final
 class DatagramEndpoint(Handle):
     """The datagram socket of a UDP server."""
 
@@ -136,8 +142,11 @@ class Loop:
         drain_timeout: float = 5.0,
         accept_batch: int = 128,
         logger: logging.Logger | None = None,
+        proxy_protocol: str | None = None,
+        trusted_proxies: Any = (),
+        proxy_header_timeout: float = 3.0,
     ) -> None: ...
-    def add_listener(self, sock: socket.socket) -> None: ...
+    def add_listener(self, sock: socket.socket, proxy: bool | None = None) -> None: ...
     def add_datagram_endpoint(
         self, sock: socket.socket, handler_factory: Callable[[DatagramEndpoint], Any]
     ) -> DatagramEndpoint: ...

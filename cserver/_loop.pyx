@@ -51,6 +51,7 @@ from posix.uio cimport iovec, readv, writev
 from posix.unistd cimport close as c_close, read as c_read, write as c_write
 
 from cserver._framing cimport FrameDecoder, FrameEncoder
+from cserver._proxy cimport ProxyParser
 from cserver.errors import FrameError
 
 import collections
@@ -275,6 +276,7 @@ include "_poller.pxi"
 include "_handles.pxi"
 include "_transport.pxi"
 include "_listener.pxi"
+include "_proxystage.pxi"
 include "_datagram.pxi"
 include "_timers.pxi"
 
@@ -321,6 +323,8 @@ cdef class Loop:
             PyMem_Free(self.mmsg)
         if self.slab != NULL:
             PyMem_Free(self.slab)
+        if self.trusted != NULL:
+            PyMem_Free(self.trusted)
 
     @property
     def kind(self):
@@ -330,7 +334,8 @@ cdef class Loop:
                   pool=None, bint nodelay=True, max_connections=None, idle_timeout=None,
                   frame_timeout=None, first_byte_timeout=None,
                   Py_ssize_t high_water=65536, low_water=None,
-                  double drain_timeout=5.0, int accept_batch=128, logger=None):
+                  double drain_timeout=5.0, int accept_batch=128, logger=None,
+                  proxy_protocol=None, trusted_proxies=(), double proxy_header_timeout=3.0):
         """Set the knobs, once, before ``run()``.
 
         ``factory(transport, client_address)`` returns the handler of a new
@@ -345,7 +350,13 @@ cdef class Loop:
         (no I/O at all), ``first_byte_timeout`` (from accept to the first
         byte received), ``frame_timeout`` (framed mode: from the first byte
         of a frame to its last); the last two are not reset by bytes that
-        trickle in."""
+        trickle in.
+
+        PROXY protocol: ``proxy_protocol`` (None, "v1", "v2" or "any"):
+        every connection of a listener added afterwards must start with a
+        header of that version, read before the factory runs, within
+        ``proxy_header_timeout`` seconds of accept; a TCP peer outside the
+        ``trusted_proxies`` networks is closed at accept."""
         if decoder is not None and not isinstance(decoder, FrameDecoder):
             raise TypeError("decoder must be a cserver._framing.FrameDecoder prototype, "
                             "not %s" % type(decoder).__name__)
@@ -367,6 +378,7 @@ cdef class Loop:
         if not self.high_water >= self.low_water >= 0:
             raise ValueError("high_water (%r) must be >= low_water (%r) must be >= 0"
                              % (self.high_water, self.low_water))
+        _configure_proxy(self, proxy_protocol, trusted_proxies, proxy_header_timeout)
         self.drain_timeout = drain_timeout
         self.accept_batch = max(accept_batch, 1)
         if logger is not None:
@@ -392,10 +404,16 @@ cdef class Loop:
         return [obj for obj in self.objs
                 if type(obj) is Transport and (<Transport>obj).state != S_CLOSED]
 
-    def add_listener(self, sock):
+    def add_listener(self, sock, proxy=None):
         """Accept connections from a listening socket (kept open by the
-        caller, who also closes it)."""
-        cdef Listener ls = _new_listener(self, sock)
+        caller, who also closes it).  ``proxy``: its connections start with
+        a PROXY header (None: if ``configure`` set ``proxy_protocol``)."""
+        cdef Listener ls
+        if proxy is None:
+            proxy = self.proxy_mode is not None
+        elif proxy and self.proxy_mode is None:
+            raise ValueError("add_listener(proxy=True) needs configure(proxy_protocol=...)")
+        ls = _new_listener(self, sock, proxy)
         self._register(ls)
         self.listeners.append(ls)
         if not (self.accept_paused_limit or self.accept_paused_backoff):
@@ -552,9 +570,33 @@ cdef class Loop:
             if t.dkind == D_CLOSE and now < t.deadline < next_close:
                 next_close = t.deadline
             t._check_deadlines(now, limit)
+        if self.proxy_pending:
+            self._check_stages(now)
         # a close-after-error deadline is kept even with every timeout off
         if next_close < self.next_idle_check:
             self.next_idle_check = next_close
+        return 0
+
+    cdef int _check_stages(self, double now) except -1:
+        """Close the connections whose PROXY header is not complete within
+        ``proxy_header_timeout`` of accept (bytes never move the deadline)."""
+        cdef ProxyStage st
+        for obj in [obj for obj in self.objs if type(obj) is ProxyStage]:
+            st = <ProxyStage>obj
+            if st.parser is not None and now >= st.deadline:
+                st._fail("no complete PROXY header within proxy_header_timeout (%r s)"
+                         % self.proxy_header_timeout, True)
+        return 0
+
+    cdef int _close_stages(self) except -1:
+        """Close the connections still reading their PROXY header (the loop
+        stops: they never had a handler)."""
+        cdef ProxyStage st
+        if self.proxy_pending:
+            for obj in [obj for obj in self.objs if type(obj) is ProxyStage]:
+                st = <ProxyStage>obj
+                if st.parser is not None:
+                    st._close()
         return 0
 
     cdef int _trim_buffers(self) except -1:
@@ -686,6 +728,7 @@ cdef class Loop:
                 self._pass(self._timeout_ms())
             # graceful stop: no new connections, no more reads, drain writes
             self._set_accepting(False)
+            self._close_stages()
             self.drain_deadline = _monotonic() + self.drain_timeout
             for t in self._transports():
                 t.flags |= T_DRAINING
@@ -704,6 +747,7 @@ cdef class Loop:
 
     def _close_all(self):
         cdef Transport t
+        self._close_stages()
         for t in self._transports():
             t._finish_close(None)
         self._flush_all()   # only closed transports are queued: this empties it
@@ -752,6 +796,10 @@ cdef class Loop:
             "first_byte_timeouts": self.first_byte_timeouts,
             "frame_timeouts": self.frame_timeouts,
             "close_timeouts": self.close_timeouts,
+            "proxy_headers": self.proxy_headers,
+            "proxy_errors": self.proxy_errors,
+            "proxy_timeouts": self.proxy_timeouts,
+            "proxy_rejected": self.proxy_rejected,
             "accepting": any((<Listener>ls).events != 0 for ls in self.listeners),
             "timers": len(self.timers.heap),
             "pool": {
@@ -772,7 +820,8 @@ cdef double _idle_period(Loop loop) except? -1.0:
     """How often the deadline sweep runs: a quarter of the shortest
     timeout, between 10 ms and 1 s (a deadline fires at most that late)."""
     cdef double shortest = 1e18
-    for timeout in (loop.idle_timeout, loop.frame_timeout, loop.first_byte_timeout):
+    for timeout in (loop.idle_timeout, loop.frame_timeout, loop.first_byte_timeout,
+                    loop.proxy_header_timeout if loop.proxy_mode is not None else 0):
         if 0 < timeout < shortest:
             shortest = timeout
     if shortest >= 1e17:

@@ -2,8 +2,8 @@
 #
 # C API of the PROXY protocol header parser: ``from cserver._proxy cimport ProxyParser``.
 #
-# Not used by the servers yet (issue 13): the multiplexing loop is meant to
-# run one parser per accepted connection, before TLS and before
+# Used by the multiplexing loop (cserver/_proxystage.pxi): one parser per
+# accepted connection when ``proxy_protocol`` is set, before
 # ``connection_made``, as below.  Fields are private (they may change, which
 # only needs a rebuild of the cimporting module); the cdef METHODS are the
 # contract.
@@ -29,6 +29,10 @@
 #     Py_ssize_t needed_c(self) noexcept
 #         A lower bound on the bytes still needed (0 when done or failed):
 #         a reader that reads at most this many never reads past the header.
+#     object source_c(self)
+#         What ``take_result().source`` is (None before ``is_done()``, and for
+#         LOCAL, UNKNOWN and UNSPEC headers), built from the C fields without
+#         the ProxyInfo (one address tuple: about a fifth of its cost).
 #     object take_result(self)
 #         The ProxyInfo (built on the first call, after which the header's
 #         bytes are freed), or None before ``is_done()``.
@@ -36,7 +40,8 @@
 #     Loop (on each read of a new connection):
 #         used = parser.feed_c(buf, n)          # raises: close the connection
 #         if parser.is_done():
-#             info = parser.take_result()       # client_address = info.source or peer
+#             source = parser.source_c()        # client_address = source or peer
+#             # (the ProxyInfo is built later, on get_extra_info("proxy"))
 #             ... hand buf[used:n] to the next stage (TLS, framing) ...
 #         # else: every byte was header; read again (under the header deadline)
 #
@@ -72,6 +77,7 @@ cdef class ProxyParser:
     cdef bint is_done(self) noexcept
     cdef bint is_failed(self) noexcept
     cdef Py_ssize_t needed_c(self) noexcept
+    cdef object source_c(self)
     cdef object take_result(self)
 
     cdef int _fail(self, str kind, tuple args) except -1

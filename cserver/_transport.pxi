@@ -84,7 +84,7 @@ cdef class Transport(Handle):
         if self.state == S_CLOSED:
             return 0
         if self.state == S_OPEN and not (
-                self.flags & (T_PAUSED_USER | T_PAUSED_WRITE | T_EOF | T_DRAINING)):
+                self.flags & (T_PAUSED_USER | T_PAUSED_WRITE | T_EOF | T_DRAINING | T_HELD_RAW)):
             want |= EPOLLIN
         if self.wend > self.wstart:
             want |= EPOLLOUT
@@ -425,6 +425,18 @@ cdef class Transport(Handle):
         pause (bytes kept in ``held``, or complete frames still in the
         decoder's buffer), before anything new is read."""
         self.flags &= ~T_RESUMED
+        if self.flags & T_HELD_RAW:
+            # raw mode: the bytes that came with a PROXY header
+            # (_proxystage.pxi), delivered before the fd is read again
+            if self.state == S_OPEN and not (self.flags & T_PAUSED_USER):
+                data = self.held
+                self.held = None
+                self.flags &= ~T_HELD_RAW
+                self.doing = W_HANDLER
+                self.on_data(data)
+                self.doing = W_SERVING
+                self._update()
+            return 0
         if self.state == S_OPEN and not (self.flags & T_PAUSED_USER):
             if self.held is not None:
                 data = self.held
@@ -735,7 +747,13 @@ cdef class Transport(Handle):
 
     def get_extra_info(self, name, default=None):
         if name == "peername":
-            return self.client_address
+            # with PROXY, client_address is the header's source: the
+            # socket's peer (the balancer) is kept apart
+            return self.client_address if self.peer is None else self.peer
+        if name == "proxy":
+            # the ProxyInfo, built on the first call from the bytes the
+            # parser kept (which it then frees)
+            return default if self.proxy is None else self.proxy.take_result()
         if name == "fileno":
             return self.fd
         if name == "sockname" and self.fd >= 0 and self.state != S_CLOSED:

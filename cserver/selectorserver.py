@@ -54,7 +54,11 @@ _OPTIONS = frozenset((
     "drain_timeout", "tcp_nodelay", "read_size", "accept_batch", "workers",
     "allow_reuse_address", "allow_reuse_port", "request_queue_size",
     "buffer_pool",
+    "proxy_protocol", "trusted_proxies", "proxy_header_timeout",
 ))
+
+#: the values of the ``proxy_protocol`` option (besides None)
+PROXY_MODES = ("v1", "v2", "any")
 
 #: the values of the ``loop`` option (besides None)
 LOOP_KINDS = ("epoll", "selectors")
@@ -394,6 +398,9 @@ class SelectorServer:
     - tcp_nodelay
     - read_size, accept_batch
     - buffer_pool   # None: a new BufferPool per loop
+    - proxy_protocol   # None, "v1", "v2" or "any": a PROXY header first
+    - trusted_proxies   # networks allowed to send one (others: closed)
+    - proxy_header_timeout   # the whole header within this (seconds)
     - workers   # > 1: this process supervises that many worker processes
 
     Class variables that may be overridden (not options):
@@ -431,6 +438,13 @@ class SelectorServer:
     accept_batch = 128
     workers = 1
     buffer_pool = None
+    # PROXY protocol (docs/proxy.md): None, or the header version every
+    # connection must start with; only peers in trusted_proxies may connect
+    # (Unix-socket peers always may); the whole header within
+    # proxy_header_timeout of accept.
+    proxy_protocol = None
+    trusted_proxies = ("127.0.0.0/8", "::1/128")
+    proxy_header_timeout = 3.0
     logger = logger
 
     def __init__(self, server_address, RequestHandlerClass, bind_and_activate=True,
@@ -490,9 +504,21 @@ class SelectorServer:
         if self.workers > 1 and not hasattr(os, "fork"):
             raise ValueError("workers must be 1 where os.fork() does not exist, got %r"
                              % (self.workers,))
+        self._check_proxy_options()
         if self.buffer_pool is not None and not isinstance(self.buffer_pool, _framing.BufferPool):
             raise TypeError("buffer_pool must be a BufferPool of the compiled framing layer "
                             "(cserver._framing.BufferPool) or None, got %r" % (self.buffer_pool,))
+
+    def _check_proxy_options(self):
+        mode = self.proxy_protocol
+        if mode is not None and (not isinstance(mode, str) or mode not in PROXY_MODES):
+            raise (ValueError if isinstance(mode, str) else TypeError)(
+                "proxy_protocol must be None, 'v1', 'v2' or 'any', got %r" % (mode,))
+        if mode is not None and self.socket_type != socket.SOCK_STREAM:
+            raise ValueError("proxy_protocol is for stream servers: %s has no connections "
+                             "to read a header from (got %r)" % (type(self).__name__, mode))
+        _loop._compile_networks(self.trusted_proxies)  # names the bad network
+        _check_seconds("proxy_header_timeout", self.proxy_header_timeout, zero_ok=False)
 
     def _check_handler_class(self):
         """Reject a handler of the wrong family (a stdlib-style request
@@ -614,7 +640,9 @@ class SelectorServer:
                 idle_timeout=self.idle_timeout, frame_timeout=self.frame_timeout,
                 first_byte_timeout=self.first_byte_timeout, high_water=self.high_water,
                 low_water=self.low_water, drain_timeout=self.drain_timeout,
-                accept_batch=self.accept_batch, logger=self.logger, **options)
+                accept_batch=self.accept_batch, logger=self.logger,
+                proxy_protocol=self.proxy_protocol, trusted_proxies=self.trusted_proxies,
+                proxy_header_timeout=self.proxy_header_timeout, **options)
             self._attach(core)
         except BaseException:
             core.close()

@@ -15,6 +15,7 @@ import sys
 import types
 from _typeshed import ReadableBuffer
 from collections.abc import Callable, Iterable
+from ipaddress import IPv4Network, IPv6Network
 from socket import socket as _socket
 from typing import Any, Final, Literal, TypedDict, type_check_only
 from typing_extensions import Self, TypeAlias, TypeVarTuple, Unpack
@@ -45,10 +46,14 @@ _AfInet6Address: TypeAlias = tuple[str | bytes | bytearray, int, int, int]
 _Address: TypeAlias = tuple[Any, ...] | str | ReadableBuffer
 _RetAddress: TypeAlias = Any
 _LoopKind: TypeAlias = Literal["epoll", "selectors"]
+_ProxyMode: TypeAlias = Literal["v1", "v2", "any"]
+_Network: TypeAlias = str | IPv4Network | IPv6Network
 
 logger: logging.Logger
 #: the values of the ``loop`` option (besides None)
 LOOP_KINDS: Final[tuple[_LoopKind, ...]]
+#: the values of the ``proxy_protocol`` option (besides None)
+PROXY_MODES: Final[tuple[_ProxyMode, ...]]
 
 def resolve_loop(loop: _LoopKind | None = None) -> _LoopKind:
     """The loop a server with ``loop=loop`` runs ($CSERVER_LOOP when None;
@@ -76,6 +81,9 @@ class _Options(TypedDict, total=False):
     allow_reuse_port: bool
     request_queue_size: int
     buffer_pool: BufferPool | None
+    proxy_protocol: _ProxyMode | None
+    trusted_proxies: _Network | Iterable[_Network]
+    proxy_header_timeout: float
 
 class ConnectionHandler:
     """One instance per connection; override ``data_received`` (once per read)."""
@@ -154,6 +162,9 @@ class SelectorServer:
     accept_batch: int
     workers: int
     buffer_pool: BufferPool | None
+    proxy_protocol: _ProxyMode | None
+    trusted_proxies: _Network | Iterable[_Network]
+    proxy_header_timeout: float
     logger: logging.Logger
     server_address: _Address
     RequestHandlerClass: type[ConnectionHandler]
