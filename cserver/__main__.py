@@ -21,7 +21,7 @@ import socket
 import stat
 import sys
 
-from . import selectorserver, version
+from . import selectorserver, systemd, version
 
 log = logging.getLogger("cserver")
 
@@ -155,6 +155,16 @@ def _parser():
     echo.add_argument("--drain-timeout", type=_drain, default=_SERVER.drain_timeout,
                       metavar="S", help="seconds a stop spends sending buffered replies "
                       "(default %g)" % _SERVER.drain_timeout)
+    echo.add_argument("--drain-delay", type=_drain, default=_SERVER.drain_delay,
+                      metavar="S", help="on SIGTERM, go on accepting for S seconds (while "
+                      "balancers deregister the server) before stopping (default %g)"
+                      % _SERVER.drain_delay)
+    echo.add_argument("--systemd", action="store_true",
+                      help="serve the listening socket systemd passed (socket activation: "
+                           "LISTEN_FDS); --host, --port and --unix are not used")
+    echo.add_argument("--systemd-name", metavar="NAME",
+                      help="with --systemd: the socket's FileDescriptorName= (when several "
+                           "are passed)")
     echo.add_argument("--loop", choices=selectorserver.LOOP_KINDS, default=_SERVER.loop,
                       help="event loop (default: $CSERVER_LOOP, else epoll where available)")
     echo.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
@@ -220,8 +230,55 @@ def _release_unix_path(path, identity):
             pass
 
 
+def _systemd_server(args, handler, options):
+    """The server on systemd's socket (--systemd)."""
+    if args.unix:
+        raise UsageError("--systemd and --unix: the socket comes from systemd")
+    try:
+        sockets = systemd.listen_fds_with_names()
+    except ValueError as exc:
+        raise UsageError("--systemd: %s" % (exc,)) from None
+    if not sockets:
+        raise UsageError("--systemd: no socket was passed (LISTEN_FDS unset, or LISTEN_PID "
+                         "is not this process)")
+    names = [name for name, _ in sockets]
+    if args.systemd_name is not None:
+        chosen = [sock for name, sock in sockets if name == args.systemd_name]
+        if not chosen:
+            _close_all(sockets)
+            raise UsageError("--systemd-name %s: no such socket was passed (%s)"
+                             % (args.systemd_name, ", ".join(names)))
+    else:
+        chosen = [sock for _, sock in sockets]
+        if len(chosen) > 1:
+            _close_all(sockets)
+            raise UsageError("--systemd: %d sockets were passed (%s): choose one with "
+                             "--systemd-name" % (len(chosen), ", ".join(names)))
+    sock = chosen[0]
+    for _, other in sockets:
+        if other is not sock:
+            other.close()
+    cls = selectorserver.SelectorTCPServer
+    if sock.family == getattr(socket, "AF_UNIX", None):
+        cls = selectorserver.SelectorUnixStreamServer
+    try:
+        return cls.from_socket(sock, handler, **options)
+    except (ValueError, TypeError, OSError) as exc:
+        sock.close()
+        raise UsageError("--systemd: %s" % (exc,)) from None
+
+
+def _close_all(pairs):
+    for _, sock in pairs:
+        sock.close()
+
+
 def _make_server(args, handler, options):
     """Build the server, turning the mistakes into UsageError."""
+    if args.systemd:
+        return _systemd_server(args, handler, options)
+    if args.systemd_name is not None:
+        raise UsageError("--systemd-name needs --systemd")
     if args.unix:
         if not hasattr(socket, "AF_UNIX"):
             raise UsageError("--unix: Unix sockets are not available here")
@@ -269,33 +326,44 @@ def _main(argv):
         handler = type("FramedEcho", (FramedEcho,), {"max_frame_size": args.max_frame_size})
     options = dict(workers=args.workers, idle_timeout=args.idle_timeout,
                    max_connections=args.max_connections, drain_timeout=args.drain_timeout,
-                   loop=args.loop)
+                   drain_delay=args.drain_delay, loop=args.loop)
     server = _make_server(args, handler, options)
-    identity = _identity(args.unix) if args.unix else None
+    unix = args.unix if not args.systemd else None
+    identity = _identity(unix) if unix else None
     try:
         with server:
-            if args.unix:
-                where = args.unix
-            else:
+            if isinstance(server.server_address, tuple):
                 where = "%s:%d" % (server.server_address[0], server.server_address[1])
+            else:
+                where = server.server_address
+                if isinstance(where, bytes):
+                    where = where.decode("utf-8", "replace")
             if args.workers == 1:
                 # SIGTERM and Ctrl-C: a graceful stop, a second one cuts the
                 # drain short (the handler runs on the loop's thread between
                 # passes); the supervisor of workers installs its own.
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     signal.signal(sig, server.stop_on_signal)
-            log.info("echo server (%s, %s loop) listening on %s, pid %d, workers %d",
+                # a reload forks new workers: one process cannot replace itself
+                signal.signal(signal.SIGHUP, _ignore_hup)
+            log.info("echo server (%s, %s loop) listening on %s%s, pid %d, workers %d",
                      "raw" if args.raw else "framed", selectorserver.resolve_loop(args.loop),
-                     where, os.getpid(), args.workers)
+                     where, " (from systemd)" if args.systemd else "", os.getpid(),
+                     args.workers)
             try:
                 server.serve_forever()
             except KeyboardInterrupt:
                 pass
             log.info("stopped")
     finally:
-        if args.unix:
-            _release_unix_path(args.unix, identity)
+        if unix:
+            _release_unix_path(unix, identity)
     return 0
+
+
+def _ignore_hup(signum, frame):
+    log.warning("SIGHUP ignored: a reload needs --workers 2 or more (it forks new workers "
+                "on the same socket); restart this server to run new code")
 
 
 if __name__ == "__main__":

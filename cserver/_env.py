@@ -7,6 +7,10 @@
 - ``CSERVER_LOOP`` (``epoll`` or ``selectors``), read each time a
   multiplexing server resolves its ``loop`` option (``loop=None``), so that
   setting it after the import still counts.
+
+systemd's protocol variables (``LISTEN_FDS``, ``LISTEN_PID``,
+``LISTEN_FDNAMES``, ``NOTIFY_SOCKET``) are not switches of cserver's: they
+are read (and the first three unset) by ``cserver.systemd``.
 """
 
 import os

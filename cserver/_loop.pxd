@@ -245,6 +245,7 @@ cdef class Loop:
     cdef double drain_deadline
     cdef bint accept_paused_limit
     cdef bint accept_paused_backoff
+    cdef bint accept_stopped     # stop_accepting(): the listeners never come back
     cdef double accept_resume_at
     cdef double accept_backoff
     cdef double now

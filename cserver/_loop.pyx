@@ -416,8 +416,16 @@ cdef class Loop:
         ls = _new_listener(self, sock, proxy)
         self._register(ls)
         self.listeners.append(ls)
-        if not (self.accept_paused_limit or self.accept_paused_backoff):
+        if not (self.accept_paused_limit or self.accept_paused_backoff or self.accept_stopped):
             ls.set_accepting(True)
+
+    def stop_accepting(self):
+        """Stop accepting for good, and go on serving the connections
+        already accepted (a worker that a reload retires: the listening
+        sockets stay open, in other processes too; what queues there is
+        another process's to accept).  Loop thread, or before ``run()``."""
+        self.accept_stopped = True
+        self._set_accepting(False)
 
     def add_datagram_endpoint(self, sock, handler_factory):
         """Serve a datagram socket; ``handler_factory(endpoint)`` returns the
@@ -444,7 +452,7 @@ cdef class Loop:
         if self.accept_paused_limit and not self.stopping and \
                 self.nconn < self.max_connections:
             self.accept_paused_limit = False
-            if not self.accept_paused_backoff:
+            if not (self.accept_paused_backoff or self.accept_stopped):
                 self._set_accepting(True)
         return 0
 
@@ -548,7 +556,7 @@ cdef class Loop:
             self._trim_buffers()
         if self.accept_paused_backoff and self.now >= self.accept_resume_at and not self.stopping:
             self.accept_paused_backoff = False
-            if not self.accept_paused_limit:
+            if not (self.accept_paused_limit or self.accept_stopped):
                 self._set_accepting(True)
         return 0
 

@@ -34,9 +34,10 @@ import signal
 import socket
 import sys
 import threading
+import time
 
-from . import _env, _framing, _loop
-from ._supervisor import Supervisor
+from . import _env, _framing, _loop, systemd
+from ._supervisor import _RETIRE_FLUSH, READY_TIMEOUT, Supervisor
 from .errors import FrameError, FrameTooLarge, IncompleteFrame  # noqa: F401  (re-exported)
 from .framing import FramingAttributes, framing_for
 
@@ -55,10 +56,16 @@ _OPTIONS = frozenset((
     "allow_reuse_address", "allow_reuse_port", "request_queue_size",
     "buffer_pool",
     "proxy_protocol", "trusted_proxies", "proxy_header_timeout",
+    "drain_delay",
 ))
 
 #: the values of the ``proxy_protocol`` option (besides None)
 PROXY_MODES = ("v1", "v2", "any")
+
+#: how often a retiring worker checks whether its connections are closed
+_RETIRE_POLL = 0.05
+
+_monotonic = time.monotonic
 
 #: the values of the ``loop`` option (besides None)
 LOOP_KINDS = ("epoll", "selectors")
@@ -433,6 +440,9 @@ class SelectorServer:
     high_water = 64 * 1024
     low_water = None
     drain_timeout = 5.0
+    # SIGTERM / shutdown(): go on accepting this long (balancers deregister
+    # the server meanwhile), then stop accepting and drain
+    drain_delay = 0.0
     tcp_nodelay = True
     read_size = 256 * 1024
     accept_batch = 128
@@ -465,6 +475,9 @@ class SelectorServer:
         self._core_lock = threading.RLock()   # server_close may run callbacks that ask for the core
         self._loop_thread = None
         self._is_worker = False
+        self._inherited = False
+        self._retiring = False
+        self._supervisor = None
         self._stop_signals = 0
         self.worker_id = None
         self.__shutdown_request = False
@@ -498,6 +511,10 @@ class SelectorServer:
                 raise ValueError("low_water must be <= high_water (%r), got %r"
                                  % (self.high_water, self.low_water))
         _check_seconds("drain_timeout", self.drain_timeout)
+        _check_seconds("drain_delay", self.drain_delay)
+        if self.drain_delay == float("inf"):
+            raise ValueError("drain_delay must be a finite number of seconds >= 0, got %r"
+                             % (self.drain_delay,))
         _check_int("read_size", self.read_size, _MIN_READ_SIZE)
         _check_int("accept_batch", self.accept_batch, 1)
         _check_int("workers", self.workers, 1)
@@ -543,8 +560,82 @@ class SelectorServer:
             framing_for(handler_class, twin=_framing)
 
     def _reuseport_workers(self):
-        return (self.workers or 1) > 1 and self.address_family in (
+        # an inherited socket is shared by the workers: the address may not
+        # be this process's to bind again
+        return (self.workers or 1) > 1 and not self._inherited and self.address_family in (
             socket.AF_INET, socket.AF_INET6)
+
+    # -- inherited sockets ------------------------------------------------------
+
+    @classmethod
+    def from_socket(cls, sock, RequestHandlerClass, **options):
+        """A server on ``sock``, a socket bound (and, for a stream server,
+        listening: a socket only bound is put in the listening state with
+        ``request_queue_size``) by someone else: a service manager
+        (``from_systemd()``), a parent process, a test.  Its family and
+        type must be the class's (TypeError otherwise: AF_INET or AF_INET6
+        for the TCP and UDP servers).  The server owns it from then on
+        (``server_close()`` closes it; it is made close-on-exec);
+        ``server_address`` is its ``getsockname()``.  With ``workers > 1``
+        the workers share it (no SO_REUSEPORT sockets are opened).  The
+        options are the constructor's."""
+        families = (socket.AF_INET, socket.AF_INET6) if cls.address_family in (
+            socket.AF_INET, socket.AF_INET6) else (cls.address_family,)
+        # the checks before anything is built: a mistake leaves the socket as it was
+        who = "%s.from_socket()" % (cls.__name__,)
+        if not isinstance(sock, socket.socket):
+            raise TypeError("%s needs a socket.socket, got %r" % (who, sock))
+        server = cls(None, RequestHandlerClass, bind_and_activate=False, **options)
+        server.socket.close()
+        try:
+            server.server_address = systemd.adopt_socket(sock, families, cls.socket_type, who,
+                                                 server.request_queue_size)
+        except BaseException:
+            server._closed_stats = {}
+            raise
+        server.address_family = sock.family
+        server.socket = sock
+        server._inherited = True
+        return server
+
+    @classmethod
+    def from_systemd(cls, RequestHandlerClass, name=None, **options):
+        """A server on a socket passed by systemd (socket activation:
+        ``cserver.systemd.listen_fds_with_names()``, which unsets the
+        variables).  ``name``: the socket's ``FileDescriptorName=`` (its
+        ``.socket`` unit's name by default); None takes the only socket
+        passed.  The sockets not used are closed (logged).  Raises
+        LookupError when none (or none of that name, or several and no
+        name) was passed, ValueError for malformed variables."""
+        pairs = systemd.listen_fds_with_names()
+        chosen = None
+        try:
+            if not pairs:
+                raise LookupError("%s.from_systemd(): no socket was passed (LISTEN_FDS unset, "
+                                  "or LISTEN_PID is not this process)" % (cls.__name__,))
+            if name is None:
+                if len(pairs) > 1:
+                    raise LookupError("%s.from_systemd(): %d sockets were passed (%s): give "
+                                      "name=" % (cls.__name__, len(pairs),
+                                                 ", ".join(n for n, _ in pairs)))
+                chosen = pairs[0][1]
+            else:
+                found = [s for n, s in pairs if n == name]
+                if not found:
+                    raise LookupError("%s.from_systemd(): no socket named %r was passed (%s)"
+                                      % (cls.__name__, name, ", ".join(n for n, _ in pairs)))
+                chosen = found[0]
+            server = cls.from_socket(chosen, RequestHandlerClass, **options)
+        except BaseException:
+            for _, sock in pairs:
+                sock.close()
+            raise
+        for unused_name, sock in pairs:
+            if sock is not chosen:
+                cls.logger.warning("from_systemd(): closing the socket %r not used (fd %d)",
+                                   unused_name, sock.fileno())
+                sock.close()
+        return server
 
     def server_bind(self):
         """Bind the socket (with SO_REUSEADDR / SO_REUSEPORT as asked)."""
@@ -672,17 +763,32 @@ class SelectorServer:
             core = self._get_core()
             self._loop_thread = threading.get_ident()
             if not self.__shutdown_request:
+                if not self._is_worker:
+                    core.call_soon(self._notify_state, "ready")
                 core.run()
         finally:
             self._loop_thread = None
             self.__shutdown_request = False
             self.__is_shut_down.set()
 
-    def _request_stop(self, drain_timeout=None):
-        """Ask the loop (or the supervisor) to stop; does not wait."""
+    def _request_stop(self, drain_timeout=None, delay=True):
+        """Ask the loop (or the supervisor) to stop; does not wait.  With
+        ``delay`` and ``drain_delay``, a running loop goes on accepting for
+        ``drain_delay`` seconds first."""
+        first = not self.__shutdown_request
         self.__shutdown_request = True
         core = self._core
-        if core is not None:
+        if first and not self._is_worker and self._supervisor is None and \
+                self._loop_thread is not None:
+            self._notify_state("stopping")
+        if core is None:
+            return
+        if delay and first and self.drain_delay and core.running and not self._retiring:
+            self.logger.info("accepting for %s s more (drain_delay), then stopping",
+                             self.drain_delay)
+            core.call_soon_threadsafe(core.call_later, self.drain_delay, core.stop,
+                                      drain_timeout)
+        else:
             core.stop(drain_timeout)
 
     def shutdown(self, drain_timeout=None):
@@ -788,6 +894,7 @@ class SelectorServer:
             self.logger.warning("%s again: cutting the drain short, closing %d connections now",
                                 name, core.nconn if core is not None else 0)
             if core is not None:
+                core.stop(0.0)   # ends a drain_delay too
                 core.call_soon_threadsafe(self._abort_connections)
 
     def _abort_connections(self):
@@ -801,9 +908,10 @@ class SelectorServer:
         """``serve_forever()`` with ``workers > 1``: this process opens one
         listening socket per worker (all SO_REUSEPORT on the same address:
         connections queue in their backlogs from the start, and a restarted
-        worker takes over its predecessor's socket and queue; Unix sockets:
-        the workers share the one socket), then supervises the workers
-        (``cserver._supervisor``) until ``shutdown()`` or a stop signal."""
+        or reloaded worker takes over its predecessor's socket and queue;
+        Unix sockets and inherited sockets: the workers share the one
+        socket), then supervises the workers (``cserver._supervisor``) until
+        ``shutdown()`` or a stop signal; SIGHUP reloads them."""
         n = int(self.workers)
         sockets = [self.socket]
         self._stop_signals = 0  # each worker counts its own, from 0
@@ -814,14 +922,31 @@ class SelectorServer:
                     sockets.append(self._reuseport_socket())
 
         supervisor = Supervisor(
-            n, lambda slot: self._run_worker(slot, sockets), prepare=open_listeners,
-            stop_requested=self._shutdown_requested, on_signal=self.stop_on_signal,
-            drain_timeout=self.drain_timeout, logger=self.logger)
+            n, lambda slot: self._run_worker(slot, sockets, supervisor),
+            prepare=open_listeners, stop_requested=self._shutdown_requested,
+            on_signal=self.stop_on_signal, on_retire=self._retire_on_signal,
+            ready_timeout=READY_TIMEOUT, drain_timeout=self.drain_timeout,
+            drain_delay=self.drain_delay, on_state=self._notify_state, logger=self.logger)
+        self._supervisor = supervisor
         try:
             supervisor.run()
         finally:
+            self._supervisor = None
             for sock in sockets[1:]:
                 sock.close()
+
+    def _notify_state(self, state):
+        """Tell the service manager (``NOTIFY_SOCKET``, when set): "ready",
+        "reloading" or "stopping".  A failure is logged, never raised."""
+        try:
+            if state == "ready":
+                systemd.notify("READY=1")
+            elif state == "reloading":
+                systemd.notify_reloading()
+            elif state == "stopping":
+                systemd.notify("STOPPING=1")
+        except (OSError, ValueError) as exc:
+            self.logger.warning("sd_notify %s failed: %s", state, exc)
 
     def _shutdown_requested(self):
         return self.__shutdown_request
@@ -840,9 +965,10 @@ class SelectorServer:
             raise
         return sock
 
-    def _run_worker(self, slot, sockets):
+    def _run_worker(self, slot, sockets, supervisor):
         """The body of worker ``slot`` (in the forked child): keep its own
-        listening socket, close the others, serve until stopped."""
+        listening socket, close the others, build the loop, tell the
+        supervisor it is ready, serve until stopped or retired."""
         self._is_worker = True
         self.worker_id = slot
         self._core = None
@@ -852,12 +978,44 @@ class SelectorServer:
             if sock is not mine:
                 sock.close()
         self.socket = mine
-        self.logger.info("worker %d serving on %r, pid %d", slot, self.server_address,
-                         os.getpid())
         try:
+            self._get_core()
+            self.logger.info("worker %d serving on %r, pid %d", slot, self.server_address,
+                             os.getpid())
+            supervisor.worker_ready()
             self.serve_forever()
         finally:
             self.server_close()
+
+    def _retire_on_signal(self, signum, frame=None):
+        """A worker's SIGHUP handler (the supervisor sends it when a reload
+        made this worker's successor ready): stop accepting at once (the
+        listening socket stays open: the successor accepts what queues
+        there), go on serving the open connections until their peers close
+        them or ``drain_timeout`` passes, then stop (what is buffered gets
+        one more second)."""
+        core = self._core
+        if self._retiring or core is None:
+            return
+        self._retiring = True
+        self.logger.info("worker %r (pid %d) retiring: not accepting, %d connections finish "
+                         "within %s s", self.worker_id, os.getpid(), core.nconn,
+                         self.drain_timeout)
+        deadline = _monotonic() + self.drain_timeout
+
+        def retire():
+            core.stop_accepting()
+            check()
+
+        def check():
+            if self._shutdown_requested():
+                return   # a stop signal took over
+            if core.nconn == 0 or _monotonic() >= deadline:
+                self._request_stop(min(self.drain_timeout, _RETIRE_FLUSH), delay=False)
+            else:
+                core.call_later(_RETIRE_POLL, check)
+
+        core.call_soon_threadsafe(retire)
 
 
 def _signal_name(signum):

@@ -73,6 +73,7 @@ class _Options(TypedDict, total=False):
     high_water: int
     low_water: int | None
     drain_timeout: float
+    drain_delay: float
     tcp_nodelay: bool
     read_size: int
     accept_batch: int
@@ -157,6 +158,7 @@ class SelectorServer:
     high_water: int
     low_water: int | None
     drain_timeout: float
+    drain_delay: float
     tcp_nodelay: bool
     read_size: int
     accept_batch: int
@@ -177,6 +179,18 @@ class SelectorServer:
         bind_and_activate: bool = True,
         **options: Unpack[_Options],
     ) -> None: ...
+    @classmethod
+    def from_socket(
+        cls, sock: _socket, RequestHandlerClass: type[Any], **options: Unpack[_Options]
+    ) -> Self:
+        """A server on an inherited socket, bound (and listening, or put in
+        the listening state); the server owns it."""
+    @classmethod
+    def from_systemd(
+        cls, RequestHandlerClass: type[Any], name: str | None = None, **options: Unpack[_Options]
+    ) -> Self:
+        """A server on the socket systemd passed (LISTEN_FDS; ``name``:
+        its FileDescriptorName=)."""
     def server_bind(self) -> None: ...
     def server_activate(self) -> None: ...
     def fileno(self) -> int: ...

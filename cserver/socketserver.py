@@ -78,6 +78,11 @@ EXTRA_NAMES = ["ThreadPoolMixIn", "ThreadPoolTCPServer", "ThreadPoolUDPServer"]
 if hasattr(socket, "AF_UNIX"):
     EXTRA_NAMES.extend(["ThreadPoolUnixStreamServer", "ThreadPoolUnixDatagramServer"])
 
+#: cserver's additions to the stdlib classes' attributes (class name ->
+#: names): an inherited socket (``TCPServer.from_socket``, for every server
+#: derived from it).
+EXTRA_CLASS_ATTRS = {"TCPServer": ("from_socket",)}
+
 # Poll is preferred over select because it has no FD_SETSIZE limit; it is
 # looked up by name at each use so that tests and users can replace it.
 if hasattr(selectors, "PollSelector"):
@@ -478,6 +483,32 @@ class TCPServer(BaseServer):
     def server_activate(self):
         """Listen, with a backlog of ``request_queue_size``."""
         self.socket.listen(self.request_queue_size)
+
+    @classmethod
+    def from_socket(cls, sock, RequestHandlerClass, **kwargs):
+        """cserver's addition: a server on ``sock``, a socket that someone
+        else bound (a service manager: ``cserver.systemd.listen_fds()``, a
+        parent process).  Its family and type must be the class's
+        (``AF_INET`` or ``AF_INET6`` for TCPServer/UDPServer; TypeError
+        otherwise); a stream socket only bound is put in the listening
+        state with ``request_queue_size``, one that listens keeps its
+        backlog; an unbound or connected socket is a ValueError.  The
+        server owns it (``server_close()`` closes it; it is made
+        close-on-exec); ``server_address`` is its ``getsockname()``.
+        ``kwargs`` go to the constructor (a ThreadPoolMixIn's options)."""
+        from . import systemd
+        inet = (socket.AF_INET, socket.AF_INET6)
+        families = inet if cls.address_family in inet else (cls.address_family,)
+        who = "%s.from_socket()" % (cls.__name__,)
+        if not isinstance(sock, socket.socket):
+            raise TypeError("%s needs a socket.socket, got %r" % (who, sock))
+        server = cls(None, RequestHandlerClass, bind_and_activate=False, **kwargs)
+        server.socket.close()
+        server.server_address = systemd.adopt_socket(
+            sock, families, cls.socket_type, who, server.request_queue_size)
+        server.address_family = sock.family
+        server.socket = sock
+        return server
 
     def server_close(self):
         """Close the listening socket."""

@@ -73,6 +73,7 @@ if sys.version_info < (3, 15):
 
 #: cserver's additions to the stdlib's names (not in ``__all__``).
 EXTRA_NAMES: list[str]
+EXTRA_CLASS_ATTRS: dict[str, tuple[str, ...]]
 _ServerSelector: type[selectors.BaseSelector]
 
 # Not at runtime: there, cserver's classes duck-type the stdlib's.
@@ -126,6 +127,9 @@ class TCPServer(BaseServer):
     def fileno(self) -> int: ...
     def get_request(self) -> tuple[_socket, _RetAddress]: ...
     def server_bind(self) -> None: ...
+    @classmethod
+    def from_socket(cls, sock: _socket, RequestHandlerClass: Any, **kwargs: Any) -> Self:
+        """cserver's addition: a server on an inherited, bound socket (it owns it)."""
 
 class UDPServer(TCPServer):
     max_packet_size: ClassVar[int]

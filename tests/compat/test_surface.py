@@ -104,6 +104,12 @@ def _check_mro(mine, theirs):
 def _check_class_dict(mine, theirs):
     their_attrs = {k: v for k, v in vars(theirs).items() if k not in IGNORED_CLASS_ATTRS}
     my_attrs = {k: v for k, v in vars(mine).items() if k not in IGNORED_CLASS_ATTRS}
+    # cserver's documented additions (an inherited socket: from_socket):
+    # each is there, is cserver's, and is not a stdlib name; the rest must
+    # be the stdlib's exactly
+    for extra in cserver.socketserver.EXTRA_CLASS_ATTRS.get(mine.__name__, ()):
+        assert extra not in their_attrs, extra
+        assert isinstance(my_attrs.pop(extra), classmethod), extra
     assert sorted(my_attrs) == sorted(their_attrs)
     for key, value in their_attrs.items():
         other = my_attrs[key]
