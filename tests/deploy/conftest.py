@@ -33,6 +33,7 @@ modules cannot import each other):
 import json
 import logging
 import os
+import random
 import re
 import shutil
 import signal
@@ -49,6 +50,9 @@ import cserver
 #: bounds every wait of these tests (a failure, never a speed assertion)
 TIMEOUT = 10.0
 CI = bool(os.environ.get("CI"))
+#: every network namespace these tests create is named
+#: ``csrv-<pid of the creating test process>-<random>-<role>``
+NETNS_PREFIX = "csrv-"
 NGINX_STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
 
 
@@ -74,7 +78,7 @@ def _root():
 def _netns():
     _root()
     ip = _program("ip")
-    probe = "csrv-probe-%d" % os.getpid()
+    probe = "%s%d-probe" % (NETNS_PREFIX, os.getpid())
     made = subprocess.run([ip, "netns", "add", probe], capture_output=True, text=True,
                           timeout=TIMEOUT)
     if made.returncode != 0:
@@ -147,14 +151,25 @@ class Balancer:
                 chunks.append(chunk)
 
     def servers_up(self, backend="be"):
-        """HAProxy only: {server name: status} from ``show stat``."""
+        """HAProxy only: {server name: "STATUS CHECK_STATUS"} from ``show
+        stat``, e.g. ``"UP L7OK"`` once a check passed (a server starts UP
+        before any check ran: a test waits for the check's verdict too)."""
         lines = self.admin("show stat").splitlines()
         header = lines[0].lstrip("# ").split(",")
         status = {}
         for line in lines[1:]:
             row = dict(zip(header, line.split(",")))
             if row.get("pxname") == backend and row.get("svname") not in ("BACKEND", None):
-                status[row["svname"]] = row["status"]
+                status[row["svname"]] = "%s %s" % (row["status"], row.get("check_status", ""))
+        return status
+
+    def wait_checked_up(self, names, backend="be", timeout=TIMEOUT):
+        """Wait until each server of ``names`` is UP after a passed check
+        (L4OK/L6OK/L7OK); return the last status."""
+        def checked(status):
+            return all(re.match(r"UP L[4-7]OK", status.get(n, "")) for n in names)
+        status = self.wait_servers(checked, backend, timeout)
+        assert checked(status), (status, self.log())
         return status
 
     def wait_servers(self, predicate, backend="be", timeout=TIMEOUT):
@@ -362,10 +377,7 @@ def proxy_echo(serve):
         logger = logging.getLogger("cserver.deploy-test.%d" % len(made))
         logger.propagate = False
         logger.addHandler(capture)
-        if REAL_PROXY or "proxy_protocol" not in options:
-            server = cserver.SelectorTCPServer((host, 0), handler, **options)
-        else:  # STAND-IN until proxyloop is merged
-            server = _StandinServer((host, 0), **options)
+        server = cserver.SelectorTCPServer((host, 0), handler, **options)
         server.logger = logger
         server.captured = capture
         server.seen = []
@@ -403,93 +415,113 @@ def wait_for():
     return wait
 
 
-# -- STAND-IN until branch proxyloop is merged (tests only; to be deleted) ----
-# The PROXY options of the shared contract are being built on branch
-# proxyloop.  Until it is merged here, ``proxy_echo`` runs this stand-in when
-# SelectorTCPServer does not know ``proxy_protocol``: a stdlib threading
-# server that reads the header with cserver's pure parser, then answers
-# frames the way ProxyEcho does.  It proves the harness and the balancers'
-# configs; it proves nothing about cserver.
-
-import ipaddress  # noqa: E402
-import socketserver as _stdlib_ss  # noqa: E402
-import struct  # noqa: E402
-
-from cserver import _proxy_py, selectorserver  # noqa: E402
-
-REAL_PROXY = "proxy_protocol" in selectorserver._OPTIONS
+# -- network namespaces (the scale-out tests) ---------------------------------
 
 
-class _StandinHandler(_stdlib_ss.BaseRequestHandler):
-    def handle(self):
-        server = self.server
-        sock = self.request
-        sock.settimeout(server.proxy_header_timeout)
-        peer = sock.getpeername()
-        nets = [ipaddress.ip_network(n) for n in server.trusted_proxies]
-        if not any(ipaddress.ip_address(peer[0]) in n for n in nets):
-            server.counts["proxy_rejected"] += 1
-            return
-        parser = _proxy_py.ProxyParser(server.proxy_protocol)
-        rest = b""
-        try:
-            while not parser.done:
-                data = sock.recv(parser.needed)
-                if not data:
-                    raise _proxy_py.ProxyHeaderError("EOF in the header")
-                used = parser.feed(data)
-                rest = data[used:]
-        except _proxy_py.ProxyHeaderError as exc:
-            server.counts["proxy_errors"] += 1
-            server.logger.warning("closing connection from %r: %s", peer, exc)
-            return
-        except socket.timeout:
-            server.counts["proxy_timeouts"] += 1
-            return
-        server.counts["proxy_headers"] += 1
-        info = parser.result
-        client = info.source if info.proxied else peer
-        fake = types.SimpleNamespace(
-            client_address=client,
-            transport=types.SimpleNamespace(
-                get_extra_info=lambda name: {"proxy": info, "peername": peer}.get(name)))
-        if getattr(server, "seen", None) is not None:
-            server.seen.append(_describe(fake))
-        sock.settimeout(TIMEOUT)
-        buf = rest
-        while True:
-            while len(buf) < 4 or len(buf) < 4 + struct.unpack("!I", buf[:4])[0]:
-                data = sock.recv(65536)
-                if not data:
-                    return
-                buf += data
-            size = struct.unpack("!I", buf[:4])[0]
-            frame, buf = buf[4:4 + size], buf[4 + size:]
-            reply = _describe(fake)
-            reply["echo"] = frame.decode("latin-1")
-            body = json.dumps(reply).encode()
-            sock.sendall(struct.pack("!I", len(body)) + body)
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
-class _StandinServer(_stdlib_ss.ThreadingTCPServer):
-    daemon_threads = False
-    block_on_close = True
-    allow_reuse_address = True
-
-    def __init__(self, address, proxy_protocol=None, trusted_proxies=("127.0.0.0/8",),
-                 proxy_header_timeout=3.0):
-        self.proxy_protocol = proxy_protocol
-        self.trusted_proxies = trusted_proxies
-        self.proxy_header_timeout = proxy_header_timeout
-        self.counts = dict.fromkeys(("proxy_headers", "proxy_errors", "proxy_timeouts",
-                                     "proxy_rejected"), 0)
-        super().__init__(address, _StandinHandler)
-
-    def stats(self):
-        return dict(self.counts)
+def _run(argv):
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT)
+    if done.returncode != 0:
+        raise RuntimeError("%s: exit %d: %s" % (" ".join(argv), done.returncode,
+                                                done.stderr.strip()))
+    return done.stdout
 
 
-def _standin(serve, host, options):
-    server = _StandinServer((host, 0), **options)
-    serve(server)
-    return server
+class Lab:
+    """Network namespaces this test creates, the veth pairs between them
+    (created inside them: no interface ever appears in the machine's own
+    namespace), the processes started in them; ``close()`` stops every
+    process by pid and deletes every namespace (their veths go with them).
+
+    Namespaces of a killed earlier run (``csrv-<pid>-...`` whose pid is no
+    longer alive) are deleted first.
+    """
+
+    def __init__(self, ip):
+        self.ip = ip
+        self.tag = "%s%d-%04x" % (NETNS_PREFIX, os.getpid(), random.getrandbits(16))
+        self.namespaces = []
+        self.procs = []
+        self._clean_leftovers()
+
+    def _clean_leftovers(self):
+        for line in _run([self.ip, "netns", "list"]).splitlines():
+            name = line.split()[0] if line.split() else ""
+            match = re.match(re.escape(NETNS_PREFIX) + r"(\d+)-", name)
+            if match and not _pid_alive(int(match.group(1))):
+                subprocess.run([self.ip, "netns", "del", name], capture_output=True,
+                               timeout=TIMEOUT)
+
+    def namespace(self, role):
+        name = "%s-%s" % (self.tag, role)
+        _run([self.ip, "netns", "add", name])
+        self.namespaces.append(name)
+        _run([self.ip, "-n", name, "link", "set", "lo", "up"])
+        return name
+
+    def link(self, ns_a, if_a, addr_a, ns_b, if_b, addr_b):
+        """A veth pair ``if_a`` (in ns_a, ``addr_a``, CIDR) - ``if_b``."""
+        _run([self.ip, "link", "add", "name", if_a, "netns", ns_a, "type", "veth",
+              "peer", "name", if_b, "netns", ns_b])
+        for ns, name, addr in ((ns_a, if_a, addr_a), (ns_b, if_b, addr_b)):
+            _run([self.ip, "-n", ns, "addr", "add", addr, "dev", name])
+            _run([self.ip, "-n", ns, "link", "set", name, "up"])
+
+    def popen(self, ns, argv, **kwargs):
+        kwargs.setdefault("stdin", subprocess.DEVNULL)
+        proc = subprocess.Popen([self.ip, "netns", "exec", ns] + list(argv),
+                                start_new_session=True, **kwargs)
+        self.procs.append(proc)
+        return proc
+
+    def haproxy(self, ns, template, directory, **fields):
+        """A HAProxy in namespace ``ns`` (config: HAPROXY_GLOBAL + template,
+        filled in; its admin socket in ``directory``, reachable from here)."""
+        path = _program("haproxy")
+        balancer = _start(lambda cfg: [self.ip, "netns", "exec", ns, path, "-f", cfg, "-db"],
+                          fill(HAPROXY_GLOBAL + template, **fields), directory,
+                          _haproxy_ready, "haproxy")
+        self.procs.append(balancer.proc)
+        return balancer
+
+    def close(self):
+        for proc in self.procs:
+            for child in children(proc.pid):
+                try:
+                    os.kill(child, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            _stop(proc)
+        for name in self.namespaces:
+            subprocess.run([self.ip, "netns", "del", name], capture_output=True,
+                           timeout=TIMEOUT)
+
+
+def children(pid):
+    """The pids of the children of ``pid`` (empty once it is gone)."""
+    try:
+        with open("/proc/%d/task/%d/children" % (pid, pid)) as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return []
+
+
+@pytest.fixture
+def lab():
+    """A ``Lab`` of network namespaces (root and ``ip netns`` required)."""
+    ip = _netns()
+    made = Lab(ip)
+    try:
+        yield made
+    finally:
+        made.close()
+

@@ -69,8 +69,7 @@ def test_health_checks_send_a_v2_local_header(haproxy, proxy_echo, wait_for):
     tcp-check expect string LOCAL
 """
     balancer = haproxy(template, backend_port=server.server_address[1], server_options=check)
-    status = balancer.wait_servers(lambda s: s.get("s1", "").startswith("UP"))
-    assert status["s1"].startswith("UP"), (status, balancer.log())
+    assert balancer.wait_checked_up(["s1"])["s1"] == "UP L7OK"    # the tcp-check passed
     assert wait_for(lambda: len(server.seen) >= 3)
     locals_ = [s for s in server.seen if s["proxy"]["command"] == "LOCAL"]
     assert len(locals_) >= 3, server.seen
