@@ -127,6 +127,12 @@ SERVERS = {
     "python -m cserver echo --raw --port 0": {"kind": "raw", "port": "from-log"},
     "python -m cserver echo --unix /tmp/echo.sock --workers 4 --idle-timeout 30":
         {"kind": "framed", "unix": "/tmp/echo.sock"},
+    # docs/systemd.md: the first connection starts the server on the
+    # inherited socket (systemd-socket-activate: Debian's systemd package)
+    "systemd-socket-activate -l 127.0.0.1:9000 python -m cserver echo --systemd --workers 2":
+        {"kind": "framed", "port": 9000},
+    "python -m cserver echo --port 0 --workers 2 --drain-delay 2":
+        {"kind": "framed", "port": "from-log"},
 }
 
 #: Commands shown failing on purpose: command -> (exit status, text its

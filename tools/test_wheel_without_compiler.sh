@@ -42,4 +42,4 @@ done
 python -m pip install -q --only-binary :all: "$wheel[test]"
 cd "$WORK"   # never the source tree: its cserver/ is not the wheel
 CSERVER_EXPECT_COMPILED=1 CSERVER_SOURCE_TREE=$ROOT \
-    python -m pytest -n 2 -p no:cacheprovider --rootdir="$ROOT" -c "$ROOT/pyproject.toml" "$ROOT/tests"
+    python -m pytest -n 2 -p no:cacheprovider --rootdir="$ROOT" -c "$ROOT/pyproject.toml" -m "not soak" "$ROOT/tests"
