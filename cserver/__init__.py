@@ -104,6 +104,7 @@ from .socketserver import (  # noqa: E402,F401
 from .socketserver import (  # noqa: E402,F401
     ThreadPoolMixIn, ThreadPoolTCPServer, ThreadPoolUDPServer,
 )
+from .socketserver import ProxyProtocolMixIn  # noqa: E402,F401
 if hasattr(_compat.socket, "AF_UNIX"):
     from .socketserver import (  # noqa: E402,F401
         ThreadPoolUnixStreamServer, ThreadPoolUnixDatagramServer,
@@ -204,6 +205,7 @@ from .framing import (  # noqa: E402,F401
 )
 from .framed import FramedClient, FramedRequestHandler  # noqa: E402,F401
 from . import errors, framing, framed  # noqa: E402,F401  (attributes in pure mode too)
+from . import proxy  # noqa: E402,F401  (the PROXY header parser's chooser)
 from .selectorserver import (  # noqa: E402,F401
     SelectorServer, SelectorTCPServer, SelectorUDPServer, ConnectionHandler,
     FrameHandler, DatagramHandler,

@@ -74,7 +74,8 @@ if hasattr(socket, "AF_UNIX"):
 
 #: cserver's additions to the stdlib surface (not in ``__all__``, which must
 #: stay identical to the stdlib's).
-EXTRA_NAMES = ["ThreadPoolMixIn", "ThreadPoolTCPServer", "ThreadPoolUDPServer"]
+EXTRA_NAMES = ["ThreadPoolMixIn", "ThreadPoolTCPServer", "ThreadPoolUDPServer",
+               "ProxyProtocolMixIn"]
 if hasattr(socket, "AF_UNIX"):
     EXTRA_NAMES.extend(["ThreadPoolUnixStreamServer", "ThreadPoolUnixDatagramServer"])
 
@@ -196,6 +197,17 @@ def _check_request_handler(server_class, handler_class):
                             "cserver.Selector%sServer)"
                             % (server_class.__name__, handler_class.__qualname__, base,
                                "UDP" if base == "DatagramHandler" else "TCP"))
+
+
+def _finish(server, request, client_address):
+    """``server.finish_request(request, client_address)``, as every request
+    runner calls it (BaseServer.process_request, a ThreadingMixIn or pool
+    thread, a forked child): in the request's own thread or process.  On a
+    ProxyProtocolMixIn server the PROXY header is read here first."""
+    if isinstance(server, ProxyProtocolMixIn):
+        server._cserver_proxy_finish(request, client_address)
+    else:
+        server.finish_request(request, client_address)
 
 
 class BaseServer:
@@ -335,7 +347,13 @@ class BaseServer:
             request, client_address = self.get_request()
         except OSError:
             return
-        if self.verify_request(request, client_address):
+        if isinstance(self, ProxyProtocolMixIn):
+            # the header comes first: verify_request() is called with the
+            # client it names, where the header is read (see the mixin)
+            admitted = self._cserver_proxy_admit(request, client_address)
+        else:
+            admitted = self.verify_request(request, client_address)
+        if admitted:
             try:
                 self.process_request(request, client_address)
             except Exception:
@@ -359,7 +377,7 @@ class BaseServer:
     def process_request(self, request, client_address):
         """Serve the request in this thread, then shut it down (the mixins
         replace this to use a process or a thread)."""
-        self.finish_request(request, client_address)
+        _finish(self, request, client_address)
         self.shutdown_request(request)
 
     def server_close(self):
@@ -635,7 +653,7 @@ if hasattr(os, "fork"):
                 # child: it must end here, whatever happens, so os._exit()
                 status = 1
                 try:
-                    self.finish_request(request, client_address)
+                    _finish(self, request, client_address)
                     status = 0
                 except Exception:
                     self.handle_error(request, client_address)
@@ -701,7 +719,7 @@ class ThreadingMixIn:
         """Body of a request thread: serve, report an Exception through
         handle_error(), always shut the request down."""
         try:
-            self.finish_request(request, client_address)
+            _finish(self, request, client_address)
         except Exception:
             self.handle_error(request, client_address)
         finally:
@@ -1111,6 +1129,260 @@ if hasattr(socket, 'AF_UNIX'):
 
     class ThreadPoolUnixDatagramServer(ThreadPoolMixIn, UnixDatagramServer):
         __module__ = "cserver"
+
+
+# ---------------------------------------------------------------------------
+# The PROXY protocol on the stdlib-style stream servers.
+#
+# A balancer (HAProxy send-proxy/send-proxy-v2, nginx stream proxy_protocol)
+# starts each connection with a header naming the real client.  The mixin
+# reads it where the request is served, never on the serving (accept)
+# thread of a threading, thread-pool or forking server: there a peer that
+# says nothing would hold every other client up to the header's deadline.
+# The accept thread only checks the socket peer against trusted_proxies (no
+# read).  Then, in the request's thread or child (_finish(), called by every
+# request runner of this module), the header is read with recv() of at most
+# parser.needed bytes at a time, so not one byte past it is taken from the
+# socket: the handler gets the socket untouched, its rfile starts at the
+# payload's first byte.  Only then are verify_request() and finish_request()
+# called, with client_address = the header's source.  On a plain TCPServer
+# the request runs on the serving thread, and so does its header.
+# ---------------------------------------------------------------------------
+
+_PROXY_LOG_BURST = 10     # log lines about closed connections per window
+_PROXY_LOG_PERIOD = 10.0  # seconds
+
+
+class _ProxyRejectLog:
+    """Logs why a ProxyProtocolMixIn server closed connections, at most
+    ``_PROXY_LOG_BURST`` lines per ``_PROXY_LOG_PERIOD`` seconds; the next
+    line logged says how many were left out.  The counts live in an
+    anonymous shared mapping, so the children of a forking server (each
+    reads its own header) share one budget (approximately: two children
+    may race on an update)."""
+
+    __module__ = "cserver"
+
+    def __init__(self):
+        import mmap
+        import struct
+        self._layout = struct.Struct("dqq")  # window start, lines in it, left out
+        self._state = mmap.mmap(-1, self._layout.size)
+        self._lock = _threading_module.Lock()
+
+    def warning(self, message, *args):
+        now = time()
+        layout = self._layout
+        with self._lock:
+            start, lines, left_out = layout.unpack_from(self._state)
+            report = 0
+            if lines == 0 or now - start >= _PROXY_LOG_PERIOD:
+                start, lines, report, left_out = now, 0, left_out, 0
+            emit = lines < _PROXY_LOG_BURST
+            if emit:
+                lines += 1
+            else:
+                left_out += 1
+            layout.pack_into(self._state, 0, start, lines, left_out)
+        if not emit:
+            return
+        if report:
+            message += " (and %d more connections closed for their PROXY header, not logged)"
+            args += (report,)
+        import logging
+        logging.getLogger("cserver.proxy").warning(message, *args)
+
+
+class ProxyProtocolMixIn:
+    """Mix-in class for stream servers behind a balancer that sends the
+    PROXY protocol (v1 or v2): ``client_address`` becomes the real client.
+
+    Put it first: ``class Server(ProxyProtocolMixIn, ThreadingTCPServer)``
+    (any of cserver's stream servers: TCP, Unix, threading, thread pool,
+    forking; a datagram server is a TypeError).  With it every connection
+    must start with a valid header (the spec: never guess); a connection
+    without one is closed.
+
+    Class variables that may be overridden by derived classes or
+    instances (checked when the server is built, and again when changed):
+
+    - proxy_protocol = "any": the header version required, "v1", "v2" or
+      "any" (the first byte decides).
+    - trusted_proxies = ("127.0.0.0/8", "::1/128"): the networks (str or
+      ``ipaddress`` networks) of the balancers; a TCP peer outside them is
+      closed at accept, before any read.  An IPv4-mapped IPv6 peer is
+      matched as IPv4; Unix-socket peers are always trusted (file
+      permissions are the control).  ``("0.0.0.0/0", "::/0")`` trusts all.
+    - proxy_header_timeout = 3.0: seconds for the whole header (a deadline:
+      trickling bytes does not extend it).
+
+    The header is read in the request's own thread (ThreadingMixIn,
+    ThreadPoolMixIn) or child process (ForkingMixIn), never on the serving
+    thread, with ``recv`` of at most the parser's ``needed`` bytes, so the
+    handler gets the socket at the first byte after the header.  On a plain
+    (synchronous) server it can only be the serving thread: a peer that
+    sends nothing holds it for up to ``proxy_header_timeout``.
+
+    Then ``verify_request(request, client_address)`` and the handler get
+    ``client_address`` = the header's source (the socket's peer, i.e. the
+    balancer, for LOCAL health checks, v1 UNKNOWN and v2 UNSPEC);
+    ``request.getpeername()`` stays the balancer.  ``proxy_info(request)``
+    returns the ``cserver.proxy.ProxyInfo`` (TLVs included) while the
+    request is served (from verify_request to the handler's finish()).
+
+    An untrusted peer, a bad header, a peer that closes or a header that
+    misses its deadline closes the connection: never seen by
+    verify_request or the handler, not reported through handle_error, but
+    logged with its reason on the ``cserver.proxy`` logger (at most 10
+    lines per 10 s, the rest counted).
+    """
+
+    __module__ = "cserver"
+
+    proxy_protocol = "any"
+    trusted_proxies = ("127.0.0.0/8", "::1/128")
+    proxy_header_timeout = 3.0
+
+    def __init__(self, *args, **kwargs):
+        # Fail before the socket exists: a bad option must never leave a
+        # listening socket that closes every connection.
+        self._cserver_proxy_config()
+        super().__init__(*args, **kwargs)
+
+    def proxy_info(self, request):
+        """The ``ProxyInfo`` of the header that started ``request``, while
+        it is being served (verify_request, finish_request, the handler);
+        None before its header was read and once it has ended."""
+        requests = vars(self).get("_cserver_proxy_requests")
+        if requests is None:
+            return None
+        return requests.get(request)
+
+    def _cserver_proxy_config(self):
+        """``(mode, TrustedNetworks, timeout)``, validated (again when an
+        option changed); raises TypeError/ValueError naming the option and
+        its value."""
+        mode = self.proxy_protocol
+        trusted = self.trusted_proxies
+        timeout = self.proxy_header_timeout
+        cached = vars(self).get("_cserver_proxy_cfg")
+        if (cached is not None and cached[0] is mode and cached[1] is trusted
+                and cached[2] is timeout):
+            return cached[3]
+        if not isinstance(self, BaseServer):
+            raise TypeError(
+                "%s: ProxyProtocolMixIn needs cserver's servers below it, not the stdlib "
+                "socketserver's (call cserver.install() before importing http.server or "
+                "xmlrpc.server, or build on cserver.TCPServer and its kin)"
+                % type(self).__name__)
+        if getattr(self, "socket_type", None) != _socket_module.SOCK_STREAM:
+            raise TypeError("%s: ProxyProtocolMixIn needs a stream server (a PROXY header "
+                            "starts a connection), not a datagram server"
+                            % type(self).__name__)
+        from .proxy import MODES, trusted_networks
+        if mode is not None and not isinstance(mode, str):
+            raise TypeError("proxy_protocol must be 'v1', 'v2' or 'any', got %r" % (mode,))
+        if mode not in MODES:
+            raise ValueError("proxy_protocol must be 'v1', 'v2' or 'any' (ProxyProtocolMixIn "
+                             "always requires a header: leave the mixin out to turn it off), "
+                             "got %r" % (mode,))
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+            raise TypeError("proxy_header_timeout must be a number of seconds > 0, got %r"
+                            % (timeout,))
+        if not 0 < timeout < float("inf"):
+            raise ValueError("proxy_header_timeout must be a number of seconds > 0, got %r"
+                             % (timeout,))
+        config = (mode, trusted_networks(trusted), float(timeout))
+        vars(self)["_cserver_proxy_cfg"] = (mode, trusted, timeout, config)
+        # Made here, in the serving process: forked children share its counts.
+        self._cserver_proxy_log()
+        return config
+
+    def _cserver_proxy_log(self):
+        log = vars(self).get("_cserver_proxy_log_")
+        if log is None:
+            log = vars(self).setdefault("_cserver_proxy_log_", _ProxyRejectLog())
+        return log
+
+    def _cserver_proxy_admit(self, request, client_address):
+        """On the serving thread, at accept: is the socket peer a trusted
+        proxy?  (No read here; verify_request() comes after the header.)"""
+        _mode, trusted, _timeout = self._cserver_proxy_config()
+        if trusted.is_trusted(request.family, client_address):
+            return True
+        self._cserver_proxy_log().warning(
+            "connection from %r closed at accept: not in trusted_proxies (%r)",
+            client_address, trusted)
+        return False
+
+    def _cserver_proxy_finish(self, request, peer):
+        """In the request's thread or process: read the header, then
+        verify_request() and finish_request() with the real client."""
+        mode, _trusted, timeout = self._cserver_proxy_config()
+        info = self._cserver_proxy_read(request, peer, mode, timeout)
+        if info is None:
+            return  # logged; the runner shuts the request down
+        client_address = info.source if info.proxied else peer
+        requests = vars(self).get("_cserver_proxy_requests")
+        if requests is None:
+            requests = vars(self).setdefault("_cserver_proxy_requests", {})
+        requests[request] = info
+        try:
+            if self.verify_request(request, client_address):
+                self.finish_request(request, client_address)
+        finally:
+            requests.pop(request, None)
+
+    def _cserver_proxy_read(self, request, peer, mode, timeout):
+        """The header's ProxyInfo, read from the blocking socket within
+        ``timeout`` seconds, never a byte past it; None (logged) when the
+        connection must be closed."""
+        from .proxy import ProxyHeaderError, ProxyParser
+        parser = ProxyParser(mode)
+        deadline = time() + timeout
+        try:
+            saved = request.gettimeout()
+            try:
+                while not parser.done:
+                    remaining = deadline - time()
+                    if remaining <= 0:
+                        raise _socket_module.timeout("timed out")
+                    request.settimeout(remaining)
+                    data = request.recv(parser.needed)
+                    if not data:
+                        self._cserver_proxy_log().warning(
+                            "connection from %r closed by the peer before its PROXY header "
+                            "was complete (%d bytes received)", peer, parser.consumed)
+                        return None
+                    parser.feed(data)
+            finally:
+                request.settimeout(saved)
+        except ProxyHeaderError as exc:
+            self._cserver_proxy_log().warning(
+                "connection from %r closed: bad PROXY header: %s", peer, exc)
+            return None
+        except _socket_module.timeout:
+            self._cserver_proxy_log().warning(
+                "connection from %r closed: no complete PROXY header within "
+                "proxy_header_timeout (%r s; %d bytes received)", peer, timeout,
+                parser.consumed)
+            return None
+        except OSError as exc:
+            self._cserver_proxy_log().warning(
+                "connection from %r closed while reading its PROXY header: %s", peer, exc)
+            return None
+        return parser.result
+
+    def finish_request(self, request, client_address):
+        """Build the handler, with the header already read: by cserver's
+        request runners, or, for a subclass whose own process_request()
+        calls finish_request() directly, here (trust check and header
+        first, then verify_request())."""
+        requests = vars(self).get("_cserver_proxy_requests")
+        if requests is not None and request in requests:
+            super().finish_request(request, client_address)
+        elif self._cserver_proxy_admit(request, client_address):
+            self._cserver_proxy_finish(request, client_address)
 
 
 class BaseRequestHandler:
