@@ -89,7 +89,7 @@ def _netns():
 
 @pytest.fixture
 def need():
-    return types.SimpleNamespace(program=_program, root=_root, netns=_netns)
+    return types.SimpleNamespace(program=_program, root=_root, netns=_netns, missing=_missing)
 
 
 @pytest.fixture
@@ -275,8 +275,10 @@ def haproxy(tmp_short):
     path = _program("haproxy")
     started = []
 
-    def start(template, **fields):
-        template = fill(HAPROXY_GLOBAL + template, **fields)
+    def start(template, raw=False, **fields):
+        """``raw``: the template is a whole config (no HAPROXY_GLOBAL); it
+        must have ``stats socket {dir}/admin.sock`` (readiness)."""
+        template = fill(template if raw else HAPROXY_GLOBAL + template, **fields)
         balancer = _start(lambda cfg: [path, "-f", cfg, "-db"], template, tmp_short,
                           _haproxy_ready, "haproxy")
         started.append(balancer)
