@@ -304,3 +304,34 @@ def test_cli_drain_delay_is_validated(text):
                          timeout=TIMEOUT)
     assert out.returncode == 2
     assert b"--drain-delay" in out.stderr and b"Traceback" not in out.stderr
+
+
+def test_shutdown_with_drain_delay_keeps_accepting_then_stops():
+    class Echo(cserver.FrameHandler):
+        def frame_received(self, frame):
+            self.send_frame(frame)
+
+    server = cserver.SelectorTCPServer(("127.0.0.1", 0), Echo, drain_delay=0.6,
+                                       drain_timeout=0.5)
+    port = server.server_address[1]
+    serving = threading.Thread(target=server.serve_forever, daemon=True)
+    serving.start()
+    stopper = threading.Thread(target=server.shutdown, daemon=True)
+    try:
+        assert _echo_once(port) == _frame(b"hello")
+        asked = time.monotonic()
+        stopper.start()
+        time.sleep(0.2)
+        # within the delay: a new connection is accepted and served
+        assert _echo_once(port, b"late") == _frame(b"late")
+        assert server.stats()["accepting"] is True
+        stopper.join(TIMEOUT)
+        assert not stopper.is_alive()
+        assert time.monotonic() - asked >= 0.6   # shutdown() waited for the delay
+        assert server.stats()["accepting"] is False
+    finally:
+        server.shutdown()
+        serving.join(TIMEOUT)
+        if stopper.is_alive():
+            stopper.join(TIMEOUT)
+        server.server_close()
