@@ -323,7 +323,12 @@ def _describe(handler):
     if info is not None:
         proxy = {"version": info.version, "command": info.command, "family": info.family,
                  "source": _plain(info.source), "destination": _plain(info.destination),
-                 "proxied": info.proxied}
+                 "proxied": info.proxied, "authority": info.authority,
+                 "crc32c": info.crc32c, "ssl": None}
+        if info.ssl is not None:
+            proxy["ssl"] = {"ssl": info.ssl.ssl, "version": info.ssl.version,
+                            "cipher": info.ssl.cipher, "client": info.ssl.client,
+                            "verify": info.ssl.verify}
     return {"client_address": _plain(handler.client_address),
             "peername": _plain(transport.get_extra_info("peername")),
             "proxy": proxy, "pid": os.getpid()}

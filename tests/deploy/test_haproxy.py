@@ -10,6 +10,8 @@ reported the balancer's address would fail.
 """
 import json
 import random
+import socket
+import subprocess
 
 import pytest
 
@@ -116,3 +118,51 @@ def test_an_untrusted_balancer_is_refused(haproxy, proxy_echo, wait_for):
             client.request(b"hello")
     assert wait_for(lambda: server.stats()["proxy_rejected"] >= 1), server.stats()
     assert server.stats()["proxy_headers"] == 0 and server.seen == []
+
+
+TLS_FRONTEND = """
+frontend fe
+    bind 127.0.0.1:{port} ssl crt {crt}
+    default_backend be
+backend be
+    server s1 127.0.0.1:{backend_port} send-proxy-v2-ssl {options}
+"""
+
+
+def test_send_proxy_v2_ssl_tells_the_tls_details(haproxy, proxy_echo, need, tmp_path):
+    """HAProxy terminates TLS and sends ``send-proxy-v2-ssl`` with the
+    cipher, the SNI (AUTHORITY) and a CRC32C of the header: the server
+    verifies the CRC32C and exposes the SSL TLV as ``proxy.ssl``."""
+    import ssl
+    openssl = need.program("openssl")
+    crt = str(tmp_path / "haproxy.pem")
+    subprocess.run([openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1", "-subj",
+                    "/CN=echo.test", "-keyout", crt, "-out", crt + ".crt"],
+                   check=True, capture_output=True, timeout=30)
+    with open(crt, "a") as pem, open(crt + ".crt") as cert:
+        pem.write(cert.read())          # HAProxy's crt: the key and the certificate
+    server = proxy_echo(proxy_protocol="v2")
+    balancer = haproxy(TLS_FRONTEND, backend_port=server.server_address[1], crt=crt,
+                       options="proxy-v2-options ssl-cipher,authority,crc32c")
+    context = ssl.create_default_context(cafile=crt + ".crt")
+    context.check_hostname = True
+    host = _client_host()
+    raw = socket.create_connection(balancer.address, 10, source_address=(host, 0))
+    with context.wrap_socket(raw, server_hostname="echo.test") as tls:
+        local = tls.getsockname()
+        tls.sendall(b"\x00\x00\x00\x05hello")
+        data = b""
+        while len(data) < 4 or len(data) < 4 + int.from_bytes(data[:4], "big"):
+            chunk = tls.recv(65536)
+            assert chunk, data
+            data += chunk
+        cipher = tls.cipher()[0]
+        version = tls.version()
+    reply = json.loads(data[4:])
+    assert reply["echo"] == "hello" and reply["client_address"] == [host, local[1]]
+    proxy = reply["proxy"]
+    assert proxy["ssl"]["ssl"] is True and proxy["ssl"]["version"] == version, proxy
+    assert proxy["ssl"]["cipher"] == cipher, proxy
+    assert proxy["authority"] == "echo.test" and isinstance(proxy["crc32c"], int), proxy
+    assert server.stats()["proxy_errors"] == 0
