@@ -18,6 +18,7 @@ from typing import Final
 from cserver import errors as errors
 from cserver import framed as framed
 from cserver import framing as framing
+from cserver import proxy as proxy
 from cserver import selectorserver as selectorserver
 from cserver import socketserver as socketserver
 from cserver._framing import DEFAULT_MAX_FRAME_SIZE as DEFAULT_MAX_FRAME_SIZE
@@ -44,6 +45,7 @@ from cserver.socketserver import TCPServer as TCPServer
 from cserver.socketserver import ThreadingMixIn as ThreadingMixIn
 from cserver.socketserver import ThreadingTCPServer as ThreadingTCPServer
 from cserver.socketserver import ThreadingUDPServer as ThreadingUDPServer
+from cserver.socketserver import ProxyProtocolMixIn as ProxyProtocolMixIn
 from cserver.socketserver import ThreadPoolMixIn as ThreadPoolMixIn
 from cserver.socketserver import ThreadPoolTCPServer as ThreadPoolTCPServer
 from cserver.socketserver import ThreadPoolUDPServer as ThreadPoolUDPServer

@@ -14,18 +14,22 @@ expected.  Two additions:
   ``StreamRequestHandler`` on a UDP server, a ``DatagramRequestHandler`` on a
   TCP server, or a multiplexing server's handler (``cserver.FrameHandler``)
   on any of them is a type error instead of a failure at the first request.
-* cserver's ``ThreadPoolMixIn`` and its ``ThreadPool*Server`` combinations.
+* cserver's ``ThreadPoolMixIn`` and its ``ThreadPool*Server`` combinations;
+* cserver's ``ProxyProtocolMixIn`` (the PROXY protocol, docs/proxy.md).
 """
 import selectors
 import socketserver as _stdlib
 import sys
 import types
 from _typeshed import ReadableBuffer
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from io import BufferedIOBase
 from socket import socket as _socket
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar, Final, Literal
 from typing_extensions import Self, TypeAlias
+
+from cserver._proxy import ProxyInfo
 
 __all__: list[str] = [
     "BaseServer",
@@ -201,6 +205,21 @@ class ThreadPoolMixIn:
     def pool_stats(self) -> dict[str, int]:
         """workers, idle, queued, pending (queued + running), capacity, timed_out."""
     def _handle_request_noblock(self) -> None: ...
+
+class ProxyProtocolMixIn:
+    """Put first on a stream server (``class S(ProxyProtocolMixIn,
+    ThreadingTCPServer)``): every connection must start with a PROXY
+    protocol header from a trusted peer; ``client_address`` becomes the
+    real client.  The header is read in the request's thread or child,
+    never on the serving thread of a threading, pool or forking server."""
+
+    proxy_protocol: Literal["v1", "v2", "any"]
+    trusted_proxies: Iterable[str | IPv4Network | IPv6Network | IPv4Address | IPv6Address]
+    proxy_header_timeout: float
+    def proxy_info(self, request: _socket) -> ProxyInfo | None:
+        """The request's ProxyInfo while it is served (verify_request, the
+        handler), else None."""
+    def finish_request(self, request: _RequestType, client_address: _RetAddress) -> None: ...
 
 if sys.platform != "win32":
     class ForkingTCPServer(ForkingMixIn, TCPServer): ...
