@@ -450,7 +450,7 @@ class Lab:
     process by pid and deletes every namespace (their veths go with them).
 
     Namespaces of a killed earlier run (``csrv-<pid>-...`` whose pid is no
-    longer alive) are deleted first.
+    longer alive) are deleted first, after the processes still in them.
     """
 
     def __init__(self, ip):
@@ -465,6 +465,14 @@ class Lab:
             name = line.split()[0] if line.split() else ""
             match = re.match(re.escape(NETNS_PREFIX) + r"(\d+)-", name)
             if match and not _pid_alive(int(match.group(1))):
+                # a killed run's: its processes (HAProxy, backends) first
+                pids = subprocess.run([self.ip, "netns", "pids", name], capture_output=True,
+                                      text=True, timeout=TIMEOUT).stdout.split()
+                for pid in pids:
+                    try:
+                        os.kill(int(pid), signal.SIGKILL)
+                    except (ProcessLookupError, ValueError):
+                        pass
                 subprocess.run([self.ip, "netns", "del", name], capture_output=True,
                                timeout=TIMEOUT)
 
