@@ -376,15 +376,20 @@ class LogCapture(logging.Handler):
 @pytest.fixture
 def proxy_echo(serve):
     """proxy_echo(**options) -> a running SelectorTCPServer on 127.0.0.1:0
-    with ``ProxyEcho``; ``server.captured`` holds what its logger logged."""
+    (``unix=PATH``: a SelectorUnixStreamServer there) with ``ProxyEcho``;
+    ``server.captured`` holds what its logger logged, ``server.seen`` what
+    each connection knew at ``connection_made``."""
     made = []
 
-    def start(handler=ProxyEcho, host="127.0.0.1", **options):
+    def start(handler=ProxyEcho, host="127.0.0.1", unix=None, **options):
         capture = LogCapture()
         logger = logging.getLogger("cserver.deploy-test.%d" % len(made))
         logger.propagate = False
         logger.addHandler(capture)
-        server = cserver.SelectorTCPServer((host, 0), handler, **options)
+        if unix is not None:
+            server = cserver.SelectorUnixStreamServer(unix, handler, **options)
+        else:
+            server = cserver.SelectorTCPServer((host, 0), handler, **options)
         server.logger = logger
         server.captured = capture
         server.seen = []

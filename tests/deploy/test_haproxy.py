@@ -9,6 +9,7 @@ the real client's address differs from HAProxy's 127.0.0.1: a server that
 reported the balancer's address would fail.
 """
 import json
+import os
 import random
 import socket
 import subprocess
@@ -166,3 +167,39 @@ def test_send_proxy_v2_ssl_tells_the_tls_details(haproxy, proxy_echo, need, tmp_
     assert proxy["ssl"]["cipher"] == cipher, proxy
     assert proxy["authority"] == "echo.test" and isinstance(proxy["crc32c"], int), proxy
     assert server.stats()["proxy_errors"] == 0
+
+
+@pytest.mark.parametrize("version, option", [("v1", "send-proxy"), ("v2", "send-proxy-v2")])
+def test_an_ipv6_client_through_an_ipv4_balancer_hop(haproxy, proxy_echo, version, option):
+    """The client reaches HAProxy over IPv6 (::1), HAProxy reaches the
+    server over IPv4: the header's TCP6 source is the client_address."""
+    server = proxy_echo(proxy_protocol=version)
+    template = TCP_FRONTEND.replace("bind 127.0.0.1:{port}", "bind [::1]:{port}")
+    balancer = haproxy(template, backend_port=server.server_address[1], server_options=option)
+    with cserver.FramedClient(("::1", balancer.port), 10) as client:
+        local = client.socket.getsockname()
+        reply = json.loads(client.request(b"six"))
+    assert reply["echo"] == "six"
+    assert reply["client_address"][:2] == ["::1", local[1]], reply
+    assert reply["peername"][0] == "127.0.0.1"
+    assert reply["proxy"]["family"] == "TCP6" and reply["proxy"]["destination"][:2] == [
+        "::1", balancer.port]
+
+
+def test_haproxy_to_a_unix_socket_backend(haproxy, proxy_echo, tmp_short):
+    """HAProxy on the same host reaching cserver over a Unix socket with
+    ``send-proxy-v2`` (Unix peers are always trusted, whatever
+    ``trusted_proxies`` says): client_address is the TCP client's."""
+    path = os.path.join(tmp_short, "echo.sock")
+    server = proxy_echo(unix=path, proxy_protocol="v2", trusted_proxies=("10.99.0.0/16",))
+    template = TCP_FRONTEND.replace("127.0.0.1:{backend_port}", "unix@{path}")
+    balancer = haproxy(template, path=path, server_options="send-proxy-v2")
+    host = _client_host()
+    with cserver.FramedClient(balancer.address, 10, source_address=(host, 0)) as client:
+        local = client.socket.getsockname()
+        reply = json.loads(client.request(b"over unix"))
+    assert reply["echo"] == "over unix"
+    assert reply["client_address"] == [host, local[1]], reply
+    assert reply["proxy"]["family"] == "TCP4"
+    stats = server.stats()
+    assert stats["proxy_headers"] == 1 and stats["proxy_rejected"] == 0, stats
