@@ -17,7 +17,10 @@ become the test's; nothing else of a config changes):
   ``inter 200ms`` (a shorter test);
 * nginx: ``listen 8000;`` -> ``listen 127.0.0.1:<free port>;``, the servers
   as for haproxy; the main context (``load_module``, pid, ``events``) is the
-  fixture's, as Debian's nginx.conf has its own.
+  fixture's, as Debian's nginx.conf has its own;
+* drain: each ``echo "COMMAND" | socat stdio SOCKET`` line's COMMAND is sent
+  to the HAProxy example's admin socket as is (the socket's path is the
+  test's); the ``systemctl restart`` line is not run.
 """
 import os
 import random
@@ -43,7 +46,8 @@ def _blocks():
         text = f.read()
     found = dict(re.findall(r"<!-- tested: (\S+) -->\s*\n```[\w.-]*\n(.*?)^```", text,
                             re.S | re.M))
-    assert set(found) == {"app", "echo.socket", "echo.service", "haproxy", "nginx"}, found
+    assert set(found) == {"app", "echo.socket", "echo.service", "haproxy", "nginx",
+                          "drain"}, found
     return found
 
 
@@ -231,16 +235,8 @@ def test_the_systemd_units_run_the_app_and_reload_it(apps):
 def test_the_haproxy_example_in_front_of_two_instances(apps, haproxy):
     blocks = _blocks()
     app1, app2 = apps("app1"), apps("app2")
-    config = blocks["haproxy"]
-    config = _sub(config, "bind :8000", "bind 127.0.0.1:{port}")
-    config = _sub(config, "/run/haproxy/admin.sock", "{dir}/admin.sock")
-    config = _sub(config, "10.0.0.11:9000", "127.0.0.1:%d" % app1.port)
-    config = _sub(config, "10.0.0.12:9000", "127.0.0.1:%d" % app2.port)
-    config = _sub(config, "inter 2s", "inter 200ms")
-    balancer = haproxy(config, raw=True)
     # the checks (v2 LOCAL header + a frame) start both instances, pass
-    status = balancer.wait_checked_up(["app1", "app2"], backend="echo_servers", timeout=30)
-    assert status == {"app1": "UP L7OK", "app2": "UP L7OK"}
+    balancer = _haproxy_example(blocks, haproxy, app1, app2)
     for app in (app1, app2):
         app.wait_state("READY=1")
     clients = []
@@ -254,6 +250,60 @@ def test_the_haproxy_example_in_front_of_two_instances(apps, haproxy):
     for host, port in clients:
         assert "echo: client %s:%d via 127.0.0.1" % (host, port) in logs, logs
     assert "Traceback" not in logs and "closing connection" not in logs, logs
+
+
+def _haproxy_example(blocks, haproxy, app1, app2):
+    config = blocks["haproxy"]
+    config = _sub(config, "bind :8000", "bind 127.0.0.1:{port}")
+    config = _sub(config, "/run/haproxy/admin.sock", "{dir}/admin.sock")
+    config = _sub(config, "10.0.0.11:9000", "127.0.0.1:%d" % app1.port)
+    config = _sub(config, "10.0.0.12:9000", "127.0.0.1:%d" % app2.port)
+    config = _sub(config, "inter 2s", "inter 200ms")
+    balancer = haproxy(config, raw=True)
+    status = balancer.wait_checked_up(["app1", "app2"], backend="echo_servers", timeout=30)
+    assert status == {"app1": "UP L7OK", "app2": "UP L7OK"}
+    return balancer
+
+
+def _served_by(apps_, host, port):
+    for app in apps_:
+        if "echo: client %s:%d via 127.0.0.1" % (host, port) in app.log():
+            return app
+    return None
+
+
+def test_the_drain_procedure_of_the_rolling_restart(apps, haproxy):
+    blocks = _blocks()
+    lines = blocks["drain"].strip().splitlines()
+    commands = [re.match(r'echo "(.*)" \| socat stdio /run/haproxy/admin\.sock$', line)
+                for line in lines]
+    assert [bool(c) for c in commands] == [True, True, False, True], lines
+    assert lines[2] == "systemctl restart echo"
+    drain, show, ready = (c.group(1) for c in commands if c)
+    app1, app2 = apps("app1"), apps("app2")
+    balancer = _haproxy_example(blocks, haproxy, app1, app2)
+
+    def one_request():
+        host = _client_host()
+        got, local = _exchange(balancer.address, _frames(b"x"), [b"x"], (host, 0))
+        assert got == _frames(b"x")
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            app = _served_by((app1, app2), host, local[1])
+            if app is not None or time.monotonic() > deadline:
+                return app
+            time.sleep(0.02)
+
+    assert balancer.admin(drain).strip() == ""
+    shown = balancer.admin(show).splitlines()
+    columns = shown[0].lstrip("# ").split()
+    rows = {line.split()[0]: dict(zip(columns, line.split())) for line in shown[1:] if line}
+    assert rows["echo_servers/app1"]["used_cur"] == "0", shown     # nothing open on app1
+    assert balancer.servers_up("echo_servers")["app1"].startswith("DRAIN")
+    assert [one_request() for _ in range(6)] == [app2] * 6     # nothing new to app1
+    assert balancer.admin(ready).strip() == ""
+    served = [one_request() for _ in range(8)]                  # leastconn: both again
+    assert app1 in served and None not in served, served
 
 
 def test_the_nginx_example_in_front_of_two_instances(apps, nginx):
