@@ -1,7 +1,8 @@
 """The process supervisor of a multiplexing server with ``workers > 1``.
 
 ``Supervisor`` forks N worker processes, restarts one that exits (with a
-back-off when it keeps dying young), and stops them all on SIGTERM/SIGINT or
+back-off when it keeps dying young), replaces them all on SIGHUP (a reload:
+see the class docstring), and stops them all on SIGTERM/SIGINT or
 when its owner asks: each worker gets SIGTERM and drains for up to
 ``drain_timeout`` seconds, a second stop signal cuts that short, and a worker
 still running 2 s after the deadline is killed.  It knows nothing of servers:

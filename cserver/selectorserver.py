@@ -366,6 +366,9 @@ class SelectorServer:
 
     - __init__(server_address, RequestHandlerClass, bind_and_activate=True,
       **options)   # options: the class variables below, by name
+    - from_socket(sock, RequestHandlerClass, **options)   # classmethod: on
+      # an inherited socket (docs/systemd.md)
+    - from_systemd(RequestHandlerClass, name=None, **options)   # classmethod
     - serve_forever(poll_interval=0.5)   # poll_interval is ignored
     - shutdown(drain_timeout=None)   # from any thread
     - server_close()
@@ -402,6 +405,7 @@ class SelectorServer:
     - max_connections
     - high_water, low_water   # None: high_water / 4
     - drain_timeout
+    - drain_delay   # a stop goes on accepting this long first
     - tcp_nodelay
     - read_size, accept_batch
     - buffer_pool   # None: a new BufferPool per loop
@@ -409,6 +413,7 @@ class SelectorServer:
     - trusted_proxies   # networks allowed to send one (others: closed)
     - proxy_header_timeout   # the whole header within this (seconds)
     - workers   # > 1: this process supervises that many worker processes
+                # (SIGHUP reloads them)
 
     Class variables that may be overridden (not options):
 

@@ -207,6 +207,7 @@ def test_a_new_worker_that_fails_leaves_the_old_one_serving(tmp_path, mode, reas
         # the old generation is still the one the supervisor restarts and stops
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(TIMEOUT) == 0, output.text()
+        output.thread.join(TIMEOUT)   # every line read
         assert "all workers stopped" in output.text()
         assert "did not stop in time" not in output.text()
     finally:

@@ -633,6 +633,7 @@ def test_systemd_socket_activate_runs_the_echo_server_on_its_socket(workers):
             assert len(served) == 2
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(TIMEOUT) == 0, output.text()
+        output.thread.join(TIMEOUT)   # every line read
         assert "Traceback" not in output.text(), output.text()
     finally:
         _stop(proc, output)
