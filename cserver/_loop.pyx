@@ -277,6 +277,7 @@ include "_transport.pxi"
 include "_listener.pxi"
 include "_datagram.pxi"
 include "_timers.pxi"
+include "_metrics.pxi"
 
 
 @cython.final
@@ -292,6 +293,7 @@ cdef class Loop:
         self.objs = []
         self.listeners = []
         self.endpoints = []
+        self.metrics_listeners = []
         self.resumed = []
         self.recent_addrs = []
         self.ready = collections.deque()
@@ -400,6 +402,22 @@ cdef class Loop:
         self.listeners.append(ls)
         if not (self.accept_paused_limit or self.accept_paused_backoff):
             ls.set_accepting(True)
+
+    def add_metrics_listener(self, sock, render, double timeout=5.0):
+        """Serve the metrics endpoint on a listening socket (kept open by
+        the caller, who also closes it): ``GET /metrics`` is answered with
+        ``render()`` (bytes: the Prometheus text exposition), run on the
+        loop's thread.  Each scrape connection must be done within
+        ``timeout`` seconds of its accept (see ``_metrics.pxi``)."""
+        cdef MetricsListener ml
+        _check_callable("add_metrics_listener", render)
+        if not timeout > 0:
+            raise ValueError("the metrics timeout must be > 0 seconds, got %r" % (timeout,))
+        ml = _new_metrics_listener(self, sock, render, timeout)
+        self._register(ml)
+        self.metrics_listeners.append(ml)
+        if not self.stopping:
+            ml.set_accepting(True)
 
     def add_datagram_endpoint(self, sock, handler_factory):
         """Serve a datagram socket; ``handler_factory(endpoint)`` returns the
@@ -686,6 +704,8 @@ cdef class Loop:
                 self._pass(self._timeout_ms())
             # graceful stop: no new connections, no more reads, drain writes
             self._set_accepting(False)
+            for ml in self.metrics_listeners:
+                (<MetricsListener>ml)._stop()
             self.drain_deadline = _monotonic() + self.drain_timeout
             for t in self._transports():
                 t.flags |= T_DRAINING
@@ -708,6 +728,8 @@ cdef class Loop:
             t._finish_close(None)
         self._flush_all()   # only closed transports are queued: this empties it
         self.resumed.clear()
+        for ml in self.metrics_listeners:
+            (<MetricsListener>ml)._close_all()
 
     def close(self):
         """Free the poller and the wake-up pipe (after ``run()`` returned).
@@ -721,6 +743,7 @@ cdef class Loop:
             ep._lost()
         self.endpoints = []
         self.listeners = []
+        self.metrics_listeners = []
         self.recent_addrs = []
         self.objs = []
         self.timers = Timers()
@@ -761,6 +784,18 @@ cdef class Loop:
                 "write_buffer_bytes_peak": self.wbuf_peak,
             },
         }
+
+    def metrics_stats(self):
+        """What the metrics endpoints did (summed over them): scrapes
+        answered (``ok``), refused (bad request, method, path, size),
+        ``failed`` (the render raised), ``timeouts``, ``accept_errors``,
+        ``open`` connections."""
+        total = {"ok": 0, "refused": 0, "failed": 0, "timeouts": 0, "accept_errors": 0,
+                 "open": 0}
+        for ml in self.metrics_listeners:
+            for key, value in (<MetricsListener>ml)._stats().items():
+                total[key] += value
+        return total
 
     def connections(self):
         """The handlers of the open connections (a new list)."""
