@@ -48,7 +48,8 @@ class Supervisor:
     Methods for the caller:
 
     - __init__(workers, start_worker, *, stop_requested, on_signal,
-      drain_timeout, logger, prepare=None)
+      drain_timeout, logger, prepare=None, before_fork=None,
+      worker_started=None, worker_exited=None)
     - run()   # in the process that owns the listening sockets; returns
               # once every worker is stopped
 
@@ -66,6 +67,19 @@ class Supervisor:
       signals and before the first fork (the server opens the workers'
       listening sockets there); what it raises stops ``run()``.
 
+    Hooks of a worker's life, each optional, called in the supervisor and
+    guarded (what they raise is logged, never stops the supervisor):
+
+    - before_fork(slot): just before the fork of a worker for ``slot``
+      (what it leaves in memory, the child inherits).
+    - worker_started(slot, pid): just after, in the supervisor.
+    - worker_exited(slot, pid, status): once per worker, after it is
+      reaped, whatever ended it (a crash, a kill, a restart, the final
+      stop); ``status`` is the wait status, None when unknown.  After a
+      failed fork: ``worker_exited(slot, None, None)``.
+      Every path that reaps a worker calls it (the metrics' retired
+      counters depend on it: cserver/_metrics.py).
+
     Instance variables:
 
     - workers, drain_timeout, logger
@@ -75,13 +89,16 @@ class Supervisor:
     """
 
     def __init__(self, workers, start_worker, *, stop_requested, on_signal, drain_timeout,
-                 logger, prepare=None):
+                 logger, prepare=None, before_fork=None, worker_started=None,
+                 worker_exited=None):
         self.workers = workers
         self.drain_timeout = drain_timeout
         self.logger = logger
         # the owner's callables
         self._start_worker, self._stop_requested, self._on_signal, self._prepare = (
             start_worker, stop_requested, on_signal, prepare)
+        self._before_fork, self._worker_started, self._worker_exited = (
+            before_fork, worker_started, worker_exited)
         self._signals = None  # a _StopSignals while run() owns the stop signals
         self._stopping = False
 
@@ -117,10 +134,13 @@ class Supervisor:
                     try:
                         done, status = os.waitpid(pid, os.WNOHANG)
                     except ChildProcessError:
-                        done, status = pid, 0
+                        done, status = pid, None
                     if done == 0:
                         continue
                     slot = children.pop(pid)
+                    self._hook(self._worker_exited, slot, pid, status)
+                    if status is None:
+                        status = 0
                     if self._should_stop():
                         break
                     lived = time.monotonic() - started[slot]
@@ -181,11 +201,11 @@ class Supervisor:
         while children and time.monotonic() < deadline:
             for pid in list(children):
                 try:
-                    done, _ = os.waitpid(pid, os.WNOHANG)
+                    done, status = os.waitpid(pid, os.WNOHANG)
                 except ChildProcessError:
-                    done = pid
+                    done, status = pid, None
                 if done:
-                    children.pop(pid)
+                    self._hook(self._worker_exited, children.pop(pid), pid, status)
             if not children:
                 break
             if not cut and signals is not None and signals.count > min(seen, 1):
@@ -199,18 +219,31 @@ class Supervisor:
             self._wait(0.02)
         for pid in list(children):
             self.logger.error("worker pid %d did not stop in time: killing it", pid)
+            status = None
             try:
                 os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
+                status = os.waitpid(pid, 0)[1]
             except (ProcessLookupError, ChildProcessError):
                 pass
+            self._hook(self._worker_exited, children.pop(pid), pid, status)
         self.logger.info("all workers stopped")
+
+    def _hook(self, hook, *args):
+        """Call one of the owner's hooks; what it raises is logged."""
+        if hook is None:
+            return
+        try:
+            hook(*args)
+        except Exception:
+            self.logger.exception("supervisor hook %s%r failed",
+                                  getattr(hook, "__name__", hook), args)
 
     def _spawn(self, slot):
         # Stop signals are blocked across fork() until the worker has its
         # own handlers and has dropped the supervisor's wake-up fd: a SIGTERM
         # meant for a new worker must not reach the supervisor's pipe.
         mask = None
+        self._hook(self._before_fork, slot)
         if self._signals is not None and hasattr(signal, "pthread_sigmask"):
             mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
@@ -218,10 +251,12 @@ class Supervisor:
         except BaseException:
             if mask is not None:
                 signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            self._hook(self._worker_exited, slot, None, None)
             raise
         if pid:
             if mask is not None:
                 signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            self._hook(self._worker_started, slot, pid)
             return pid
         code = 0
         try:
