@@ -27,7 +27,8 @@ cdef extern from "<sys/socket.h>":
 #: the longest request (request line and headers) a scrape may send
 cdef Py_ssize_t METRICS_MAX_REQUEST = 8192
 #: what a scrape connection still reads and discards once answered (the
-#: rest of its request), so that closing it does not reset the response away
+#: rest of its request, already received), so that closing it does not
+#: reset the response away
 cdef Py_ssize_t METRICS_LINGER = 65536
 #: open scrape connections per metrics listener; more wait in the backlog
 cdef Py_ssize_t METRICS_MAX_OPEN = 64
@@ -43,7 +44,7 @@ cdef enum:
     # MetricsConn.state (only forward)
     M_REQUEST = 0    # reading the request line and headers
     M_RESPONSE = 1   # sending the response
-    M_LINGER = 2     # response sent, write side shut: discarding until EOF
+    M_LINGER = 2     # response sent, write side shut: discarding what came, closing
     M_CLOSED = 3
 
 
@@ -159,7 +160,7 @@ cdef class MetricsListener(Handle):
 @cython.final
 cdef class MetricsConn(Handle):
     """One scrape connection (internal): read a request into a fixed buffer,
-    answer it, shut the write side, discard what still comes, close; all
+    answer it, shut the write side, discard what already came, close; all
     within the listener's ``timeout`` of the accept."""
 
     cdef MetricsListener owner
@@ -286,19 +287,20 @@ cdef class MetricsConn(Handle):
         self.out = None
         shutdown(self.fd, SHUT_WR)
         self.state = M_LINGER
-        return self._want(EPOLLIN)
+        return self._discard_input()
 
     cdef int _discard_input(self) except -1:
-        cdef ssize_t r = recv(self.fd, self.buf, METRICS_MAX_REQUEST, 0)
-        cdef int err = errno
-        if r < 0 and (err == EAGAIN or err == EWOULDBLOCK or err == EINTR):
-            return 0
-        if r <= 0:
-            return self._close()
-        self.discarded += r
-        if self.discarded > METRICS_LINGER:
-            return self._close()
-        return 0
+        """Answered: read and drop what the peer already sent (at most
+        METRICS_LINGER bytes), then close.  A close with unread bytes
+        would reset the connection, and the peer could lose the answer;
+        the connection never waits for the peer's own close."""
+        cdef ssize_t r
+        while self.discarded <= METRICS_LINGER:
+            r = recv(self.fd, self.buf, METRICS_MAX_REQUEST, 0)
+            if r <= 0:
+                break
+            self.discarded += r
+        return self._close()
 
     def _expire(self):
         """The connection's deadline (a timer): close it, whatever its state."""

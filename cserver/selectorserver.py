@@ -882,8 +882,9 @@ class SelectorServer:
                 where = address if family == socket.AF_UNIX else "%s:%s" % address[:2]
                 raise OSError(exc.errno, "metrics_address %s: %s"
                               % (where, exc.strerror or exc)) from None
-            sock.listen(128)
-            sock.set_inheritable(False)
+            # room for a burst of scrapers (METRICS_MAX_OPEN are served at
+            # once, the rest wait here)
+            sock.listen(512)
         except BaseException:
             sock.close()
             raise

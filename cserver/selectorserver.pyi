@@ -15,6 +15,7 @@ import sys
 import types
 from _typeshed import ReadableBuffer
 from collections.abc import Callable, Iterable
+from os import PathLike
 from socket import socket as _socket
 from typing import Any, Final, Literal, TypedDict, type_check_only
 from typing_extensions import Self, TypeAlias, TypeVarTuple, Unpack
@@ -54,6 +55,9 @@ def resolve_loop(loop: _LoopKind | None = None) -> _LoopKind:
     """The loop a server with ``loop=loop`` runs ($CSERVER_LOOP when None;
     "selectors" where epoll does not exist).  ValueError for other names."""
 
+# metrics_address: None, (host, port) or a Unix socket path
+_MetricsAddress: TypeAlias = tuple[str, int] | str | bytes | PathLike[str] | PathLike[bytes] | None
+
 # The keyword options of the servers' constructors: the class attributes of
 # the same names.  The runtime takes **options and checks the names against
 # its list (selectorserver._OPTIONS), which stubtest cannot see:
@@ -76,6 +80,8 @@ class _Options(TypedDict, total=False):
     allow_reuse_port: bool
     request_queue_size: int
     buffer_pool: BufferPool | None
+    metrics_address: _MetricsAddress
+    metrics_timeout: float
 
 class ConnectionHandler:
     """One instance per connection; override ``data_received`` (once per read)."""
@@ -154,6 +160,9 @@ class SelectorServer:
     accept_batch: int
     workers: int
     buffer_pool: BufferPool | None
+    # (host, port) or a Unix path; the bound address once the server is built
+    metrics_address: _MetricsAddress
+    metrics_timeout: float
     logger: logging.Logger
     server_address: _Address
     RequestHandlerClass: type[ConnectionHandler]
