@@ -651,8 +651,9 @@ def _settled(address, frames):
     return last["samples"]
 
 
-def test_workers_scrape_is_the_sum_and_survives_a_restart():
-    proc = _start_cli("--port", "0", "--workers", "2", "--metrics", "127.0.0.1:0")
+def test_workers_scrape_is_the_sum_and_survives_a_restart(kind):
+    proc = _start_cli("--port", "0", "--workers", "2", "--metrics", "127.0.0.1:0",
+                      "--loop", kind)
     reader = LogReader(proc)
     try:
         port = int(reader.find(r"listening on 127\.0\.0\.1:(\d+)")[0].group(1))
