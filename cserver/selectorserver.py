@@ -859,7 +859,6 @@ class SelectorServer:
         finally:
             self.server_close()
 
-
     # -- the metrics endpoint (docs/metrics.md, cserver/_metrics.py) ---------------
 
     def _open_metrics(self):
