@@ -298,6 +298,8 @@ def test_proxy_families_follow_the_loop(kind):
             read_to_eof(c)
         assert wait_for(lambda: server.stats()["connections"] == 0)
         assert wait_for(lambda: server.stats()["proxy_errors"] == 1)
+        # the scrape sends no PROXY header: the endpoint is not a data
+        # listener, proxy_protocol does not apply to it
         samples = scrape(server.metrics_address)
         stats = server.stats()
     assert value(samples, "cserver_proxy_headers_total", result="valid") == \
