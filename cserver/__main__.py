@@ -107,6 +107,22 @@ def _drain(text):
     return _seconds(text, zero_ok=True)
 
 
+def _metrics_address(text):
+    """``HOST:PORT`` (``[V6]:PORT`` for IPv6; port 0: any free port) or a
+    Unix socket path (anything with a ``/``)."""
+    if "/" in text:
+        return text
+    host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        raise argparse.ArgumentTypeError("HOST:PORT or a Unix socket path (with a /), got %r"
+                                         % (text,))
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise argparse.ArgumentTypeError("an IPv6 host goes in brackets: [%s]:%s" % (host, port))
+    return (host, _port(port))
+
+
 def _describe(value, none, fmt):
     return none if value is None else fmt % value
 
@@ -167,6 +183,10 @@ def _parser():
                            "are passed)")
     echo.add_argument("--loop", choices=selectorserver.LOOP_KINDS, default=_SERVER.loop,
                       help="event loop (default: $CSERVER_LOOP, else epoll where available)")
+    echo.add_argument("--metrics", type=_metrics_address, default=None, metavar="HOST:PORT",
+                      help="serve Prometheus metrics (GET /metrics) on HOST:PORT ([V6]:PORT; "
+                           "port 0: any free port) or on a Unix socket PATH, from the "
+                           "server's own loop, summed over the workers (default: off)")
     echo.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
     return p
 
@@ -296,11 +316,21 @@ def _make_server(args, handler, options):
                          % (where, args.host, exc.strerror or exc)) from None
     except OSError as exc:
         reason = exc.strerror or str(exc)
+        if reason.startswith("metrics_address "):
+            raise UsageError("cannot serve --metrics on " + reason[len("metrics_address "):]) \
+                from None
         if where in reason:  # the library named the address already
             raise UsageError(reason) from None
         raise UsageError("cannot listen on %s: %s" % (where, reason)) from None
     except (ValueError, TypeError, OverflowError) as exc:
         raise UsageError(str(exc)) from None
+
+
+def _describe_metrics(address):
+    if isinstance(address, tuple):
+        host = "[%s]" % address[0] if ":" in address[0] else address[0]
+        return "http://%s:%d/metrics" % (host, address[1])
+    return "unix:%s (GET /metrics)" % (address,)
 
 
 def main(argv=None):
@@ -327,6 +357,8 @@ def _main(argv):
     options = dict(workers=args.workers, idle_timeout=args.idle_timeout,
                    max_connections=args.max_connections, drain_timeout=args.drain_timeout,
                    drain_delay=args.drain_delay, loop=args.loop)
+    if args.metrics is not None:
+        options["metrics_address"] = args.metrics
     server = _make_server(args, handler, options)
     unix = args.unix if not args.systemd else None
     identity = _identity(unix) if unix else None
@@ -350,6 +382,8 @@ def _main(argv):
                      "raw" if args.raw else "framed", selectorserver.resolve_loop(args.loop),
                      where, " (from systemd)" if args.systemd else "", os.getpid(),
                      args.workers)
+            if args.metrics is not None:
+                log.info("metrics on %s", _describe_metrics(server.metrics_address))
             try:
                 server.serve_forever()
             except KeyboardInterrupt:

@@ -228,6 +228,7 @@ cdef class Loop:
     cdef list objs
     cdef list listeners
     cdef list endpoints
+    cdef list metrics_listeners   # MetricsListener (_metrics.pxi)
     # the flush queue: transports written to during this pass (FIFO)
     cdef Transport flush_head, flush_tail
     cdef list resumed

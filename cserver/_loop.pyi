@@ -97,6 +97,14 @@ class DatagramEndpoint(Handle):
     def fileno(self) -> int: ...
     def get_write_buffer_size(self) -> int: ...
 
+@final
+class MetricsListener(Handle):
+    """The metrics endpoint's listening socket (internal)."""
+
+@final
+class MetricsConn(Handle):
+    """One scrape connection of the metrics endpoint (internal)."""
+
 @disjoint_base
 class TimerHandle:
     """Returned by call_later/call_at."""
@@ -148,6 +156,10 @@ class Loop:
     ) -> None: ...
     def add_listener(self, sock: socket.socket, proxy: bool | None = None) -> None: ...
     def stop_accepting(self) -> None: ...
+    def add_metrics_listener(self, sock: socket.socket, render: Callable[[], bytes], timeout: float = 5.0) -> None:
+        """Serve GET /metrics on a listening socket with ``render()``'s bytes."""
+    def metrics_stats(self) -> dict[str, int]:
+        """What the metrics endpoints did: ok, refused, failed, timeouts, accept_errors, open."""
     def add_datagram_endpoint(
         self, sock: socket.socket, handler_factory: Callable[[DatagramEndpoint], Any]
     ) -> DatagramEndpoint: ...

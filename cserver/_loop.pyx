@@ -279,6 +279,7 @@ include "_listener.pxi"
 include "_proxystage.pxi"
 include "_datagram.pxi"
 include "_timers.pxi"
+include "_metrics.pxi"
 
 
 @cython.final
@@ -294,6 +295,7 @@ cdef class Loop:
         self.objs = []
         self.listeners = []
         self.endpoints = []
+        self.metrics_listeners = []
         self.resumed = []
         self.recent_addrs = []
         self.ready = collections.deque()
@@ -426,6 +428,21 @@ cdef class Loop:
         another process's to accept).  Loop thread, or before ``run()``."""
         self.accept_stopped = True
         self._set_accepting(False)
+    def add_metrics_listener(self, sock, render, double timeout=5.0):
+        """Serve the metrics endpoint on a listening socket (kept open by
+        the caller, who also closes it): ``GET /metrics`` is answered with
+        ``render()`` (bytes: the Prometheus text exposition), run on the
+        loop's thread.  Each scrape connection must be done within
+        ``timeout`` seconds of its accept (see ``_metrics.pxi``)."""
+        cdef MetricsListener ml
+        _check_callable("add_metrics_listener", render)
+        if not timeout > 0:
+            raise ValueError("the metrics timeout must be > 0 seconds, got %r" % (timeout,))
+        ml = _new_metrics_listener(self, sock, render, timeout)
+        self._register(ml)
+        self.metrics_listeners.append(ml)
+        if not self.stopping:
+            ml.set_accepting(True)
 
     def add_datagram_endpoint(self, sock, handler_factory):
         """Serve a datagram socket; ``handler_factory(endpoint)`` returns the
@@ -737,6 +754,8 @@ cdef class Loop:
             # graceful stop: no new connections, no more reads, drain writes
             self._set_accepting(False)
             self._close_stages()
+            for ml in self.metrics_listeners:
+                (<MetricsListener>ml)._stop()
             self.drain_deadline = _monotonic() + self.drain_timeout
             for t in self._transports():
                 t.flags |= T_DRAINING
@@ -760,6 +779,8 @@ cdef class Loop:
             t._finish_close(None)
         self._flush_all()   # only closed transports are queued: this empties it
         self.resumed.clear()
+        for ml in self.metrics_listeners:
+            (<MetricsListener>ml)._close_all()
 
     def close(self):
         """Free the poller and the wake-up pipe (after ``run()`` returned).
@@ -773,6 +794,7 @@ cdef class Loop:
             ep._lost()
         self.endpoints = []
         self.listeners = []
+        self.metrics_listeners = []
         self.recent_addrs = []
         self.objs = []
         self.timers = Timers()
@@ -817,6 +839,18 @@ cdef class Loop:
                 "write_buffer_bytes_peak": self.wbuf_peak,
             },
         }
+
+    def metrics_stats(self):
+        """What the metrics endpoints did (summed over them): scrapes
+        answered (``ok``), refused (bad request, method, path, size),
+        ``failed`` (the render raised), ``timeouts``, ``accept_errors``,
+        ``open`` connections."""
+        total = {"ok": 0, "refused": 0, "failed": 0, "timeouts": 0, "accept_errors": 0,
+                 "open": 0}
+        for ml in self.metrics_listeners:
+            for key, value in (<MetricsListener>ml)._stats().items():
+                total[key] += value
+        return total
 
     def connections(self):
         """The handlers of the open connections (a new list)."""

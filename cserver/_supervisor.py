@@ -65,7 +65,8 @@ class Supervisor:
 
     - __init__(workers, start_worker, *, stop_requested, on_signal,
       drain_timeout, logger, prepare=None, on_retire=None,
-      ready_timeout=None, drain_delay=0.0, on_state=None)
+      ready_timeout=None, drain_delay=0.0, on_state=None, before_fork=None,
+      worker_started=None, worker_exited=None)
     - run()   # in the process that owns the listening sockets; returns
               # once every worker is stopped
     - worker_ready()   # in a worker: "I am serving" (readiness pipe)
@@ -103,6 +104,19 @@ class Supervisor:
     are coalesced into one reload after it.  A reload forks the same
     process image: the workers run the code the supervisor imported.
 
+    Hooks of a worker's life, each optional, called in the supervisor and
+    guarded (what they raise is logged, never stops the supervisor):
+
+    - before_fork(slot): just before the fork of a worker for ``slot``
+      (what it leaves in memory, the child inherits).
+    - worker_started(slot, pid): just after, in the supervisor.
+    - worker_exited(slot, pid, status): once per worker, after it is
+      reaped, whatever ended it (a crash, a kill, a restart, the final
+      stop); ``status`` is the wait status, None when unknown.  After a
+      failed fork: ``worker_exited(slot, None, None)``.
+      Every path that reaps a worker calls it (the metrics' retired
+      counters depend on it: cserver/_metrics.py).
+
     Instance variables:
 
     - workers, drain_timeout, drain_delay, ready_timeout, logger
@@ -114,7 +128,7 @@ class Supervisor:
 
     def __init__(self, workers, start_worker, *, stop_requested, on_signal, drain_timeout,
                  logger, prepare=None, on_retire=None, ready_timeout=None, drain_delay=0.0,
-                 on_state=None):
+                 on_state=None, before_fork=None, worker_started=None, worker_exited=None):
         self.workers = workers
         self.drain_timeout = drain_timeout
         self.drain_delay = drain_delay
@@ -125,6 +139,8 @@ class Supervisor:
         self._start_worker, self._stop_requested, self._on_signal, self._prepare = (
             start_worker, stop_requested, on_signal, prepare)
         self._on_retire, self._on_state = on_retire, on_state
+        self._before_fork, self._worker_started, self._worker_exited = (
+            before_fork, worker_started, worker_exited)
         self._signals = None  # a _StopSignals while run() owns the stop signals
         self._stopping = False
         self._ready_fds = set()   # the supervisor's ends of the readiness pipes
@@ -173,8 +189,9 @@ class Supervisor:
         finally:
             try:
                 self._state("stopping")
-                pids = [w.pid for w in active.values()] + list(retiring)
-                self._stop_children(dict.fromkeys(pids))
+                children = {w.pid: w.slot for w in active.values()}
+                children.update((pid, w.slot) for pid, (w, _) in retiring.items())
+                self._stop_children(children)
             finally:
                 for fd in self._ready_fds:
                     os.close(fd)
@@ -200,9 +217,12 @@ class Supervisor:
             try:
                 done, status = os.waitpid(pid, os.WNOHANG)
             except ChildProcessError:
-                done, status = pid, 0
+                done, status = pid, None
             if done == 0:
                 continue
+            self._hook(self._worker_exited, slot, pid, status)
+            if status is None:
+                status = 0
             self._drop_ready_fd(worker)
             if self._should_stop():
                 del active[slot]
@@ -229,20 +249,23 @@ class Supervisor:
             try:
                 done, status = os.waitpid(pid, os.WNOHANG)
             except ChildProcessError:
-                done, status = pid, 0
+                done, status = pid, None
             if done:
                 del retiring[pid]
+                self._hook(self._worker_exited, worker.slot, pid, status)
                 self.logger.info("retired worker %d (pid %d) exited (%s)", worker.slot, pid,
-                                 _describe_status(status))
+                                 _describe_status(status) if status is not None else "reaped")
             elif now >= deadline:
                 self.logger.error("retired worker %d (pid %d) did not finish in time: killing it",
                                   worker.slot, pid)
+                status = None
                 try:
                     os.kill(pid, signal.SIGKILL)
-                    os.waitpid(pid, 0)
+                    status = os.waitpid(pid, 0)[1]
                 except (ProcessLookupError, ChildProcessError):
                     pass
                 del retiring[pid]
+                self._hook(self._worker_exited, worker.slot, pid, status)
 
     def _poll_ready(self, workers):
         """Read the readiness pipes of ``workers`` (non-blocking)."""
@@ -316,6 +339,7 @@ class Supervisor:
                 _, status = os.waitpid(w.pid, 0)
             except ChildProcessError:
                 pass
+            self._hook(self._worker_exited, slot, w.pid, status)
             self.logger.error("reload %d: the new worker %d (pid %d) %s (%s); the old one "
                               "(pid %d) keeps serving", number, slot, w.pid, w.failed,
                               _describe_status(status) if status is not None else "reaped",
@@ -380,11 +404,11 @@ class Supervisor:
         while children and time.monotonic() < deadline:
             for pid in list(children):
                 try:
-                    done, _ = os.waitpid(pid, os.WNOHANG)
+                    done, status = os.waitpid(pid, os.WNOHANG)
                 except ChildProcessError:
-                    done = pid
+                    done, status = pid, None
                 if done:
-                    children.pop(pid)
+                    self._hook(self._worker_exited, children.pop(pid), pid, status)
             if not children:
                 break
             if not cut and signals is not None and signals.count > min(seen, 1):
@@ -398,12 +422,24 @@ class Supervisor:
             self._wait(0.02)
         for pid in list(children):
             self.logger.error("worker pid %d did not stop in time: killing it", pid)
+            status = None
             try:
                 os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
+                status = os.waitpid(pid, 0)[1]
             except (ProcessLookupError, ChildProcessError):
                 pass
+            self._hook(self._worker_exited, children.pop(pid), pid, status)
         self.logger.info("all workers stopped")
+
+    def _hook(self, hook, *args):
+        """Call one of the owner's hooks; what it raises is logged."""
+        if hook is None:
+            return
+        try:
+            hook(*args)
+        except Exception:
+            self.logger.exception("supervisor hook %s%r failed",
+                                  getattr(hook, "__name__", hook), args)
 
     def _spawn(self, slot):
         # Stop signals (and SIGHUP) are blocked across fork() until the
@@ -411,6 +447,7 @@ class Supervisor:
         # wake-up fd: a signal meant for a new worker must not reach the
         # supervisor's pipe.
         mask = None
+        self._hook(self._before_fork, slot)
         if self._signals is not None and hasattr(signal, "pthread_sigmask"):
             mask = signal.pthread_sigmask(signal.SIG_BLOCK, self._signals.signals)
         ready_r = ready_w = -1
@@ -425,6 +462,7 @@ class Supervisor:
                     os.close(fd)
             if mask is not None:
                 signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            self._hook(self._worker_exited, slot, None, None)
             raise
         if pid:
             if mask is not None:
@@ -432,6 +470,7 @@ class Supervisor:
             if ready_w >= 0:
                 os.close(ready_w)
                 self._ready_fds.add(ready_r)
+            self._hook(self._worker_started, slot, pid)
             return _Worker(slot, pid, ready_r)
         code = 0
         try:

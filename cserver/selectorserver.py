@@ -36,7 +36,7 @@ import sys
 import threading
 import time
 
-from . import _env, _framing, _loop, systemd
+from . import _env, _framing, _loop, _metrics, systemd
 from ._supervisor import _RETIRE_FLUSH, READY_TIMEOUT, Supervisor
 from .errors import FrameError, FrameTooLarge, IncompleteFrame  # noqa: F401  (re-exported)
 from .framing import FramingAttributes, framing_for
@@ -57,6 +57,7 @@ _OPTIONS = frozenset((
     "buffer_pool",
     "proxy_protocol", "trusted_proxies", "proxy_header_timeout",
     "drain_delay",
+    "metrics_address", "metrics_timeout",
 ))
 
 #: the values of the ``proxy_protocol`` option (besides None)
@@ -414,6 +415,10 @@ class SelectorServer:
     - proxy_header_timeout   # the whole header within this (seconds)
     - workers   # > 1: this process supervises that many worker processes
                 # (SIGHUP reloads them)
+    - metrics_address   # None, (host, port) or a Unix path: the Prometheus
+                        # endpoint (GET /metrics), served by the loop;
+                        # the bound address once bound (docs/metrics.md)
+    - metrics_timeout   # seconds a scrape connection may last
 
     Class variables that may be overridden (not options):
 
@@ -460,6 +465,10 @@ class SelectorServer:
     proxy_protocol = None
     trusted_proxies = ("127.0.0.0/8", "::1/128")
     proxy_header_timeout = 3.0
+    # The Prometheus endpoint (docs/metrics.md): None, (host, port) or a
+    # Unix socket path; replaced by the bound address at construction.
+    metrics_address = None
+    metrics_timeout = 5.0
     logger = logger
 
     def __init__(self, server_address, RequestHandlerClass, bind_and_activate=True,
@@ -488,6 +497,10 @@ class SelectorServer:
         self.__shutdown_request = False
         self.__is_shut_down = threading.Event()
         self.__is_shut_down.set()
+        self._metrics_socket = None
+        self._metrics_table = None
+        self._metrics_cell = None
+        self._metrics_exporter = None
         if (self.address_family == socket.AF_INET and isinstance(server_address, tuple)
                 and ":" in str(server_address[0])):
             self.address_family = socket.AF_INET6
@@ -496,6 +509,12 @@ class SelectorServer:
             try:
                 self.server_bind()
                 self.server_activate()
+            except BaseException:
+                self.server_close()
+                raise
+        if self.metrics_address is not None:
+            try:
+                self._open_metrics()
             except BaseException:
                 self.server_close()
                 raise
@@ -527,6 +546,8 @@ class SelectorServer:
             raise ValueError("workers must be 1 where os.fork() does not exist, got %r"
                              % (self.workers,))
         self._check_proxy_options()
+        _check_metrics_address(self.metrics_address)
+        _check_seconds("metrics_timeout", self.metrics_timeout, zero_ok=False)
         if self.buffer_pool is not None and not isinstance(self.buffer_pool, _framing.BufferPool):
             raise TypeError("buffer_pool must be a BufferPool of the compiled framing layer "
                             "(cserver._framing.BufferPool) or None, got %r" % (self.buffer_pool,))
@@ -730,6 +751,7 @@ class SelectorServer:
             return handler_class(transport, client_address, server)
 
         try:
+            self._attach_metrics(core)
             core.configure(
                 make_handler, self.handle_error,
                 nodelay=self.tcp_nodelay, max_connections=self.max_connections,
@@ -771,6 +793,8 @@ class SelectorServer:
                 if not self._is_worker:
                     core.call_soon(self._notify_state, "ready")
                 core.run()
+            if self._metrics_exporter is not None:
+                self._metrics_exporter.publish()  # the final counters, for the others
         finally:
             self._loop_thread = None
             self.__shutdown_request = False
@@ -822,6 +846,7 @@ class SelectorServer:
         for sock in self._extra_sockets:
             sock.close()
         self._extra_sockets = []
+        self._close_metrics()
         self.socket.close()
 
     def __enter__(self):
@@ -926,12 +951,16 @@ class SelectorServer:
                 for _ in range(1, n):
                     sockets.append(self._reuseport_socket())
 
+        hooks = {}
+        if self._metrics_socket is not None:
+            hooks = self._metrics_hooks(n)
         supervisor = Supervisor(
             n, lambda slot: self._run_worker(slot, sockets, supervisor),
             prepare=open_listeners, stop_requested=self._shutdown_requested,
             on_signal=self.stop_on_signal, on_retire=self._retire_on_signal,
             ready_timeout=READY_TIMEOUT, drain_timeout=self.drain_timeout,
-            drain_delay=self.drain_delay, on_state=self._notify_state, logger=self.logger)
+            drain_delay=self.drain_delay, on_state=self._notify_state, logger=self.logger,
+            **hooks)
         self._supervisor = supervisor
         try:
             supervisor.run()
@@ -1021,6 +1050,123 @@ class SelectorServer:
                 core.call_later(_RETIRE_POLL, check)
 
         core.call_soon_threadsafe(retire)
+
+    # -- the metrics endpoint (docs/metrics.md, cserver/_metrics.py) ---------------
+
+    def _open_metrics(self):
+        """Open the metrics endpoint's listening socket (once, before any
+        worker is forked: they all serve it) and make ``metrics_address``
+        the bound address."""
+        address = self.metrics_address
+        if isinstance(address, tuple):
+            family = socket.AF_INET6 if ":" in str(address[0]) else socket.AF_INET
+        else:
+            family = socket.AF_UNIX
+            address = os.fspath(address)
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            if family != socket.AF_UNIX:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                where = address if family == socket.AF_UNIX else "%s:%s" % address[:2]
+                raise OSError(exc.errno, "metrics_address %s: %s"
+                              % (where, exc.strerror or exc)) from None
+            # room for a burst of scrapers (METRICS_MAX_OPEN are served at
+            # once, the rest wait here)
+            sock.listen(512)
+        except BaseException:
+            sock.close()
+            raise
+        self._metrics_socket = sock
+        self._metrics_owner = (os.getpid(), _unix_identity(address)
+                               if family == socket.AF_UNIX else None)
+        self.metrics_address = sock.getsockname()
+
+    def _close_metrics(self):
+        sock = self._metrics_socket
+        if sock is None:
+            return
+        self._metrics_socket = None
+        path = self.metrics_address if sock.family == getattr(socket, "AF_UNIX", None) else None
+        sock.close()
+        pid, identity = self._metrics_owner
+        if path and pid == os.getpid() and identity is not None and \
+                _unix_identity(path) == identity:
+            try:
+                os.unlink(path)  # ours, not a successor's; never a worker's to remove
+            except OSError:
+                pass
+
+    def _attach_metrics(self, core):
+        """A new loop serves the metrics endpoint, if there is one."""
+        if self._metrics_socket is None:
+            return
+        if self._metrics_table is None:  # one process: a table of its own
+            self._metrics_table = _metrics.SharedTable(1)
+            self._metrics_cell = self._metrics_table.claim(os.getpid())
+        exporter = _metrics.Exporter(self._metrics_table, self._metrics_cell)
+        exporter.attach(core, self._metrics_socket, self.metrics_timeout)
+        self._metrics_exporter = exporter
+
+    def _metrics_hooks(self, n):
+        """The supervisor's hooks that keep the workers' counters (see
+        cserver/_metrics.py): a cell per forked worker, retired once it is
+        reaped, whatever the reason (crash, restart, replacement, stop)."""
+        table = self._metrics_table = _metrics.SharedTable(_metrics.workers_cells(n))
+        cells = {}
+
+        def before_fork(slot):
+            self._metrics_cell = table.claim()  # the child inherits it
+            if self._metrics_cell is None:
+                self.logger.warning("metrics: no free cell for worker %d: its counters "
+                                    "are not exported", slot)
+
+        def worker_started(slot, pid):
+            cells[pid] = self._metrics_cell
+            self._metrics_cell = None
+
+        def worker_exited(slot, pid, status):
+            if pid is None:  # the fork failed
+                cell, self._metrics_cell = self._metrics_cell, None
+            else:
+                cell = cells.pop(pid, None)
+            table.retire(cell)
+
+        return dict(before_fork=before_fork, worker_started=worker_started,
+                    worker_exited=worker_exited)
+
+
+def _unix_identity(path):
+    try:
+        st = os.lstat(path)
+    except (OSError, TypeError, ValueError):
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _check_metrics_address(address):
+    """None, a (host, port) tuple (port 0-65535; 0: any free port) or a
+    Unix socket path (str, bytes or os.PathLike)."""
+    if address is None:
+        return
+    if isinstance(address, tuple):
+        if len(address) != 2 or not isinstance(address[0], str) or \
+                isinstance(address[1], bool) or not isinstance(address[1], int) or \
+                not 0 <= address[1] <= 65535:
+            raise ValueError("metrics_address must be (host, port) with a str host and a "
+                             "port 0-65535, or a Unix socket path, got %r" % (address,))
+        return
+    if isinstance(address, (str, bytes, os.PathLike)):
+        if not hasattr(socket, "AF_UNIX"):
+            raise ValueError("metrics_address %r: Unix sockets are not available here"
+                             % (address,))
+        if not os.fspath(address):
+            raise ValueError("metrics_address must not be an empty path")
+        return
+    raise TypeError("metrics_address must be None, (host, port) or a Unix socket path, "
+                    "got %r" % (address,))
 
 
 def _signal_name(signum):

@@ -16,6 +16,7 @@ import types
 from _typeshed import ReadableBuffer
 from collections.abc import Callable, Iterable
 from ipaddress import IPv4Network, IPv6Network
+from os import PathLike
 from socket import socket as _socket
 from typing import Any, Final, Literal, TypedDict, type_check_only
 from typing_extensions import Self, TypeAlias, TypeVarTuple, Unpack
@@ -59,6 +60,9 @@ def resolve_loop(loop: _LoopKind | None = None) -> _LoopKind:
     """The loop a server with ``loop=loop`` runs ($CSERVER_LOOP when None;
     "selectors" where epoll does not exist).  ValueError for other names."""
 
+# metrics_address: None, (host, port) or a Unix socket path
+_MetricsAddress: TypeAlias = tuple[str, int] | str | bytes | PathLike[str] | PathLike[bytes] | None
+
 # The keyword options of the servers' constructors: the class attributes of
 # the same names.  The runtime takes **options and checks the names against
 # its list (selectorserver._OPTIONS), which stubtest cannot see:
@@ -85,6 +89,8 @@ class _Options(TypedDict, total=False):
     proxy_protocol: _ProxyMode | None
     trusted_proxies: _Network | Iterable[_Network]
     proxy_header_timeout: float
+    metrics_address: _MetricsAddress
+    metrics_timeout: float
 
 class ConnectionHandler:
     """One instance per connection; override ``data_received`` (once per read)."""
@@ -167,6 +173,9 @@ class SelectorServer:
     proxy_protocol: _ProxyMode | None
     trusted_proxies: _Network | Iterable[_Network]
     proxy_header_timeout: float
+    # (host, port) or a Unix path; the bound address once the server is built
+    metrics_address: _MetricsAddress
+    metrics_timeout: float
     logger: logging.Logger
     server_address: _Address
     RequestHandlerClass: type[ConnectionHandler]

@@ -15,7 +15,8 @@ To add a command to the docs: put it in a ```sh block; if it runs as written
 in a venv with the project installed (``pip install .``, then ``pip install
 -e .[test]`` from docs/compat-tests.md), nothing else is needed; if it is a
 server, add it to ``SERVERS`` with a probe (``framed``/``raw`` on a ``port``,
-``"from-log"`` for ``--port 0``, or a ``unix`` path; ``http-on-cserver``);
+``"from-log"`` for ``--port 0``, or a ``unix`` path; ``http-on-cserver``;
+``metrics``: ``GET /metrics`` on the ``port``);
 if it cannot run here, add it to ``RUN_ELSEWHERE`` with where it runs and
 why not here.  Keys are the command exactly as extracted (comment removed).
 
@@ -133,6 +134,9 @@ SERVERS = {
         {"kind": "framed", "port": 9000},
     "python -m cserver echo --port 0 --workers 2 --drain-delay 2":
         {"kind": "framed", "port": "from-log"},
+    # docs/metrics.md: probed on the metrics endpoint
+    "python -m cserver echo --workers 2 --metrics 127.0.0.1:9100":
+        {"kind": "metrics", "port": 9100},
 }
 
 #: Commands shown failing on purpose: command -> (exit status, text its
@@ -349,6 +353,9 @@ DRIVER = textwrap.dedent(r'''
                 elif kind == "raw":
                     conn.sendall(b"hello")
                     want = b"hello"
+                elif kind == "metrics":
+                    conn.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+                    want = b"HTTP/1.1 200 OK\r\n"
                 else:  # http-on-cserver
                     conn.sendall(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
                     want = b"HTTP/1.0 200"
