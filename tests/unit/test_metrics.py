@@ -696,6 +696,36 @@ def test_workers_scrape_is_the_sum_and_survives_a_restart(kind):
     assert code == 0, "".join(reader.lines)
 
 
+def test_workers_totals_survive_a_sighup_reload():
+    """A reload replaces every worker (cserver._supervisor): the old
+    generation's counters move to the retired cell as it is reaped, so the
+    totals never go down and the new workers add to them."""
+    proc = _start_cli("--port", "0", "--workers", "2", "--metrics", "127.0.0.1:0")
+    reader = LogReader(proc)
+    try:
+        port = int(reader.find(r"listening on 127\.0\.0\.1:(\d+)")[0].group(1))
+        host, mport = reader.find(r"metrics on http://([\d.]+):(\d+)/metrics")[0].groups()
+        address = (host, int(mport))
+        reader.find(r"worker (\d) serving on .* pid (\d+)", count=2)
+        _one_frame_each(port, 20)
+        assert value(_settled(address, 20), "cserver_connections_total") == 20
+        os.kill(proc.pid, signal.SIGHUP)
+        reader.find(r"reload 1 done")
+        reader.find(r"retired worker \d \(pid \d+\) exited", count=2)
+        assert wait_for(lambda: value(scrape(address), "cserver_workers_live") == 2)
+        for _ in range(6):
+            samples = scrape(address)
+            assert value(samples, "cserver_received_frames_total") == 20
+            assert value(samples, "cserver_connections_total") == 20
+        _one_frame_each(port, 10)
+        samples = _settled(address, 30)
+        assert value(samples, "cserver_received_frames_total") == 30
+        assert value(samples, "cserver_connections_total") == 30
+    finally:
+        code = _stop(proc, reader)
+    assert code == 0, "".join(reader.lines)
+
+
 @pytest.mark.parametrize("value_, message", [
     ("9100", "HOST:PORT"),
     ("localhost:99999", "0-65535"),
