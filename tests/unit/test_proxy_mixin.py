@@ -483,3 +483,63 @@ def test_public_surface():
     assert isinstance(info, proxy.ProxyInfo) and rest == b"tail"
     with pytest.raises(proxy.ProxyHeaderError):
         proxy.parse_header(b"GET / HTTP/1.0\r\n\r\n")
+
+
+def test_ipv4_mapped_peer_of_a_dual_stack_server_is_matched_as_ipv4(serve):
+    # an AF_INET6 server on "::" sees a v4 client as ::ffff:127.0.0.1, which
+    # the default trusted_proxies (127.0.0.0/8) must accept
+    class Server(cserver.ProxyProtocolMixIn, cserver.ThreadingTCPServer):
+        address_family = socket.AF_INET6
+
+        def server_bind(self):
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            super().server_bind()
+
+    server = Server(("::", 0), Report)
+    serve(server)
+    reply = json.loads(exchange(("127.0.0.1", server.server_address[1]), v1() + b"m"))
+    assert reply["peer"][0] == "::ffff:127.0.0.1"
+    assert reply["client"] == ["203.0.113.7", 56324] and reply["payload"] == "m"
+    # and a mapped peer outside the networks is refused at accept
+    server.trusted_proxies = ("::/0", "10.0.0.0/8")  # IPv6 networks never match it
+    assert exchange(("127.0.0.1", server.server_address[1]), v1() + b"m") == b""
+
+
+def test_v2_unix_source_becomes_client_address(serve, unix_path):
+    server = make("ThreadingUnixStreamServer", path=unix_path)
+    serve(server)
+    src, dst = b"/run/client.sock".ljust(108, b"\0"), b"/run/haproxy.sock".ljust(108, b"\0")
+    header = V2_SIG + bytes([0x21, 0x31]) + struct.pack("!H", 216) + src + dst
+    reply = json.loads(exchange(server.server_address, header + b"u"))
+    assert reply["client"] == "/run/client.sock" and reply["payload"] == "u"
+
+
+def test_the_sockets_own_timeout_is_restored_after_the_header(serve):
+    class Server(cserver.ProxyProtocolMixIn, cserver.ThreadingTCPServer):
+        def get_request(self):
+            request, address = super().get_request()
+            request.settimeout(7.5)
+            return request, address
+
+    server = Server(("127.0.0.1", 0), Report)
+    serve(server)
+    reply = json.loads(exchange(server.server_address, v2() + b"t"))
+    assert reply["timeout"] == 7.5 and reply["payload"] == "t"
+
+
+def test_proxy_info_is_none_outside_a_request(serve):
+    server = make("ThreadingTCPServer")
+    serve(server)
+    with socket.create_connection(server.server_address, timeout=TIMEOUT) as sock:
+        # accepted, header not sent yet: no info for any request
+        assert server.proxy_info(sock) is None
+        sock.sendall(v1() + b"z")
+        sock.shutdown(socket.SHUT_WR)
+        reply = b""
+        while True:   # to EOF: the request has ended (finish() returned)
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+        assert json.loads(reply)["payload"] == "z"
+    assert vars(server)["_cserver_proxy_requests"] == {}
