@@ -492,6 +492,9 @@ class SelectorServer:
         self._inherited = False
         self._retiring = False
         self._supervisor = None
+        self._stop_at = None          # when a stop deferred by drain_delay happens
+        self._stop_drain = None
+        self._stop_scheduled = False
         self._stop_signals = 0
         self.worker_id = None
         self.__shutdown_request = False
@@ -789,36 +792,53 @@ class SelectorServer:
                 return
             core = self._get_core()
             self._loop_thread = threading.get_ident()
-            if not self.__shutdown_request:
+            # a stop asked before the loop ran: at once, unless drain_delay
+            # deferred it (then the loop serves until the delay is over)
+            if not self.__shutdown_request or self._stop_at is not None:
                 if not self._is_worker:
                     core.call_soon(self._notify_state, "ready")
+                if self._stop_at is not None:
+                    core.call_soon(self._schedule_delayed_stop)
                 core.run()
             if self._metrics_exporter is not None:
                 self._metrics_exporter.publish()  # the final counters, for the others
         finally:
             self._loop_thread = None
             self.__shutdown_request = False
+            self._stop_at = None
+            self._stop_scheduled = False
             self.__is_shut_down.set()
 
     def _request_stop(self, drain_timeout=None, delay=True):
         """Ask the loop (or the supervisor) to stop; does not wait.  With
-        ``delay`` and ``drain_delay``, a running loop goes on accepting for
-        ``drain_delay`` seconds first."""
+        ``delay`` and ``drain_delay``, the loop goes on accepting for
+        ``drain_delay`` seconds first (also when it has not started yet)."""
         first = not self.__shutdown_request
         self.__shutdown_request = True
         core = self._core
+        runs_a_loop = (self.workers or 1) <= 1 or self._is_worker
         if first and not self._is_worker and self._supervisor is None and \
                 self._loop_thread is not None:
             self._notify_state("stopping")
-        if core is None:
-            return
-        if delay and first and self.drain_delay and core.running and not self._retiring:
+        if delay and first and self.drain_delay and runs_a_loop and not self._retiring:
+            self._stop_at = _monotonic() + self.drain_delay
+            self._stop_drain = drain_timeout
             self.logger.info("accepting for %s s more (drain_delay), then stopping",
                              self.drain_delay)
-            core.call_soon_threadsafe(core.call_later, self.drain_delay, core.stop,
-                                      drain_timeout)
-        else:
+            if core is not None and not core.closed:
+                core.call_soon_threadsafe(self._schedule_delayed_stop)
+            return
+        if core is not None:
             core.stop(drain_timeout)
+
+    def _schedule_delayed_stop(self):
+        """The stop that ``drain_delay`` deferred, as a timer (loop thread;
+        once)."""
+        core = self._core
+        if self._stop_scheduled or self._stop_at is None or core is None:
+            return
+        self._stop_scheduled = True
+        core.call_at(self._stop_at, core.stop, self._stop_drain)
 
     def shutdown(self, drain_timeout=None):
         """Stop ``serve_forever()``: stop accepting and reading, send what
@@ -923,6 +943,7 @@ class SelectorServer:
         else:
             self.logger.warning("%s again: cutting the drain short, closing %d connections now",
                                 name, core.nconn if core is not None else 0)
+            self._stop_at = None   # no drain_delay either
             if core is not None:
                 core.stop(0.0)   # ends a drain_delay too
                 core.call_soon_threadsafe(self._abort_connections)

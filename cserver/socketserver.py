@@ -1252,11 +1252,17 @@ class ProxyProtocolMixIn:
     def proxy_info(self, request):
         """The ``ProxyInfo`` of the header that started ``request``, while
         it is being served (verify_request, finish_request, the handler);
-        None before its header was read and once it has ended."""
+        None before its header was read and once it has ended.  Found by
+        the socket's descriptor, so a socket object made on it after the
+        header (a TLS ``wrap_socket()`` in finish_request) finds it too."""
         requests = vars(self).get("_cserver_proxy_requests")
-        if requests is None:
+        if not requests:
             return None
-        return requests.get(request)
+        try:
+            fd = request.fileno()
+        except (AttributeError, OSError, ValueError):
+            return None
+        return requests.get(fd)
 
     def _cserver_proxy_config(self):
         """``(mode, TrustedNetworks, timeout)``, validated (again when an
@@ -1326,12 +1332,15 @@ class ProxyProtocolMixIn:
         requests = vars(self).get("_cserver_proxy_requests")
         if requests is None:
             requests = vars(self).setdefault("_cserver_proxy_requests", {})
-        requests[request] = info
+        # Keyed by descriptor: a socket object made later on the same one
+        # (ssl wrap_socket() in finish_request, socket(fileno=...)) finds it.
+        fd = request.fileno()
+        requests[fd] = info
         try:
             if self.verify_request(request, client_address):
                 self.finish_request(request, client_address)
         finally:
-            requests.pop(request, None)
+            requests.pop(fd, None)
 
     def _cserver_proxy_read(self, request, peer, mode, timeout):
         """The header's ProxyInfo, read from the blocking socket within
@@ -1379,7 +1388,7 @@ class ProxyProtocolMixIn:
         calls finish_request() directly, here (trust check and header
         first, then verify_request())."""
         requests = vars(self).get("_cserver_proxy_requests")
-        if requests is not None and request in requests:
+        if requests and request.fileno() in requests:
             super().finish_request(request, client_address)
         elif self._cserver_proxy_admit(request, client_address):
             self._cserver_proxy_finish(request, client_address)

@@ -187,6 +187,34 @@ def thread_pool() -> None:
     assert ForkingEcho.max_children == 4
 
 
+class WhoIsIt(cserver.StreamRequestHandler):
+    def handle(self) -> None:
+        server = self.server
+        assert isinstance(server, cserver.ProxyProtocolMixIn)  # narrows the base's type
+        info: cserver.proxy.ProxyInfo | None = server.proxy_info(self.request)
+        assert info is not None and info.proxied and info.version == 1
+        host: str = self.client_address[0]
+        self.wfile.write(host.encode() + b" " + self.rfile.readline())
+
+
+class Proxied(cserver.ProxyProtocolMixIn, cserver.ThreadingTCPServer):
+    proxy_protocol = "v1"
+    trusted_proxies = ("127.0.0.0/8", "::1/128")
+    proxy_header_timeout = 2.0
+
+
+def proxy_protocol() -> None:
+    with Proxied(("127.0.0.1", 0), WhoIsIt) as server:
+        with serving(server):
+            with socket.create_connection(("127.0.0.1", tcp_port(server)), TIMEOUT) as sock:
+                sock.sendall(b"PROXY TCP4 203.0.113.7 127.0.0.1 5000 80\r\nhello\n")
+                assert sock.recv(100) == b"203.0.113.7 hello\n"
+    parsed, rest = cserver.proxy.parse_header(b"PROXY UNKNOWN\r\nrest")
+    assert parsed.source is None and rest == b"rest"
+    nets: cserver.proxy.TrustedNetworks = cserver.proxy.trusted_networks(["10.0.0.0/8"])
+    assert not nets.is_trusted(socket.AF_INET, ("127.0.0.1", 1))
+
+
 # -- the framing layer ----------------------------------------------------------
 
 
@@ -314,6 +342,7 @@ def main() -> None:
     stdlib_layer()
     stdlib_handlers()
     thread_pool()
+    proxy_protocol()
     framing()
     multiplexing()
     print("sample: ok")

@@ -483,3 +483,138 @@ def test_public_surface():
     assert isinstance(info, proxy.ProxyInfo) and rest == b"tail"
     with pytest.raises(proxy.ProxyHeaderError):
         proxy.parse_header(b"GET / HTTP/1.0\r\n\r\n")
+
+
+def test_ipv4_mapped_peer_of_a_dual_stack_server_is_matched_as_ipv4(serve):
+    # an AF_INET6 server on "::" sees a v4 client as ::ffff:127.0.0.1, which
+    # the default trusted_proxies (127.0.0.0/8) must accept
+    class Server(cserver.ProxyProtocolMixIn, cserver.ThreadingTCPServer):
+        address_family = socket.AF_INET6
+
+        def server_bind(self):
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            super().server_bind()
+
+    server = Server(("::", 0), Report)
+    serve(server)
+    reply = json.loads(exchange(("127.0.0.1", server.server_address[1]), v1() + b"m"))
+    assert reply["peer"][0] == "::ffff:127.0.0.1"
+    assert reply["client"] == ["203.0.113.7", 56324] and reply["payload"] == "m"
+    # and a mapped peer outside the networks is refused at accept
+    server.trusted_proxies = ("::/0", "10.0.0.0/8")  # IPv6 networks never match it
+    assert exchange(("127.0.0.1", server.server_address[1]), v1() + b"m") == b""
+
+
+def test_v2_unix_source_becomes_client_address(serve, unix_path):
+    server = make("ThreadingUnixStreamServer", path=unix_path)
+    serve(server)
+    src, dst = b"/run/client.sock".ljust(108, b"\0"), b"/run/haproxy.sock".ljust(108, b"\0")
+    header = V2_SIG + bytes([0x21, 0x31]) + struct.pack("!H", 216) + src + dst
+    reply = json.loads(exchange(server.server_address, header + b"u"))
+    assert reply["client"] == "/run/client.sock" and reply["payload"] == "u"
+
+
+def test_the_sockets_own_timeout_is_restored_after_the_header(serve):
+    class Server(cserver.ProxyProtocolMixIn, cserver.ThreadingTCPServer):
+        def get_request(self):
+            request, address = super().get_request()
+            request.settimeout(7.5)
+            return request, address
+
+    server = Server(("127.0.0.1", 0), Report)
+    serve(server)
+    reply = json.loads(exchange(server.server_address, v2() + b"t"))
+    assert reply["timeout"] == 7.5 and reply["payload"] == "t"
+
+
+def test_proxy_info_is_none_outside_a_request(serve):
+    server = make("ThreadingTCPServer")
+    serve(server)
+    with socket.create_connection(server.server_address, timeout=TIMEOUT) as sock:
+        # accepted, header not sent yet: no info for any request
+        assert server.proxy_info(sock) is None
+        sock.sendall(v1() + b"z")
+        sock.shutdown(socket.SHUT_WR)
+        reply = b""
+        while True:   # to EOF: the request has ended (finish() returned)
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+        assert json.loads(reply)["payload"] == "z"
+    assert vars(server)["_cserver_proxy_requests"] == {}
+
+
+def test_a_socket_made_on_the_descriptor_after_the_header_finds_its_info(serve):
+    # what ssl.SSLContext.wrap_socket() in finish_request does (TLS after
+    # the header, HAProxy "ssl send-proxy-v2"): a new socket object, same fd
+    class Server(cserver.ProxyProtocolMixIn, cserver.ThreadingTCPServer):
+        def finish_request(self, request, client_address):
+            other = socket.socket(request.family, request.type, fileno=request.detach())
+            try:
+                super().finish_request(other, client_address)
+            finally:
+                other.close()
+
+    server = Server(("127.0.0.1", 0), Report)
+    serve(server)
+    reply = json.loads(exchange(server.server_address, v2(tlvs=tlv(0x02, b"tls.example"))
+                                + b"w"))
+    assert reply["authority"] == "tls.example"
+    assert reply["client"] == ["203.0.113.7", 56324] and reply["payload"] == "w"
+
+
+def _test_certificate():
+    import test
+    here = os.path.dirname(test.__file__)
+    for path in (os.path.join(here, "certdata", "keycert.pem"), os.path.join(here, "keycert.pem")):
+        if os.path.exists(path):
+            return path
+    if os.environ.get("CI"):
+        pytest.fail("CPython's test package has no keycert.pem (the TLS test needs it in CI)")
+    pytest.skip("CPython's test package has no keycert.pem here")
+
+
+def test_tls_after_the_header_as_docs_proxy_md_shows(serve):
+    import ssl
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(_test_certificate())
+
+    class Line(cserver.StreamRequestHandler):
+        def handle(self):
+            line = self.rfile.readline()
+            info = self.server.proxy_info(self.request)
+            self.wfile.write(json.dumps({
+                "client": self.client_address, "line": line.decode(),
+                "tls": self.request.version(), "authority": info.authority}).encode())
+
+    class TLSServer(cserver.ProxyProtocolMixIn, cserver.ThreadingTCPServer):
+        def finish_request(self, request, client_address):
+            tls = context.wrap_socket(request, server_side=True)
+            try:
+                super().finish_request(tls, client_address)
+            finally:
+                tls.close()
+
+    server = TLSServer(("127.0.0.1", 0), Line)
+    serve(server)
+    client_context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client_context.check_hostname = False
+    client_context.verify_mode = ssl.CERT_NONE
+    with socket.create_connection(server.server_address, timeout=TIMEOUT) as raw:
+        raw.sendall(v2(tlvs=tlv(0x02, b"tls.example")))    # the header, in clear
+        with client_context.wrap_socket(raw) as tls:
+            tls.sendall(b"over tls\n")
+            reply = b""
+            while True:
+                try:
+                    chunk = tls.recv(65536)
+                except ssl.SSLEOFError:
+                    break
+                if not chunk:
+                    break
+                reply += chunk
+    reply = json.loads(reply)
+    assert reply["client"] == ["203.0.113.7", 56324]
+    assert reply["line"] == "over tls\n" and reply["tls"].startswith("TLS")
+    assert reply["authority"] == "tls.example"

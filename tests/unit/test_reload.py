@@ -336,3 +336,49 @@ def test_shutdown_with_drain_delay_keeps_accepting_then_stops():
         if stopper.is_alive():
             stopper.join(TIMEOUT)
         server.server_close()
+
+
+def test_a_stop_signal_before_the_loop_runs_still_waits_for_drain_delay():
+    # a SIGTERM that lands between the constructor (the socket listens) and
+    # the loop's start: the connections queued meanwhile and those of the
+    # next drain_delay seconds are served (it used to stop at once)
+    class Echo(cserver.FrameHandler):
+        def frame_received(self, frame):
+            self.send_frame(frame)
+
+    server = cserver.SelectorTCPServer(("127.0.0.1", 0), Echo, drain_delay=0.6,
+                                       drain_timeout=0.5)
+    port = server.server_address[1]
+    early = socket.create_connection(("127.0.0.1", port), timeout=3.0)   # queued
+    server.stop_on_signal(signal.SIGTERM)
+    started = time.monotonic()
+    serving = threading.Thread(target=server.serve_forever, daemon=True)
+    serving.start()
+    try:
+        assert _exchange(early, b"queued") == _frame(b"queued")
+        with socket.create_connection(("127.0.0.1", port), timeout=3.0) as late:
+            assert _exchange(late, b"late") == _frame(b"late")
+        serving.join(TIMEOUT)
+        assert not serving.is_alive()
+        assert time.monotonic() - started >= 0.6
+    finally:
+        early.close()
+        server.shutdown()
+        serving.join(TIMEOUT)
+        server.server_close()
+
+
+def test_two_stop_signals_before_the_loop_runs_stop_it_at_once():
+    class Echo(cserver.FrameHandler):
+        pass
+
+    server = cserver.SelectorTCPServer(("127.0.0.1", 0), Echo, drain_delay=30)
+    try:
+        server.stop_on_signal(signal.SIGTERM)
+        server.stop_on_signal(signal.SIGTERM)
+        serving = threading.Thread(target=server.serve_forever, daemon=True)
+        serving.start()
+        serving.join(TIMEOUT)
+        assert not serving.is_alive()
+    finally:
+        server.server_close()
