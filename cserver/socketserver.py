@@ -1229,6 +1229,7 @@ class ProxyProtocolMixIn:
     ``request.getpeername()`` stays the balancer.  ``proxy_info(request)``
     returns the ``cserver.proxy.ProxyInfo`` (TLVs included) while the
     request is served (from verify_request to the handler's finish()).
+    handle_error() also gets the real client.
 
     An untrusted peer, a bad header, a peer that closes or a header that
     misses its deadline closes the connection: never seen by
@@ -1339,6 +1340,10 @@ class ProxyProtocolMixIn:
         try:
             if self.verify_request(request, client_address):
                 self.finish_request(request, client_address)
+        except Exception:
+            # reported here, where the real client is known (the runner
+            # only knows the balancer); the runner then shuts it down
+            self.handle_error(request, client_address)
         finally:
             requests.pop(fd, None)
 

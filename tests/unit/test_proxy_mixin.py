@@ -618,3 +618,20 @@ def test_tls_after_the_header_as_docs_proxy_md_shows(serve):
     assert reply["client"] == ["203.0.113.7", 56324]
     assert reply["line"] == "over tls\n" and reply["tls"].startswith("TLS")
     assert reply["authority"] == "tls.example"
+
+
+@pytest.mark.parametrize("kind", ["TCPServer", "ThreadingTCPServer", "ThreadPoolTCPServer"])
+def test_handle_error_reports_the_real_client(kind, serve):
+    errors = []
+
+    class Boom(cserver.BaseRequestHandler):
+        def handle(self):
+            raise RuntimeError("boom")
+
+    def handle_error(self, request, client_address):
+        errors.append((client_address, repr(sys.exc_info()[1])))
+
+    server = make(kind, handler=Boom, handle_error=handle_error)
+    serve(server)
+    assert exchange(server.server_address, v1() + b"x") == b""
+    assert errors == [(("203.0.113.7", 56324), "RuntimeError('boom')")]
