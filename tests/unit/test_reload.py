@@ -382,3 +382,32 @@ def test_two_stop_signals_before_the_loop_runs_stop_it_at_once():
         assert not serving.is_alive()
     finally:
         server.server_close()
+
+
+def test_a_reload_on_a_unix_socket_keeps_the_one_shared_socket():
+    path = "/tmp/cs-rl-%d.sock" % os.getpid()
+    proc, output = _start([sys.executable, "-m", "cserver", "echo", "--unix", path,
+                           "--workers", "2", "--drain-timeout", "1"])
+    try:
+        output.find(r"listening on " + re.escape(path))
+        old = _worker_pids(output, 2)
+        identity = os.stat(path).st_ino
+        for number in (1, 2):
+            with socket.socket(socket.AF_UNIX) as c:
+                c.settimeout(TIMEOUT)
+                c.connect(path)
+                assert _exchange(c, b"gen %d" % number) == _frame(b"gen %d" % number)
+            proc.send_signal(signal.SIGHUP)
+            output.find(r"reload %d done" % number)
+        assert os.stat(path).st_ino == identity   # the same socket file, never re-bound
+        with socket.socket(socket.AF_UNIX) as c:
+            c.settimeout(TIMEOUT)
+            c.connect(path)
+            assert _exchange(c, b"after") == _frame(b"after")
+        output.find(r"retired worker \d \(pid \d+\) exited", 4)
+        assert not [pid for pid in old if _alive(pid)]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(TIMEOUT) == 0, output.text()
+    finally:
+        _finish(proc, output)
+    assert not os.path.exists(path)   # removed by the CLI at exit
