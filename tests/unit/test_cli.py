@@ -168,6 +168,13 @@ def test_second_signal_cuts_the_drain_short(workers):
         port = int(_wait_line(lines, r"listening on 127\.0\.0\.1:(\d+)").group(1))
         if workers != "1":
             _wait_line(lines, r"supervisor pid")
+            # every slot's worker is up: a connection queued on the socket
+            # of a slot whose worker is not yet serving would never be
+            # accepted, so the first signal would find nothing to drain
+            deadline = time.monotonic() + TIMEOUT
+            while sum("serving on" in line for line in list(lines)) < int(workers):
+                assert time.monotonic() < deadline, "".join(lines)
+                time.sleep(0.01)
         client = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
         client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         client.settimeout(0.5)
