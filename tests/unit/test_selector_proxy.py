@@ -369,7 +369,7 @@ def test_an_instance_change_is_checked_when_the_loop_is_built():
     try:
         server.proxy_protocol = "v9"
         with pytest.raises(ValueError, match="'v9'"):
-            server.serve_forever()
+            server.call_soon(print)    # builds the loop
     finally:
         server.server_close()
 
