@@ -157,6 +157,16 @@ def _parser():
                       "(default %g)" % _SERVER.drain_timeout)
     echo.add_argument("--loop", choices=selectorserver.LOOP_KINDS, default=_SERVER.loop,
                       help="event loop (default: $CSERVER_LOOP, else epoll where available)")
+    echo.add_argument("--proxy-protocol", choices=selectorserver.PROXY_MODES,
+                      default=_SERVER.proxy_protocol,
+                      help="every connection starts with a PROXY protocol header of this "
+                           "version (from a balancer: HAProxy send-proxy/send-proxy-v2, nginx "
+                           "proxy_protocol); the handlers see the original client "
+                           "(default: no header)")
+    echo.add_argument("--trusted-proxy", action="append", metavar="NET", dest="trusted_proxies",
+                      help="a network allowed to send the PROXY header, e.g. 10.0.0.0/8 "
+                           "(repeatable; default %s; others are closed at accept)"
+                      % " ".join(_SERVER.trusted_proxies))
     echo.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
     return p
 
@@ -264,12 +274,18 @@ def _main(argv):
                          % (args.max_frame_size,))
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
+    if args.trusted_proxies is not None and args.proxy_protocol is None:
+        raise UsageError("--trusted-proxy needs --proxy-protocol")
     handler = RawEcho if args.raw else FramedEcho
     if args.max_frame_size is not None:
         handler = type("FramedEcho", (FramedEcho,), {"max_frame_size": args.max_frame_size})
     options = dict(workers=args.workers, idle_timeout=args.idle_timeout,
                    max_connections=args.max_connections, drain_timeout=args.drain_timeout,
                    loop=args.loop)
+    if args.proxy_protocol is not None:
+        options["proxy_protocol"] = args.proxy_protocol
+        if args.trusted_proxies is not None:
+            options["trusted_proxies"] = tuple(args.trusted_proxies)
     server = _make_server(args, handler, options)
     identity = _identity(args.unix) if args.unix else None
     try:
