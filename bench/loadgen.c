@@ -299,7 +299,7 @@ static void queue_request(struct conn *c, uint64_t t) {
     c->out_len += need;
     c->ts[c->sent % (uint64_t)depth] = t;
     c->sent++;
-    if (!in_setup) n_budget_sent++;
+    if (!in_setup && kind != KIND_CHURN) n_budget_sent++;
 }
 
 /* Whether the measured phase may put one more request in flight. */
@@ -355,7 +355,7 @@ static void reply_done(struct conn *c, uint64_t t) {
     c->bad = 0;
     if (kind == KIND_CHURN) {
         conn_close(c);
-        if (running && t < t_end) start_connection(c);
+        if (running && t < t_end && may_send()) start_connection(c);
         return;
     }
     if (in_setup || kind == KIND_IDLE) { /* the setup request of this connection */
@@ -406,6 +406,9 @@ static int start_connection(struct conn *c) {
     c->sent = c->done;
     int r = conn_open(c);
     if (r < 0) return r;
+    /* churn: a connection is a request of the budget from its connect on
+       (counted here, not when its request is queued after the connect) */
+    if (kind == KIND_CHURN) n_budget_sent++;
     if (r > 0) {
         ep_ctl(EPOLL_CTL_ADD, c, EPOLLIN);
         if (kind != KIND_UDP) {
@@ -709,8 +712,8 @@ int main(int argc, char **argv) {
     if (warmup < 0 || warmup > 600 || duration <= 0 || duration > 3600) usage_die("bad --warmup/--duration");
     if (connect_timeout <= 0 || connect_timeout > 600) usage_die("bad --connect-timeout");
     if (hold < 0 || hold > 3600) usage_die("bad --hold");
-    if ((budget || sync_mode) && kind != KIND_STREAM)
-        usage_die("--requests and --sync apply to --kind stream only");
+    if ((budget || sync_mode) && kind != KIND_STREAM && kind != KIND_CHURN)
+        usage_die("--requests and --sync apply to --kind stream or churn only");
 
     signal(SIGPIPE, SIG_IGN);
     raise_nofile(nconns + 64);
@@ -770,6 +773,8 @@ int main(int argc, char **argv) {
         ready = setup_phase(connect_deadline);
         setup_done = n_done_total;
         sync_point("SETUP", ready);
+    } else if (kind == KIND_CHURN) {
+        sync_point("SETUP", 0);   /* no setup: --requests N counts N connections */
     }
 
     t_start = now_ns();
@@ -780,7 +785,7 @@ int main(int argc, char **argv) {
     for (int i = 0; i < nconns; i++) {
         struct conn *c = &conns[i];
         if (kind == KIND_CHURN) {
-            start_connection(c);
+            if (may_send()) start_connection(c);
         } else if (kind == KIND_UDP) {
             if (c->fd >= 0)
                 for (int s = 0; s < depth; s++) udp_send(c, s, t_start);
@@ -820,7 +825,8 @@ int main(int argc, char **argv) {
         }
         if (kind == KIND_CHURN) { /* slots whose connect failed start over */
             for (int i = 0; i < nconns; i++)
-                if (conns[i].fd < 0 && now_ns() < t_end) start_connection(&conns[i]);
+                if (conns[i].fd < 0 && now_ns() < t_end && may_send())
+                    start_connection(&conns[i]);
         }
     }
     running = 0;

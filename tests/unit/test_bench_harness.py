@@ -329,9 +329,19 @@ def test_sync_stops_after_setup_and_after_the_last_reply(bins):
 
 
 def test_requests_refused_outside_stream_kind(bins):
-    proc = subprocess.run([bins["loadgen"], "--tcp", "127.0.0.1:9", "--kind", "churn",
+    # (churn takes --requests since the PROXY benchmark: instructions per connection)
+    proc = subprocess.run([bins["loadgen"], "--tcp", "127.0.0.1:9", "--kind", "idle",
                            "--requests", "10"], capture_output=True, text=True, timeout=10)
     assert proc.returncode == 2 and "--requests" in proc.stderr
+
+
+def test_churn_requests_budget_opens_exactly_n_connections(bins):
+    with Server(python_server("cserver_mux.py", "--proxy-protocol", "v2")) as srv:
+        rc, res = run_loadgen(bins, "--tcp", "127.0.0.1:" + srv.where, "--kind", "churn",
+                              "--conns", "3", "--requests", "50", "--proxy", "v2",
+                              "--warmup", "0", "--duration", "30", "--connect-timeout", "10")
+    assert rc == 0 and res["mismatches"] == 0 and res["errors"] == 0, res
+    assert res["replies_total"] == 50 and res["connects"] == 50, res
 
 
 def test_harness_runs_the_servers_with_python_option(bins, tmp_path):
