@@ -29,7 +29,7 @@ from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.mem cimport PyMem_Malloc, PyMem_Realloc, PyMem_Free
 from libc.stdint cimport uint32_t
-from libc.string cimport memcpy
+from libc.string cimport memcmp, memcpy
 
 from cserver._proxy_py import (
     ProxyHeaderError, ProxyInfo, ProxySSL, _message, V2_SIGNATURE, V1_MAX_LENGTH,
@@ -483,6 +483,12 @@ cdef class ProxyParser:
     cdef Py_ssize_t _feed_v2(self, const unsigned char* p, Py_ssize_t n) except -1:
         cdef Py_ssize_t pos = 0, got, take, length, block
         cdef unsigned char byte
+        if self._got == 0 and n >= 12 and memcmp(p, _SIG2, 12) == 0:
+            # the whole signature at once (the usual case): the state the
+            # byte-by-byte checks below would leave
+            memcpy(self._buf, p, 12)
+            self._held = self._got = 12
+            pos = 12
         while pos < n and self._got < _FIXED:
             byte = p[pos]
             pos += 1
