@@ -19,6 +19,7 @@ same interpreter.
     python bench/instructions.py          # c-epoll, cserver-mux, uvloop; 1c-d1, 500c-d1
     python bench/instructions.py --servers cserver-mux --workloads 1c-d1 --requests 2000
     python bench/instructions.py --workloads 10c-d4-64k --requests 1000 --keep /tmp/cg
+    python bench/instructions.py --servers cserver-mux,cserver-mux+proxy-v2 --workloads churn
     callgrind_annotate /tmp/cg/callgrind.cserver-mux.10c-d4-64k.2   # where the time goes
 
 The servers are the harness's (``bench/run.py --list``); cserver is found as
@@ -40,9 +41,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import run  # noqa: E402  (the harness: servers, binaries, processes)
 
 #: name: (connections, depth, payload bytes); the names are bench/run.py's.
+#: "churn": N connections (4 at a time), each connect, one request, close:
+#: its figure is instructions per connection.
 WORKLOADS = {"1c-d1": (1, 1, 64), "50c-d1": (50, 1, 64), "500c-d1": (500, 1, 64),
              "50c-d16": (50, 16, 64), "10c-d4-64k": (10, 4, 65536),
-             "1c-d1-64k": (1, 1, 65536)}
+             "1c-d1-64k": (1, 1, 65536), "churn": (4, 1, 64)}
 DEFAULT_SERVERS = "c-epoll,cserver-mux,uvloop"
 DEFAULT_WORKLOADS = "1c-d1,500c-d1"
 READY_TIMEOUT = 180.0   # a Python server under valgrind starts in ~10-60 s
@@ -59,10 +62,11 @@ def callgrind_total(path):
     raise RuntimeError("no summary line in %s" % path)
 
 
-def measure(server, conns, depth, size, requests, bins, env, tmp):
+def measure(server, conns, depth, size, requests, bins, env, tmp, kind="stream"):
     """(Ir of N requests, Ir of 2N requests) in one server process, each
     counted from the end of the load generator's connection setup to its
     last reply, after a warm-up run; or (None, why) if it cannot run."""
+    churn = kind == "churn"
     out = os.path.join(tmp, "callgrind.%s.%d" % (server.key, conns))
     cmd = ["valgrind", "--tool=callgrind", "--callgrind-out-file=" + out,
            "--dump-instr=no", "--trace-children=no"]
@@ -75,10 +79,12 @@ def measure(server, conns, depth, size, requests, bins, env, tmp):
         load = [bins["loadgen"], "--tcp", "127.0.0.1:%s" % where, "--conns", str(conns),
                 "--depth", str(depth), "--size", str(size), "--warmup", "0",
                 "--duration", str(LOAD_TIMEOUT), "--connect-timeout", "120"]
-        _load(load, requests, conns, server.key, None)          # warm-up, not counted
+        load += server.loadgen_args + (["--kind", "churn"] if churn else [])
+        setup = 0 if churn else conns      # one setup request per stream connection
+        _load(load, requests, setup, server.key, None)          # warm-up, not counted
         counts = []
         for i, n in enumerate((requests, 2 * requests)):
-            _load(load, n, conns, server.key, proc.pid)
+            _load(load, n, setup, server.key, proc.pid)
             counts.append(callgrind_total("%s.%d" % (out, i + 1)))
         try:
             stop_server(proc, signal.SIGINT if server.script != "c_echo" else signal.SIGTERM)
@@ -151,7 +157,10 @@ def main(argv=None):
     opts = p.parse_args(argv)
     if not 100 <= opts.requests <= 1000000:
         p.error("--requests must be 100..1000000")
-    by_key = {s.key: s for s in run.servers()}
+    srvs = run.servers()
+    # KEY+proxy-v1 / KEY+proxy-v2: the cserver multiplexing servers with
+    # proxy_protocol set, each connection opened by a PROXY header
+    by_key = {s.key: s for s in srvs + run.with_proxy(srvs, "v1") + run.with_proxy(srvs, "v2")}
     keys = [k.strip() for k in opts.servers.split(",") if k.strip()]
     for k in keys:
         if k not in by_key or by_key[k].transport != "tcp" or by_key[k].workers:
@@ -174,7 +183,7 @@ def main(argv=None):
     env["PYTHONHASHSEED"] = "0"   # the same dict layouts in every run
     print("# %s, cserver %s (%s), git %s" % (sys.version.split()[0], version, build,
                                              _git_rev(opts.cserver_from or run.ROOT)))
-    print("| server | workload | instructions/request | Ir(N) | Ir(2N) |")
+    print("| server | workload | instructions/request (churn: /connection) | Ir(N) | Ir(2N) |")
     print("|---|---|---|---|---|")
     results = []
     with tempfile.TemporaryDirectory(prefix="cserver-ir-") as tmp:
@@ -187,7 +196,7 @@ def main(argv=None):
                     continue
                 t0 = time.monotonic()
                 counts, why = measure(server, conns, depth, size, opts.requests, bins, env,
-                                      tmp)
+                                      tmp, kind="churn" if w == "churn" else "stream")
                 if counts is None:
                     print("| %s | %s | skipped: %s | | |" % (k, w, why))
                     continue

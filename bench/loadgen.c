@@ -100,6 +100,10 @@ static uint64_t budget, n_budget_sent, setup_done;
  * on stderr ("SETUP n" / "DONE") and wait for a line on stdin, so that an
  * instrument can count only what lies between (bench/instructions.py). */
 static int sync_mode;
+/* --proxy v1|v2: a PROXY protocol header opens every connection (as a
+   balancer's send-proxy / send-proxy-v2 would): TCP4, from 198.51.100.x
+   (x and the port vary with the connection) to 192.0.2.1:443. */
+static int proxy_version;
 
 static void sync_point(const char *what, long n) {
     char line[16];
@@ -129,7 +133,8 @@ static void usage_die(const char *msg) {
             "usage: loadgen (--tcp HOST:PORT | --unix PATH | --udp HOST:PORT)\n"
             "  [--kind stream|churn|idle] [--mode framed|raw] [--conns N] [--depth D]\n"
             "  [--size S] [--warmup SEC] [--duration SEC] [--connect-timeout SEC]\n"
-            "  [--hold SEC] [--requests N] [--sync]   (HOST must be a loopback address)\n", msg);
+            "  [--hold SEC] [--requests N] [--sync] [--proxy v1|v2]\n"
+            "  (HOST must be a loopback address)\n", msg);
     exit(2);
 }
 
@@ -207,6 +212,31 @@ static void conn_close(struct conn *c) {
     c->bad = 0;
 }
 
+static void out_reserve(struct conn *c, size_t more);
+
+static void queue_proxy_header(struct conn *c) {
+    unsigned char h[64];
+    size_t n;
+    unsigned port = 1024u + (unsigned)((c->idx * 7919u + n_connects) % 60000u);
+    unsigned host = 1u + (unsigned)(c->idx % 250u);
+    if (proxy_version == 1) {
+        n = (size_t)snprintf((char *)h, sizeof h, "PROXY TCP4 198.51.100.%u 192.0.2.1 %u 443\r\n",
+                             host, port);
+    } else {
+        static const unsigned char sig[12] = {13, 10, 13, 10, 0, 13, 10, 'Q', 'U', 'I', 'T', 10};
+        memcpy(h, sig, 12);
+        h[12] = 0x21; h[13] = 0x11; h[14] = 0; h[15] = 12;
+        h[16] = 198; h[17] = 51; h[18] = 100; h[19] = (unsigned char)host;
+        h[20] = 192; h[21] = 0; h[22] = 2; h[23] = 1;
+        h[24] = (unsigned char)(port >> 8); h[25] = (unsigned char)port;
+        h[26] = 443 >> 8; h[27] = 443 & 0xff;
+        n = 28;
+    }
+    out_reserve(c, n);
+    memcpy(c->out + c->out_len, h, n);
+    c->out_len += n;
+}
+
 static int conn_open(struct conn *c) {
     int type = (kind == KIND_UDP ? SOCK_DGRAM : SOCK_STREAM) | SOCK_NONBLOCK | SOCK_CLOEXEC;
     int fd = socket(family, type, 0);
@@ -221,6 +251,7 @@ static int conn_open(struct conn *c) {
     c->fd = fd;
     c->t_connect = now_ns();
     n_connects++;
+    if (proxy_version) queue_proxy_header(c); /* sent with the first request */
     if (connect(fd, (struct sockaddr *)&target, target_len) == 0) {
         c->state = ST_OPEN;
         return 1;
@@ -268,7 +299,7 @@ static void queue_request(struct conn *c, uint64_t t) {
     c->out_len += need;
     c->ts[c->sent % (uint64_t)depth] = t;
     c->sent++;
-    if (!in_setup) n_budget_sent++;
+    if (!in_setup && kind != KIND_CHURN) n_budget_sent++;
 }
 
 /* Whether the measured phase may put one more request in flight. */
@@ -324,7 +355,7 @@ static void reply_done(struct conn *c, uint64_t t) {
     c->bad = 0;
     if (kind == KIND_CHURN) {
         conn_close(c);
-        if (running && t < t_end) start_connection(c);
+        if (running && t < t_end && may_send()) start_connection(c);
         return;
     }
     if (in_setup || kind == KIND_IDLE) { /* the setup request of this connection */
@@ -375,6 +406,9 @@ static int start_connection(struct conn *c) {
     c->sent = c->done;
     int r = conn_open(c);
     if (r < 0) return r;
+    /* churn: a connection is a request of the budget from its connect on
+       (counted here, not when its request is queued after the connect) */
+    if (kind == KIND_CHURN) n_budget_sent++;
     if (r > 0) {
         ep_ctl(EPOLL_CTL_ADD, c, EPOLLIN);
         if (kind != KIND_UDP) {
@@ -626,6 +660,7 @@ int main(int argc, char **argv) {
         {"warmup", required_argument, 0, 'w'}, {"duration", required_argument, 0, 'D'},
         {"connect-timeout", required_argument, 0, 'C'}, {"hold", required_argument, 0, 'H'},
         {"requests", required_argument, 0, 'R'}, {"sync", no_argument, 0, 'S'},
+        {"proxy", required_argument, 0, 'P'},
         {0, 0, 0, 0}};
     int have_target = 0, opt;
     int want_kind = -1;
@@ -654,10 +689,16 @@ int main(int argc, char **argv) {
         case 'H': hold = atof(optarg); break;
         case 'S': sync_mode = 1; break;
         case 'R': budget = strtoull(optarg, NULL, 10); if (!budget) usage_die("--requests must be >= 1"); break;
+        case 'P':
+            if (!strcmp(optarg, "v1")) proxy_version = 1;
+            else if (!strcmp(optarg, "v2")) proxy_version = 2;
+            else usage_die("--proxy must be v1 or v2");
+            break;
         default: usage_die("unknown option");
         }
     }
     if (!have_target) usage_die("no target");
+    if (proxy_version && kind == KIND_UDP) usage_die("--proxy does not apply to --udp");
     if (want_kind >= 0) {
         if (kind == KIND_UDP) usage_die("--kind does not apply to --udp");
         kind = want_kind;
@@ -671,8 +712,8 @@ int main(int argc, char **argv) {
     if (warmup < 0 || warmup > 600 || duration <= 0 || duration > 3600) usage_die("bad --warmup/--duration");
     if (connect_timeout <= 0 || connect_timeout > 600) usage_die("bad --connect-timeout");
     if (hold < 0 || hold > 3600) usage_die("bad --hold");
-    if ((budget || sync_mode) && kind != KIND_STREAM)
-        usage_die("--requests and --sync apply to --kind stream only");
+    if ((budget || sync_mode) && kind != KIND_STREAM && kind != KIND_CHURN)
+        usage_die("--requests and --sync apply to --kind stream or churn only");
 
     signal(SIGPIPE, SIG_IGN);
     raise_nofile(nconns + 64);
@@ -732,6 +773,8 @@ int main(int argc, char **argv) {
         ready = setup_phase(connect_deadline);
         setup_done = n_done_total;
         sync_point("SETUP", ready);
+    } else if (kind == KIND_CHURN) {
+        sync_point("SETUP", 0);   /* no setup: --requests N counts N connections */
     }
 
     t_start = now_ns();
@@ -742,7 +785,7 @@ int main(int argc, char **argv) {
     for (int i = 0; i < nconns; i++) {
         struct conn *c = &conns[i];
         if (kind == KIND_CHURN) {
-            start_connection(c);
+            if (may_send()) start_connection(c);
         } else if (kind == KIND_UDP) {
             if (c->fd >= 0)
                 for (int s = 0; s < depth; s++) udp_send(c, s, t_start);
@@ -782,7 +825,8 @@ int main(int argc, char **argv) {
         }
         if (kind == KIND_CHURN) { /* slots whose connect failed start over */
             for (int i = 0; i < nconns; i++)
-                if (conns[i].fd < 0 && now_ns() < t_end) start_connection(&conns[i]);
+                if (conns[i].fd < 0 && now_ns() < t_end && may_send())
+                    start_connection(&conns[i]);
         }
     }
     running = 0;

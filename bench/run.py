@@ -5,6 +5,7 @@
     python bench/run.py                    # the full run (3 rounds)
     python bench/run.py --servers cserver,asyncio --workloads 50c-d16
     python bench/run.py --quick --python python3.14   # the servers on another CPython
+    python bench/run.py --proxy v2 --servers cserver-mux --workloads 500c-d1,churn --rounds 5
 
 The load generator (bench/loadgen.c) and the C echo server (bench/c_echo.c)
 are compiled here with ``cc -O2`` into bench/bin/.  Each (server, workload,
@@ -109,6 +110,7 @@ class Server:
         self.workers = workers
         self.is_cserver = cserver_kind
         self.env = None           # the Runner's environment unless set (--before)
+        self.loadgen_args = []    # added to the load generator's command (--proxy)
 
     def command(self, address_args, workers, c_echo):
         if self.script == "c_echo":
@@ -143,6 +145,25 @@ def with_before(srvs, tree):
             b.title = s.title + " [before: %s]" % tree
             b.env = env
             out.append(b)
+    return out
+
+
+def with_proxy(srvs, version):
+    """``srvs`` with, after each cserver multiplexing stream server, a copy
+    named ``KEY+proxy-vN`` that runs with ``proxy_protocol=version`` and
+    whose load generator opens every connection with that PROXY header (as
+    a balancer would): the cost of PROXY against the same server without
+    it, in one run with interleaved rounds."""
+    out = []
+    for s in srvs:
+        out.append(s)
+        if s.is_cserver and s.script == "cserver_mux.py" and s.transport == "tcp":
+            p = copy.copy(s)
+            p.key = "%s+proxy-%s" % (s.key, version)
+            p.title = "%s, PROXY %s" % (s.title, version)
+            p.args = s.args + ["--proxy-protocol", version]
+            p.loadgen_args = s.loadgen_args + ["--proxy", version]
+            out.append(p)
     return out
 
 
@@ -424,6 +445,7 @@ class Runner:
                 "--connect-timeout", str(self.connect_timeout(wl))]
             if wl.kind != "stream" and wl.transport != "udp":
                 cmd += ["--kind", wl.kind]
+            cmd += server.loadgen_args
             if wl.kind == "idle":
                 self._idle(proc, cmd, rec)
             else:
@@ -964,6 +986,10 @@ def parse_args(argv):
     p.add_argument("--before", metavar="DIR",
                    help="also run every selected cserver server from this source tree (built "
                         "in place), as KEY@before, in the same run")
+    p.add_argument("--proxy", choices=("v1", "v2"),
+                   help="also run every selected cserver multiplexing TCP server with "
+                        "proxy_protocol=VERSION, as KEY+proxy-VERSION, its load generator "
+                        "sending that PROXY header first on every connection, in the same run")
     p.add_argument("--bin", help="where to build loadgen and c_echo (default bench/bin)")
     p.add_argument("--list", action="store_true", help="list servers and workloads and exit")
     p.add_argument("--python", metavar="PYTHON", default=sys.executable,
@@ -1106,6 +1132,8 @@ def main(argv=None):
     env, cs_version, cs_build = cserver_env(opts.cserver_from)
     if opts.before:
         all_s = with_before(all_s, opts.before)
+    if opts.proxy:
+        all_s = with_proxy(all_s, opts.proxy)
     wls, cells = select_cells(opts, all_w, all_s)
     runner = Runner(opts, bins, env)
     meta = machine_info(opts, cs_version, cs_build,

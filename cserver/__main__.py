@@ -187,6 +187,16 @@ def _parser():
                       help="serve Prometheus metrics (GET /metrics) on HOST:PORT ([V6]:PORT; "
                            "port 0: any free port) or on a Unix socket PATH, from the "
                            "server's own loop, summed over the workers (default: off)")
+    echo.add_argument("--proxy-protocol", choices=selectorserver.PROXY_MODES,
+                      default=_SERVER.proxy_protocol,
+                      help="every connection starts with a PROXY protocol header of this "
+                           "version (from a balancer: HAProxy send-proxy/send-proxy-v2, nginx "
+                           "proxy_protocol); the handlers see the original client "
+                           "(default: no header)")
+    echo.add_argument("--trusted-proxy", action="append", metavar="NET", dest="trusted_proxies",
+                      help="a network allowed to send the PROXY header, e.g. 10.0.0.0/8 "
+                           "(repeatable; default %s; others are closed at accept)"
+                      % " ".join(_SERVER.trusted_proxies))
     echo.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
     return p
 
@@ -351,6 +361,8 @@ def _main(argv):
                          % (args.max_frame_size,))
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
+    if args.trusted_proxies is not None and args.proxy_protocol is None:
+        raise UsageError("--trusted-proxy needs --proxy-protocol")
     handler = RawEcho if args.raw else FramedEcho
     if args.max_frame_size is not None:
         handler = type("FramedEcho", (FramedEcho,), {"max_frame_size": args.max_frame_size})
@@ -359,6 +371,10 @@ def _main(argv):
                    drain_delay=args.drain_delay, loop=args.loop)
     if args.metrics is not None:
         options["metrics_address"] = args.metrics
+    if args.proxy_protocol is not None:
+        options["proxy_protocol"] = args.proxy_protocol
+        if args.trusted_proxies is not None:
+            options["trusted_proxies"] = tuple(args.trusted_proxies)
     server = _make_server(args, handler, options)
     unix = args.unix if not args.systemd else None
     identity = _identity(unix) if unix else None

@@ -125,11 +125,11 @@ cdef class Transport(Handle):
     cdef int doing            # W_*: see _failed
     cdef Py_ssize_t high_water, low_water
     cdef object close_exc
-    # PROXY protocol (None when off): the done parser (the ProxyInfo is
-    # built from it on the first get_extra_info("proxy")) and the socket's
-    # own peer (client_address is the header's source)
-    cdef ProxyParser proxy
-    cdef object peer
+    # PROXY protocol (None when off): the ProxyStage that read the header,
+    # kept for its parser (the ProxyInfo is built from it on the first
+    # get_extra_info("proxy")) and the socket's own peer (client_address is
+    # the header's source), built on demand from the sockaddr it holds
+    cdef object proxy
 
     cdef int _set_state(self, int new) except -1
     cdef int _start(self, object addr) except -1
@@ -177,9 +177,13 @@ cdef class Listener(Handle):
 cdef class ProxyStage(Handle):
     # an accepted connection while its PROXY header arrives (_proxystage.pxi)
     cdef Listener listener
-    cdef object peer
+    cdef object peer          # built from ss on demand (peer_c)
     cdef ProxyParser parser
     cdef double deadline
+    cdef bint pending         # still reading its header
+    cdef unsigned int alen
+    cdef unsigned char ss[128]   # the peer's sockaddr (sockaddr_storage)
+    cdef object peer_c(self)
     cdef int _read(self) except -1
     cdef int _done(self, Py_ssize_t used, Py_ssize_t n) except -1
     cdef int _make(self, Transport t, object addr) except -1
@@ -280,6 +284,7 @@ cdef class Loop:
     cdef Py_ssize_t wbuf_bytes, wbuf_peak
     # PROXY protocol (configure; _proxystage.pxi)
     cdef object proxy_mode         # None (off), "v1", "v2" or "any"
+    cdef int proxy_version         # 0 ("any"), 1, 2
     cdef void *trusted             # cs_net_t[ntrusted]: trusted_proxies
     cdef int ntrusted
     cdef double proxy_header_timeout

@@ -92,3 +92,7 @@ cdef class ProxyParser:
     cdef int _check_ssl(self, Py_ssize_t start, Py_ssize_t end) except -1
     cdef object _build(self)
     cdef object _build_ssl(self, Py_ssize_t start, Py_ssize_t end)
+
+
+# A new parser for version 0 ("any"), 1 or 2 (no Python call; for the loop).
+cdef ProxyParser new_parser(int version)

@@ -5,7 +5,7 @@ The pure-Python twin ``cserver._proxy_py`` has the same API (without
 """
 from _typeshed import ReadableBuffer
 from typing import Final, Literal, Union
-from typing_extensions import Self, final
+from typing_extensions import final
 
 __all__: list[str] = [
     "ProxyParser",
@@ -113,8 +113,7 @@ class ProxyInfo:
 class ProxyParser:
     """A sans-IO reader of one PROXY protocol header."""
 
-    # __cinit__ at runtime: the argument goes to __new__.
-    def __new__(cls, mode: _Mode = "any") -> Self: ...
+    def __init__(self, mode: _Mode = "any") -> None: ...
     def feed(self, data: ReadableBuffer) -> int:
         """Consume header bytes from ``data``; return how many were header
         (0 once done).  Raises ProxyHeaderError, then on every later call."""

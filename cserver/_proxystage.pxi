@@ -79,6 +79,7 @@ cdef extern from *:
 cdef double PROXY_LOG_EVERY = 10.0
 
 PROXY_MODES = ("v1", "v2", "any")
+cdef dict PROXY_VERSIONS = {"any": 0, "v1": 1, "v2": 2}
 
 
 def _compile_networks(networks):
@@ -131,6 +132,7 @@ cdef int _configure_proxy(Loop loop, object mode, object networks, double timeou
     loop.trusted = nets
     loop.ntrusted = len(table)
     loop.proxy_mode = mode
+    loop.proxy_version = 0 if mode is None else PROXY_VERSIONS[mode]
     loop.proxy_header_timeout = timeout
     return 0
 
@@ -150,8 +152,12 @@ cdef int _proxy_accept(Listener ls, int fd, sockaddr_storage *ss, socklen_t alen
         st.loop = loop
         st.fd = fd
         st.listener = ls
-        st.peer = cs_addr_to_py(ss, alen)
-        st.parser = ProxyParser(loop.proxy_mode)
+        # the peer's address object is built only if someone asks (LOCAL,
+        # peername, a log line): most connections never need it
+        st.alen = alen if alen <= sizeof(st.ss) else sizeof(st.ss)
+        memcpy(st.ss, ss, st.alen)
+        st.parser = new_parser(loop.proxy_version)
+        st.pending = True
         st.deadline = loop.now + loop.proxy_header_timeout
         loop._register(st)
         loop.poller.add(fd, EPOLLIN)
@@ -198,10 +204,16 @@ cdef class ProxyStage(Handle):
     (internal): it has no transport and no handler."""
 
     def __repr__(self):
-        return "<cserver ProxyStage fd=%d peer=%r>" % (self.fd, self.peer)
+        return "<cserver ProxyStage fd=%d peer=%r>" % (self.fd, self.peer_c())
+
+    cdef object peer_c(self):
+        """The socket's peer, as the socket module gives it (built once)."""
+        if self.peer is None:
+            self.peer = cs_addr_to_py(<sockaddr_storage *>self.ss, self.alen)
+        return self.peer
 
     cdef int on_events(self, uint32_t ev) except -1:
-        if self.parser is None:
+        if not self.pending:
             return 0
         try:
             return self._read()
@@ -209,8 +221,8 @@ cdef class ProxyStage(Handle):
             # MemoryError growing the header's buffer or building the
             # transport: this connection only
             self.loop.internal_errors += 1
-            self.loop._report(None, self.peer)
-            if self.parser is not None:
+            self.loop._report(None, self.peer_c())
+            if self.pending:
                 self._close()
         return 0
 
@@ -242,11 +254,12 @@ cdef class ProxyStage(Handle):
         else:
             loop.proxy_errors += 1
         self._close()
-        _proxy_log(loop, self.peer, reason)
+        _proxy_log(loop, self.peer_c(), reason)
         return 0
 
     cdef int _close(self) except -1:
         cdef Loop loop = self.loop
+        self.pending = False
         self.parser = None
         if self.events:
             loop.poller.remove(self.fd, self.events)
@@ -264,16 +277,16 @@ cdef class ProxyStage(Handle):
         cdef Transport t
         loop.proxy_headers += 1
         source = parser.source_c()
-        addr = self.peer if source is None else source
+        addr = self.peer_c() if source is None else source
         t = Transport.__new__(Transport)
         t.loop = loop
         t.fd = self.fd
-        t.proxy = parser
-        t.peer = self.peer
+        t.proxy = self      # its parser and the socket's peer, for get_extra_info
         # the transport takes over the fd and its poller registration
         t.events = self.events
         self.events = 0
-        self.parser = None
+        self.pending = False
+        self.listener = None
         loop.proxy_pending -= 1
         loop._register(t)
         # counted at accept already (_start counts again)

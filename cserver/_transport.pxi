@@ -749,11 +749,13 @@ cdef class Transport(Handle):
         if name == "peername":
             # with PROXY, client_address is the header's source: the
             # socket's peer (the balancer) is kept apart
-            return self.client_address if self.peer is None else self.peer
+            return self.client_address if self.proxy is None else \
+                (<ProxyStage>self.proxy).peer_c()
         if name == "proxy":
             # the ProxyInfo, built on the first call from the bytes the
             # parser kept (which it then frees)
-            return default if self.proxy is None else self.proxy.take_result()
+            return default if self.proxy is None else \
+                (<ProxyStage>self.proxy).parser.take_result()
         if name == "fileno":
             return self.fd
         if name == "sockname" and self.fd >= 0 and self.state != S_CLOSED:

@@ -5,12 +5,16 @@ Default: framed, ``FrameHandler.frame_received`` answering with
 ``ConnectionHandler`` whose ``data_received`` writes the bytes back (once per
 read).  ``--workers N``: N processes with their own ``SO_REUSEPORT``
 listeners.  ``--udp``: a datagram handler echoing with ``sendto``.
+``--proxy-protocol v1|v2|any``: ``proxy_protocol`` set (the load generator's
+``--proxy``).
 """
 from _common import parser, ready, skip
 
 p = parser(__doc__.splitlines()[0])
 p.add_argument("--raw", action="store_true")
 p.add_argument("--workers", type=int, default=0)
+p.add_argument("--proxy-protocol", choices=("v1", "v2", "any"),
+               help="every connection starts with a PROXY header (loopback is trusted)")
 args = p.parse_args()
 
 try:
@@ -46,12 +50,14 @@ else:
 address = args.unix if args.unix else (args.host, args.port)
 
 kwargs = {"workers": args.workers} if args.workers else {}
+if args.proxy_protocol:
+    kwargs["proxy_protocol"] = args.proxy_protocol
 try:
     server = ServerClass(address, Echo, **kwargs)
 except TypeError as exc:
     if not kwargs:
         raise
-    skip("this SelectorTCPServer takes no workers= argument: %s" % exc)
+    skip("this SelectorTCPServer does not take %s: %s" % (", ".join(kwargs), exc))
 with server:
     ready(args.unix if args.unix else server.server_address[1])
     server.serve_forever()

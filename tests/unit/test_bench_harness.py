@@ -329,9 +329,19 @@ def test_sync_stops_after_setup_and_after_the_last_reply(bins):
 
 
 def test_requests_refused_outside_stream_kind(bins):
-    proc = subprocess.run([bins["loadgen"], "--tcp", "127.0.0.1:9", "--kind", "churn",
+    # (churn takes --requests since the PROXY benchmark: instructions per connection)
+    proc = subprocess.run([bins["loadgen"], "--tcp", "127.0.0.1:9", "--kind", "idle",
                            "--requests", "10"], capture_output=True, text=True, timeout=10)
     assert proc.returncode == 2 and "--requests" in proc.stderr
+
+
+def test_churn_requests_budget_opens_exactly_n_connections(bins):
+    with Server(python_server("cserver_mux.py", "--proxy-protocol", "v2")) as srv:
+        rc, res = run_loadgen(bins, "--tcp", "127.0.0.1:" + srv.where, "--kind", "churn",
+                              "--conns", "3", "--requests", "50", "--proxy", "v2",
+                              "--warmup", "0", "--duration", "30", "--connect-timeout", "10")
+    assert rc == 0 and res["mismatches"] == 0 and res["errors"] == 0, res
+    assert res["replies_total"] == 50 and res["connects"] == 50, res
 
 
 def test_harness_runs_the_servers_with_python_option(bins, tmp_path):
@@ -400,3 +410,50 @@ def test_harness_before_tree_must_hold_a_built_cserver(tmp_path):
                           capture_output=True, timeout=60)
     assert proc.returncode != 0
     assert b"--before" in proc.stderr and b"build it in place" in proc.stderr
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+@pytest.mark.parametrize("kind", ["stream", "churn"])
+def test_loadgen_proxy_header_opens_every_connection(bins, version, kind):
+    """--proxy v1|v2: a PROXY server answers every request; a server
+    without PROXY sees the header as garbage (so it really is sent, on
+    every connection of a churn too)."""
+    args = ["--conns", "3", "--kind", kind, "--proxy", version, *ROUND]
+    with Server(python_server("cserver_mux.py", "--proxy-protocol", version)) as srv:
+        rc, res = run_loadgen(bins, "--tcp", "127.0.0.1:" + srv.where, *args)
+    assert_clean(res, rc)
+    if kind == "churn":
+        assert res["connects"] >= res["replies_total"] > 3
+    with Server(python_server("cserver_mux.py")) as srv:
+        rc, res = run_loadgen(bins, "--tcp", "127.0.0.1:" + srv.where, *args)
+    assert res["replies_total"] == 0 or res["mismatches"] > 0
+
+
+def test_loadgen_proxy_refused_for_udp(bins):
+    proc = subprocess.run([bins["loadgen"], "--udp", "127.0.0.1:9", "--proxy", "v2"],
+                          capture_output=True, timeout=30)
+    assert proc.returncode == 2 and b"--proxy does not apply to --udp" in proc.stderr
+    proc = subprocess.run([bins["loadgen"], "--tcp", "127.0.0.1:9", "--proxy", "v3"],
+                          capture_output=True, timeout=30)
+    assert proc.returncode == 2 and b"--proxy must be v1 or v2" in proc.stderr
+
+
+def test_harness_proxy_runs_the_same_server_with_and_without_proxy(bins, tmp_path):
+    """--proxy v2 adds KEY+proxy-v2 beside each cserver multiplexing server,
+    with interleaved rounds, both clean."""
+    out = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(BENCH, "run.py"), "--quick", "--rounds", "2",
+         "--servers", "cserver-mux-raw", "--workloads", "churn", "--proxy", "v2",
+         "--no-baselines", "--warmup", "0.1", "--duration", "0.3", "--out", str(out),
+         "--bin", os.path.dirname(bins["loadgen"])],
+        capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    rounds = [(r["server"], r["round"]) for r in records if r["type"] == "round"]
+    assert rounds == [("cserver-mux-raw", 0), ("cserver-mux-raw+proxy-v2", 0),
+                      ("cserver-mux-raw", 1), ("cserver-mux-raw+proxy-v2", 1)]
+    summaries = {r["server"]: r for r in records if r["type"] == "summary"}
+    assert {k: v["status"] for k, v in summaries.items()} == {
+        "cserver-mux-raw": "ok", "cserver-mux-raw+proxy-v2": "ok"}
+    assert all(v["mismatches"] == 0 for v in summaries.values())

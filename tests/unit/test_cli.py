@@ -76,6 +76,11 @@ def assert_one_line_error(result, *words):
     (["--raw", "--max-frame-size", "10"], ["--max-frame-size", "10", "--raw"]),
     (["--loop", "kqueue"], ["--loop", "kqueue"]),
     (["--bogus"], ["--bogus"]),
+    (["--proxy-protocol", "v3"], ["--proxy-protocol", "v3"]),
+    (["--proxy-protocol", "v2", "--trusted-proxy", "10.0.0.1/8"],
+     ["trusted_proxies", "10.0.0.1/8"]),
+    (["--proxy-protocol", "v2", "--trusted-proxy", "banana"], ["trusted_proxies", "banana"]),
+    (["--trusted-proxy", "10.0.0.0/8"], ["--trusted-proxy", "--proxy-protocol"]),
 ])
 def test_bad_values_are_one_line(args, words):
     assert_one_line_error(run_cli("echo", *args), *words)
@@ -207,3 +212,47 @@ def test_second_signal_cuts_the_drain_short(workers):
     assert code == 0, "".join(lines)
     assert any("again: cutting the drain short" in line for line in lines), "".join(lines)
     assert "Traceback" not in "".join(lines)
+
+
+@pytest.mark.parametrize("trusted, served", [
+    ([], True),                                               # the default: loopback
+    (["--trusted-proxy", "10.0.0.0/8", "--trusted-proxy", "127.0.0.1/32"], True),
+    (["--trusted-proxy", "10.0.0.0/8"], False),
+])
+def test_proxy_protocol_flags(trusted, served):
+    proc = subprocess.Popen([sys.executable, "-m", "cserver", "echo", "--port", "0",
+                             "--proxy-protocol", "v2"] + trusted,
+                            env=_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    lines = []
+    reader = threading.Thread(target=_read_lines, args=(proc.stdout, lines), daemon=True)
+    reader.start()
+    try:
+        port = int(_wait_line(lines, r"listening on 127\.0\.0\.1:(\d+)").group(1))
+        header = (b"\r\n\r\n\x00\r\nQUIT\n\x21\x11\x00\x0c" + bytes([203, 0, 113, 7])
+                  + bytes([192, 0, 2, 1]) + struct.pack("!HH", 51000, 443))
+        with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as client:
+            client.sendall(header + struct.pack("!I", 4) + b"ping")
+            reply = b""
+            while len(reply) < 8:
+                try:
+                    chunk = client.recv(8 - len(reply))
+                except ConnectionResetError:   # closed with our bytes unread
+                    break
+                if not chunk:
+                    break
+                reply += chunk
+        assert reply == (struct.pack("!I", 4) + b"ping" if served else b"")
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(TIMEOUT)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(TIMEOUT)
+        reader.join(TIMEOUT)
+        proc.stdout.close()
+    assert code == 0, "".join(lines)
+    if not served:
+        assert any("not a trusted proxy" in line for line in lines), "".join(lines)

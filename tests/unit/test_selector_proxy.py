@@ -369,7 +369,7 @@ def test_an_instance_change_is_checked_when_the_loop_is_built():
     try:
         server.proxy_protocol = "v9"
         with pytest.raises(ValueError, match="'v9'"):
-            server.serve_forever()
+            server.call_soon(print)    # builds the loop
     finally:
         server.server_close()
 
@@ -393,3 +393,20 @@ def test_a_struct_is_not_a_header():
     header = ph.v2()
     assert header[:12] == ph.SIG and header[12] == 0x21 and header[13] == 0x11
     assert struct.unpack("!H", header[14:16])[0] == 12 == len(header) - 16
+
+
+@pytest.mark.parametrize("src", ["0.0.0.0", "255.255.255.255", "10.0.99.100", "1.20.100.9",
+                                 "192.168.0.10"])
+def test_ipv4_sources_are_written_as_the_socket_module_does(kind, src):
+    # the loop formats IPv4 addresses itself (not with inet_ntop's sprintf)
+    rec = Recorder()
+    server = build(kind, "tcp", None, handlers(rec)[0], rec, proxy_protocol="any")
+    with ph.running(server):
+        for header in (ph.v2(src, src, 65535, 0), ph.v1(src, src, 65535, 0)):
+            with ph.connect(server) as c:
+                c.sendall(header + ph.frame(b"a"))
+                assert ph.recv_exactly(c, 5) == ph.frame(b"a")
+        assert ph.wait_until(lambda: len(rec.lost) == 2)
+    assert rec.verified == [(socket.inet_ntoa(socket.inet_aton(src)), 65535)] * 2
+    assert [m[2].destination for m in rec.made] == [(src, 0)] * 2
+    assert rec.made[0][1][0] == "127.0.0.1"
