@@ -83,30 +83,15 @@ cdef dict PROXY_VERSIONS = {"any": 0, "v1": 1, "v2": 2}
 
 
 def _compile_networks(networks):
-    """``trusted_proxies`` -> a list of ``(v6, bits, 16 address bytes)``; an
-    IPv4-mapped IPv6 network (``::ffff:10.0.0.0/104``) becomes the IPv4 one,
-    as mapped peers are matched as IPv4."""
-    import ipaddress
-    if isinstance(networks, (str, ipaddress.IPv4Network, ipaddress.IPv6Network)):
-        networks = (networks,)
-    try:
-        items = list(networks)
-    except TypeError:
-        raise TypeError("trusted_proxies must be a network or an iterable of networks "
-                        "(str or ipaddress networks), got %r" % (networks,)) from None
-    table = []
-    for item in items:
-        try:
-            net = item if isinstance(item, (ipaddress.IPv4Network, ipaddress.IPv6Network)) \
-                else ipaddress.ip_network(item)
-        except (TypeError, ValueError) as exc:
-            raise ValueError("trusted_proxies: %r is not a network such as '10.0.0.0/8' "
-                             "(%s)" % (item, exc)) from None
-        if net.version == 6 and net.prefixlen >= 96 and \
-                net.network_address.ipv4_mapped is not None:
-            net = ipaddress.IPv4Network((net.network_address.ipv4_mapped, net.prefixlen - 96))
-        table.append((net.version == 6, net.prefixlen, net.network_address.packed.ljust(16, b"\0")))
-    return table
+    """``trusted_proxies`` -> a list of ``(v6, bits, 16 address bytes)``.
+    Validation and meaning are ``cserver.proxy.trusted_networks``'s (the
+    rules the stdlib-style servers' mixin applies too): an IPv4-mapped IPv6
+    network (``::ffff:10.0.0.0/104``) is the IPv4 one, as mapped peers are
+    matched as IPv4."""
+    from cserver.proxy import trusted_networks
+    nets = trusted_networks(networks)
+    return [(net.version == 6, net.prefixlen, net.network_address.packed.ljust(16, b"\0"))
+            for net in nets.v4 + nets.v6]
 
 
 cdef int _configure_proxy(Loop loop, object mode, object networks, double timeout) except -1:

@@ -87,18 +87,22 @@ class TrustedNetworks:
 
 def trusted_networks(value, option="trusted_proxies"):
     """Validate ``value`` (an iterable of networks, each a ``str`` such as
-    ``"10.0.0.0/8"`` or ``"::1"``, or an ``ipaddress`` network or address)
+    ``"10.0.0.0/8"`` or ``"::1"``, or an ``ipaddress`` network or address;
+    or one such network alone)
     and return a ``TrustedNetworks``.  Raises TypeError or ValueError
     naming ``option`` and the bad value."""
     import ipaddress
-    if isinstance(value, (str, bytes)) or value is None:
-        raise TypeError("%s must be a sequence of networks (str or ipaddress networks), "
-                        "got %r (write it as a tuple: (%r,))" % (option, value, value))
+    if isinstance(value, (str, ipaddress.IPv4Network, ipaddress.IPv6Network,
+                          ipaddress.IPv4Address, ipaddress.IPv6Address)):
+        value = (value,)   # one network: "10.0.0.0/8"
+    if isinstance(value, bytes) or value is None:
+        raise TypeError("%s must be a network or a sequence of networks (str or ipaddress "
+                        "networks), got %r" % (option, value))
     try:
         items = list(value)
     except TypeError:
-        raise TypeError("%s must be a sequence of networks (str or ipaddress networks), "
-                        "got %r" % (option, value)) from None
+        raise TypeError("%s must be a network or a sequence of networks (str or ipaddress "
+                        "networks), got %r" % (option, value)) from None
     v4, v6 = [], []
     for item in items:
         if isinstance(item, (ipaddress.IPv4Network, ipaddress.IPv6Network)):

@@ -48,6 +48,6 @@ class TrustedNetworks:
         """Whether a peer (as ``accept()`` gives it) of a socket of ``family``
         may send a header; Unix-socket peers always may."""
 
-def trusted_networks(value: Iterable[_Network], option: str = "trusted_proxies") -> TrustedNetworks:
+def trusted_networks(value: _Network | Iterable[_Network], option: str = "trusted_proxies") -> TrustedNetworks:
     """Validate a ``trusted_proxies`` value (TypeError/ValueError naming
     ``option`` and the value)."""

@@ -15,7 +15,7 @@ import sys
 import types
 from _typeshed import ReadableBuffer
 from collections.abc import Callable, Iterable
-from ipaddress import IPv4Network, IPv6Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from os import PathLike
 from socket import socket as _socket
 from typing import Any, Final, Literal, TypedDict, type_check_only
@@ -48,7 +48,7 @@ _Address: TypeAlias = tuple[Any, ...] | str | ReadableBuffer
 _RetAddress: TypeAlias = Any
 _LoopKind: TypeAlias = Literal["epoll", "selectors"]
 _ProxyMode: TypeAlias = Literal["v1", "v2", "any"]
-_Network: TypeAlias = str | IPv4Network | IPv6Network
+_Network: TypeAlias = str | IPv4Network | IPv6Network | IPv4Address | IPv6Address
 
 logger: logging.Logger
 #: the values of the ``loop`` option (besides None)

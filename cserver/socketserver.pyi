@@ -214,7 +214,7 @@ class ProxyProtocolMixIn:
     never on the serving thread of a threading, pool or forking server."""
 
     proxy_protocol: Literal["v1", "v2", "any"]
-    trusted_proxies: Iterable[str | IPv4Network | IPv6Network | IPv4Address | IPv6Address]
+    trusted_proxies: str | IPv4Network | IPv6Network | IPv4Address | IPv6Address | Iterable[str | IPv4Network | IPv6Network | IPv4Address | IPv6Address]
     proxy_header_timeout: float
     def proxy_info(self, request: _socket) -> ProxyInfo | None:
         """The request's ProxyInfo while it is served (verify_request, the

@@ -437,6 +437,12 @@ def test_trusted_networks_rules():
     mapped = proxy.trusted_networks(["::ffff:10.0.0.0/104", ipaddress.ip_network("::/0")])
     assert mapped.is_trusted(socket.AF_INET, ("10.1.2.3", 1))
     assert proxy.trusted_networks(()).is_trusted(socket.AF_INET, ("127.0.0.1", 1)) is False
+    # one network alone is that network (never its characters)
+    one = proxy.trusted_networks("10.0.0.0/8")
+    assert one.is_trusted(socket.AF_INET, ("10.9.9.9", 1))
+    assert not one.is_trusted(socket.AF_INET, ("127.0.0.1", 1))
+    assert proxy.trusted_networks(ipaddress.ip_address("::1")).is_trusted(
+        socket.AF_INET6, ("::1", 1, 0, 0))
 
 
 @pytest.mark.parametrize("attrs,error,match", [
@@ -448,7 +454,7 @@ def test_trusted_networks_rules():
     ({"proxy_header_timeout": float("inf")}, ValueError, "inf"),
     ({"proxy_header_timeout": None}, TypeError, "None"),
     ({"proxy_header_timeout": True}, TypeError, "True"),
-    ({"trusted_proxies": "10.0.0.0/8"}, TypeError, "tuple"),
+    ({"trusted_proxies": b"10.0.0.0/8"}, TypeError, "trusted_proxies"),
     ({"trusted_proxies": None}, TypeError, "trusted_proxies"),
     ({"trusted_proxies": ("10.0.0.0/33",)}, ValueError, "10.0.0.0/33"),
     ({"trusted_proxies": ("10.0.0.1/8",)}, ValueError, "host bits"),
