@@ -454,6 +454,7 @@ cdef class Loop:
         another process's to accept).  Loop thread, or before ``run()``."""
         self.accept_stopped = True
         self._set_accepting(False)
+
     def add_metrics_listener(self, sock, render, double timeout=5.0):
         """Serve the metrics endpoint on a listening socket (kept open by
         the caller, who also closes it): ``GET /metrics`` is answered with
