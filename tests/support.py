@@ -13,8 +13,9 @@ directory, under xdist, and from tox's runs in a scratch directory.
   own session whose log lines a thread collects; ``find()`` waits for a line
   matching a regex; ``stop()`` (SIGTERM, wait, then SIGKILL the group) and
   ``kill()`` (SIGKILL the group) reap it.
-* ``frame()``, ``recv_exactly()``, ``exchange()``, ``echo_once()``: one-frame
-  clients of the length-prefixed framing.
+* ``frame()``, ``recv_exactly()``, ``recv_until_eof()``, ``exchange()``,
+  ``connect()``, ``connect_to()``, ``echo_once()``: clients of the
+  length-prefixed framing.
 * ``serving()``: ``serve_forever()`` on a thread, stopped, joined, closed.
 * ``wait_for()``, ``fd_count()``, ``short_path()``.
 """
@@ -199,6 +200,27 @@ def connect_to(address, timeout=TIMEOUT):
             raise
         return sock
     return socket.create_connection(address[:2], timeout=timeout)
+
+
+def connect(server, timeout=TIMEOUT):
+    """A client socket connected to ``server`` (TCP or Unix stream)."""
+    return connect_to(server.server_address, timeout)
+
+
+def recv_until_eof(sock, limit=1 << 26):
+    """What ``sock`` receives until EOF, a reset or ``limit`` bytes."""
+    chunks = []
+    total = 0
+    while total < limit:
+        try:
+            chunk = sock.recv(1 << 16)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+    return b"".join(chunks)
 
 
 def echo_once(address, payload=b"hello"):
