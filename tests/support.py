@@ -17,7 +17,7 @@ directory, under xdist, and from tox's runs in a scratch directory.
   ``connect()``, ``connect_to()``, ``echo_once()``: clients of the
   length-prefixed framing.
 * ``serving()``: ``serve_forever()`` on a thread, stopped, joined, closed.
-* ``wait_for()``, ``fd_count()``, ``short_path()``.
+* ``wait_for()``, ``free_port()``, ``fd_count()``, ``short_path()``.
 """
 import contextlib
 import os
@@ -58,7 +58,7 @@ def child_env(**extra):
     return env
 
 
-def wait_for(predicate, timeout=TIMEOUT, interval=0.01):
+def wait_for(predicate, timeout=TIMEOUT, interval=0.005):
     """Call ``predicate`` until it returns a true value or ``timeout`` passed;
     return its last value."""
     deadline = time.monotonic() + timeout
@@ -227,6 +227,14 @@ def echo_once(address, payload=b"hello"):
     """One connection, one frame: what came back (see :func:`exchange`)."""
     with connect_to(address) as sock:
         return exchange(sock, payload)
+
+
+def free_port(host="127.0.0.1"):
+    """A TCP port that was free on ``host`` a moment ago (for a program that
+    cannot bind port 0 itself; another process may take it meanwhile)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
 
 
 def fd_count():

@@ -21,7 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import cserver
 from cserver import _metrics, selectorserver
-from support import TIMEOUT, child_env, cli, connect_to, frame, recv_exactly, serving, wait_for
+from support import (TIMEOUT, child_env, cli, connect_to, frame, recv_exactly, recv_until_eof,
+                     serving, wait_for)
 
 KINDS = ["epoll", "selectors"] if selectorserver._loop.HAVE_EPOLL else ["selectors"]
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -43,17 +44,8 @@ class RawEcho(cserver.ConnectionHandler):
         self.write(data)
 
 
-def read_to_eof(sock, limit=1 << 20):
-    data = b""
-    while len(data) < limit:
-        try:
-            chunk = sock.recv(65536)
-        except ConnectionResetError:
-            break
-        if not chunk:
-            break
-        data += chunk
-    return data
+def read_to_eof(sock):
+    return recv_until_eof(sock, 1 << 20)
 
 
 def http(address, request):

@@ -24,7 +24,8 @@ import pytest
 import cserver
 import cserver.socketserver as compat
 from cserver import selectorserver, systemd
-from support import TIMEOUT, Server, child_env, cli, echo_once, frame, short_path
+from support import (TIMEOUT, Server, child_env, cli, echo_once, frame, free_port,
+                     short_path)
 
 class Echo(cserver.FrameHandler):
     def frame_received(self, frame):
@@ -526,19 +527,13 @@ def test_the_server_notifies_ready_reloading_and_stopping(workers):
 ACTIVATE = shutil.which("systemd-socket-activate")
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_systemd_socket_activate_runs_the_echo_server_on_its_socket(workers):
     if ACTIVATE is None:
         if os.environ.get("CI"):
             pytest.fail("systemd-socket-activate is missing (Debian package systemd)")
         pytest.skip("systemd-socket-activate is not installed (Debian package systemd)")
-    port = _free_port()
+    port = free_port()
     output = Server([ACTIVATE, "-l", "127.0.0.1:%d" % port, "--fdname=echo",
                      "-E", "PYTHONPATH=" + child_env()["PYTHONPATH"],
                      "-E", "PYTHONUNBUFFERED=1",
