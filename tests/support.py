@@ -13,6 +13,7 @@ directory, under xdist, and from tox's runs in a scratch directory.
   own session whose log lines a thread collects; ``find()`` waits for a line
   matching a regex; ``stop()`` (SIGTERM, wait, then SIGKILL the group) and
   ``kill()`` (SIGKILL the group) reap it.
+* ``Echo``, ``RawEcho``: handlers that send back each frame / all bytes.
 * ``frame()``, ``recv_exactly()``, ``recv_until_eof()``, ``exchange()``,
   ``connect()``, ``connect_to()``, ``echo_once()``: clients of the
   length-prefixed framing.
@@ -150,6 +151,20 @@ class Server:
 def cli(*args, **kwargs):
     """``python -m cserver echo *args`` as a :class:`Server`."""
     return Server([sys.executable, "-m", "cserver", "echo"] + list(args), **kwargs)
+
+
+class Echo(cserver.FrameHandler):
+    """Sends each frame back."""
+
+    def frame_received(self, frame):
+        self.send_frame(frame)
+
+
+class RawEcho(cserver.ConnectionHandler):
+    """Sends every byte back (no framing)."""
+
+    def data_received(self, data):
+        self.write(data)
 
 
 def frame(payload, fmt="!I"):

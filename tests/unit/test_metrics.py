@@ -21,8 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import cserver
 from cserver import _metrics, selectorserver
-from support import (TIMEOUT, child_env, cli, connect_to, frame, recv_exactly, recv_until_eof,
-                     serving, wait_for)
+from support import (TIMEOUT, Echo, RawEcho, child_env, cli, connect_to, frame, recv_exactly,
+                     recv_until_eof, serving, wait_for)
 
 KINDS = ["epoll", "selectors"] if selectorserver._loop.HAVE_EPOLL else ["selectors"]
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -32,16 +32,6 @@ HAS_PROXY = hasattr(selectorserver.SelectorServer, "proxy_protocol")
 @pytest.fixture(params=KINDS)
 def kind(request):
     return request.param
-
-
-class Echo(cserver.FrameHandler):
-    def frame_received(self, frame):
-        self.send_frame(frame)
-
-
-class RawEcho(cserver.ConnectionHandler):
-    def data_received(self, data):
-        self.write(data)
 
 
 def read_to_eof(sock):

@@ -24,13 +24,8 @@ import pytest
 import cserver
 import cserver.socketserver as compat
 from cserver import selectorserver, systemd
-from support import (TIMEOUT, Server, child_env, cli, echo_once, frame, free_port,
+from support import (TIMEOUT, Echo, Server, child_env, cli, echo_once, frame, free_port,
                      short_path)
-
-class Echo(cserver.FrameHandler):
-    def frame_received(self, frame):
-        self.send_frame(frame)
-
 
 class Datagrams(cserver.DatagramHandler):
     def datagram_received(self, data, addr):
