@@ -22,7 +22,7 @@ import pytest
 
 import cserver
 from cserver import selectorserver
-from support import (TIMEOUT, connect, frame, recv_exactly, recv_until_eof, serving,
+from support import (TIMEOUT, Echo, RawEcho, connect, frame, recv_exactly, recv_until_eof, serving,
                      wait_for)
 
 KINDS = ["epoll", "selectors"] if selectorserver._loop.HAVE_EPOLL else ["selectors"]
@@ -31,16 +31,6 @@ KINDS = ["epoll", "selectors"] if selectorserver._loop.HAVE_EPOLL else ["selecto
 @pytest.fixture(params=KINDS)
 def kind(request):
     return request.param
-
-
-class Echo(cserver.FrameHandler):
-    def frame_received(self, frame):
-        self.send_frame(frame)
-
-
-class RawEcho(cserver.ConnectionHandler):
-    def data_received(self, data):
-        self.write(data)
 
 
 class Recording(cserver.FrameHandler):
