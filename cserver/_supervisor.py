@@ -258,12 +258,7 @@ class Supervisor:
             elif now >= deadline:
                 self.logger.error("retired worker %d (pid %d) did not finish in time: killing it",
                                   worker.slot, pid)
-                status = None
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                    status = os.waitpid(pid, 0)[1]
-                except (ProcessLookupError, ChildProcessError):
-                    pass
+                status = _kill_and_reap(pid)
                 del retiring[pid]
                 self._hook(self._worker_exited, worker.slot, pid, status)
 
@@ -422,12 +417,7 @@ class Supervisor:
             self._wait(0.02)
         for pid in list(children):
             self.logger.error("worker pid %d did not stop in time: killing it", pid)
-            status = None
-            try:
-                os.kill(pid, signal.SIGKILL)
-                status = os.waitpid(pid, 0)[1]
-            except (ProcessLookupError, ChildProcessError):
-                pass
+            status = _kill_and_reap(pid)
             self._hook(self._worker_exited, children.pop(pid), pid, status)
         self.logger.info("all workers stopped")
 
@@ -516,6 +506,18 @@ def _kill_all(children, sig):
             os.kill(pid, sig)
         except ProcessLookupError:
             pass
+
+
+def _kill_and_reap(pid):
+    """SIGKILL the child ``pid`` and reap it: its wait status, or None when it
+    was gone already (reaped elsewhere)."""
+    status = None
+    try:
+        os.kill(pid, signal.SIGKILL)
+        status = os.waitpid(pid, 0)[1]
+    except (ProcessLookupError, ChildProcessError):
+        pass
+    return status
 
 
 def _ignore_signal(signum, frame):

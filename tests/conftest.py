@@ -21,17 +21,14 @@ import sys
 import sysconfig
 import tempfile
 import threading
-import time
 import types
 
 import pytest
 
 import cserver
-
-#: A generous bound for anything that should happen "at once" in a test;
-#: only ever used as a timeout that makes a hung test fail, never as an
-#: assertion on speed.
-TIMEOUT = 10.0
+from support import TIMEOUT
+from support import fd_count as _fd_count
+from support import wait_for as _wait_until
 
 
 def _load_stdlib_socketserver():
@@ -106,23 +103,9 @@ def short_tmpdir():
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _fd_count():
-    return len(os.listdir("/proc/self/fd"))
-
-
 @pytest.fixture
 def fd_count():
     return _fd_count
-
-
-def _wait_until(predicate, timeout=TIMEOUT, interval=0.005):
-    """Poll predicate() until true or timeout; return its last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(interval)
 
 
 @pytest.fixture

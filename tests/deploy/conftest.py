@@ -30,6 +30,7 @@ modules cannot import each other):
   (its ``client_address``, peer and ``get_extra_info("proxy")`` fields);
 * ``ask``: ``ask(address, payload, source=None)`` -> that JSON object.
 """
+import functools
 import json
 import logging
 import os
@@ -46,9 +47,11 @@ import types
 import pytest
 
 import cserver
+from support import TIMEOUT
+from support import free_port as _free_port   # a module global: test_harness patches it
+from support import wait_for as _wait_for
 
 #: bounds every wait of these tests (a failure, never a speed assertion)
-TIMEOUT = 10.0
 CI = bool(os.environ.get("CI"))
 #: every network namespace these tests create is named
 #: ``csrv-<pid of the creating test process>-<random>-<role>``
@@ -99,12 +102,6 @@ def tmp_short():
     os.chmod(path, 0o755)   # nginx's workers (another user) read nothing here, but may need to
     yield path
     shutil.rmtree(path, ignore_errors=True)
-
-
-def _free_port(host="127.0.0.1"):
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 def _stop(proc, timeout=TIMEOUT):
@@ -417,14 +414,7 @@ def ask():
 @pytest.fixture
 def wait_for():
     """wait_for(predicate, timeout) -> its last value (bounded polling)."""
-    def wait(predicate, timeout=TIMEOUT, interval=0.02):
-        deadline = time.monotonic() + timeout
-        while True:
-            value = predicate()
-            if value or time.monotonic() > deadline:
-                return value
-            time.sleep(interval)
-    return wait
+    return functools.partial(_wait_for, interval=0.02)
 
 
 # -- network namespaces (the scale-out tests) ---------------------------------

@@ -10,102 +10,33 @@ anything (the stdlib's do not either).
 import errno
 import os
 import re
-import signal
 import socket
-import struct
 import subprocess
 import sys
-import threading
-import time
 
 import pytest
 
 import cserver
-
-TIMEOUT = 10.0
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(cserver.__file__)))
-
-
-def frame(payload):
-    return struct.pack("!I", len(payload)) + payload
-
-
-def recv_exactly(sock, n):
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            raise ConnectionError("EOF after %d of %d bytes" % (len(data), n))
-        data += chunk
-    return data
+import support
+from support import TIMEOUT
 
 
 def echo_once(path, payload=b"still here"):
-    with socket.socket(socket.AF_UNIX) as c:
-        c.settimeout(TIMEOUT)
-        c.connect(path)
-        c.sendall(frame(payload))
-        return recv_exactly(c, 4 + len(payload))[4:]
-
-
-class Cli:
-    """A ``python -m cserver echo`` subprocess and its output lines."""
-
-    def __init__(self, *args):
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-        self.proc = subprocess.Popen([sys.executable, "-m", "cserver", "echo"] + list(args),
-                                     env=env, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     start_new_session=True)
-        self.err = []
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self):
-        for line in iter(self.proc.stderr.readline, b""):
-            self.err.append(line.decode("utf-8", "replace"))
-
-    def wait_for(self, pattern):
-        rx = re.compile(pattern)
-        deadline = time.monotonic() + TIMEOUT
-        while time.monotonic() < deadline:
-            if any(rx.search(line) for line in list(self.err)):
-                return
-            if self.proc.poll() is not None and not self.reader.is_alive():
-                break
-            time.sleep(0.01)
-        raise AssertionError("no %r in:\n%s" % (pattern, "".join(self.err)))
-
-    def stop(self):
-        try:
-            if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGTERM)
-            return self.proc.wait(TIMEOUT)
-        finally:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)  # and any worker left behind
-            except ProcessLookupError:
-                pass
-            self.proc.wait(TIMEOUT)
-            self.reader.join(TIMEOUT)
-            self.proc.stdout.close()
-            self.proc.stderr.close()
+    return support.echo_once(path, payload)[4:]
 
 
 def run_cli(*args):
-    env = dict(os.environ)
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.run([sys.executable, "-m", "cserver", "echo"] + list(args), env=env,
+    return subprocess.run([sys.executable, "-m", "cserver", "echo"] + list(args),
+                          env=support.child_env(),
                           stdin=subprocess.DEVNULL, capture_output=True, timeout=TIMEOUT)
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_second_instance_does_not_take_a_live_socket(short_tmpdir, workers):
     path = os.path.join(short_tmpdir, "e.sock")
-    first = Cli("--unix", path, "--workers", workers)
+    first = support.cli("--unix", path, "--workers", workers)
     try:
-        first.wait_for(r"listening on " + re.escape(path))
+        first.find(r"listening on " + re.escape(path))
         inode = os.stat(path).st_ino
         second = run_cli("--unix", path)
         err = second.stderr.decode()
@@ -116,7 +47,7 @@ def test_second_instance_does_not_take_a_live_socket(short_tmpdir, workers):
         assert echo_once(path) == b"still here"
     finally:
         code = first.stop()
-    assert code == 0, "".join(first.err)
+    assert code == 0, "".join(first.lines)
     assert not os.path.exists(path)  # its own socket: removed on exit
 
 
@@ -125,21 +56,21 @@ def test_exit_never_removes_a_successors_socket(short_tmpdir):
     # second server binds there).  When the first exits it must leave the
     # second's socket alone.
     path = os.path.join(short_tmpdir, "e.sock")
-    first = Cli("--unix", path)
+    first = support.cli("--unix", path)
     second = None
     try:
-        first.wait_for(r"listening on " + re.escape(path))
+        first.find(r"listening on " + re.escape(path))
         os.unlink(path)
-        second = Cli("--unix", path)
-        second.wait_for(r"listening on " + re.escape(path))
+        second = support.cli("--unix", path)
+        second.find(r"listening on " + re.escape(path))
         code = first.stop()
-        assert code == 0, "".join(first.err)
+        assert code == 0, "".join(first.lines)
         assert os.path.exists(path)
         assert echo_once(path, b"second") == b"second"
     finally:
         first.stop()
         if second is not None:
-            assert second.stop() == 0, "".join(second.err)
+            assert second.stop() == 0, "".join(second.lines)
     assert not os.path.exists(path)
 
 
@@ -149,12 +80,12 @@ def test_a_stale_socket_is_replaced(short_tmpdir):
     path = os.path.join(short_tmpdir, "e.sock")
     with socket.socket(socket.AF_UNIX) as dead:
         dead.bind(path)
-    server = Cli("--unix", path)
+    server = support.cli("--unix", path)
     try:
-        server.wait_for(r"listening on " + re.escape(path))
+        server.find(r"listening on " + re.escape(path))
         assert echo_once(path) == b"still here"
     finally:
-        assert server.stop() == 0, "".join(server.err)
+        assert server.stop() == 0, "".join(server.lines)
 
 
 def test_a_socket_that_is_not_listening_for_streams_is_left_alone(short_tmpdir):

@@ -27,9 +27,10 @@ import pytest
 
 import cserver
 from cserver import selectorserver
+from support import (TIMEOUT, connect, frame, recv_exactly, recv_until_eof,
+                     serving as _serving, wait_for)
 
 KINDS = ["epoll", "selectors"] if selectorserver._loop.HAVE_EPOLL else ["selectors"]
-TIMEOUT = 10.0
 
 
 @pytest.fixture(params=KINDS)
@@ -37,71 +38,10 @@ def kind(request):
     return request.param
 
 
-def frame(payload, fmt="!I"):
-    return struct.pack(fmt, len(payload)) + payload
-
-
-def fds():
-    return len(os.listdir("/proc/self/fd"))
-
-
-@contextlib.contextmanager
 def serving(server):
     """Serve in a thread; at exit stop, join, close, and check that no fd
     or thread was left behind."""
-    before_fds, before_threads = fds(), set(threading.enumerate())
-    thread = threading.Thread(target=server.serve_forever, name="hostile-loop")
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        thread.join(TIMEOUT)
-        server.server_close()
-        assert not thread.is_alive()
-    # the listening socket existed before: the count must come back to it
-    # minus that socket
-    assert wait_for(lambda: set(threading.enumerate()) <= before_threads)
-    assert fds() <= before_fds - 1
-
-
-def connect(server, timeout=TIMEOUT):
-    return socket.create_connection(server.server_address[:2], timeout=timeout)
-
-
-def recv_exactly(sock, n):
-    chunks = []
-    while n:
-        chunk = sock.recv(min(n, 1 << 20))
-        if not chunk:
-            raise EOFError("connection closed with %d bytes missing" % n)
-        chunks.append(chunk)
-        n -= len(chunk)
-    return b"".join(chunks)
-
-
-def recv_until_eof(sock, limit=1 << 26):
-    chunks = []
-    total = 0
-    while total < limit:
-        try:
-            chunk = sock.recv(1 << 16)
-        except ConnectionResetError:
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-        total += len(chunk)
-    return b"".join(chunks)
-
-
-def wait_for(predicate, timeout=TIMEOUT):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.005)
-    return predicate()
+    return _serving(server, name="hostile-loop", check_leaks=True)
 
 
 def assert_serves(server, payload=b"still serving"):

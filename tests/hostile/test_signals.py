@@ -15,7 +15,6 @@ second signal.  The supervisor now reads its stop signals from a wake-up fd.
 """
 import os
 import random
-import re
 import signal
 import socket
 import struct
@@ -26,56 +25,12 @@ import time
 
 import pytest
 
-import cserver
-
-TIMEOUT = 10.0
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(cserver.__file__)))
-
-
-def _env():
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    return env
-
-
-class Output:
-    """Collects a subprocess's stderr lines in a thread."""
-
-    def __init__(self, stream):
-        self.lines = []
-        self.thread = threading.Thread(target=self._run, args=(stream,), daemon=True)
-        self.thread.start()
-
-    def _run(self, stream):
-        for line in iter(stream.readline, b""):
-            self.lines.append(line.decode("utf-8", "replace"))
-
-    def find(self, pattern, count=1):
-        rx = re.compile(pattern)
-        deadline = time.monotonic() + TIMEOUT
-        while time.monotonic() < deadline:
-            found = [m for m in (rx.search(line) for line in list(self.lines)) if m]
-            if len(found) >= count:
-                return found
-            time.sleep(0.01)
-        raise AssertionError("no %r in:\n%s" % (pattern, "".join(self.lines)))
-
-    def text(self):
-        return "".join(self.lines)
-
+from support import TIMEOUT, Server, child_env, cli
 
 def _finish(proc, output):
     # The server runs in its own session: a failed test kills its whole
     # process group (the supervisor and any worker it left behind).
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait(TIMEOUT)
-    output.thread.join(TIMEOUT)
-    for stream in (proc.stdin, proc.stdout, proc.stderr):
-        if stream is not None:
-            stream.close()
+    output.kill()
 
 
 SIDE_THREAD_SCRIPT = r"""
@@ -107,10 +62,8 @@ print("supervisor returned", file=sys.stderr, flush=True)
 
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
 def test_a_signal_caught_by_another_thread_stops_the_supervisor(sig):
-    proc = subprocess.Popen([sys.executable, "-c", SIDE_THREAD_SCRIPT, sig], env=_env(),
-                            stdin=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True)
-    output = Output(proc.stderr)
+    output = Server([sys.executable, "-c", SIDE_THREAD_SCRIPT, sig], stdin=subprocess.PIPE)
+    proc = output.proc
     try:
         output.find(r"supervisor pid \d+: 2 workers")
         output.find(r"worker \d serving", count=2)
@@ -167,12 +120,8 @@ ROUNDS = [("2", signal.SIGTERM), ("2", signal.SIGINT), ("2", signal.SIGTERM),
 def test_stop_signals_at_random_moments_under_load():
     rng = random.Random(0x5EED)
     for workers, sig in ROUNDS:
-        proc = subprocess.Popen([sys.executable, "-m", "cserver", "echo", "--port", "0",
-                                 "--workers", workers, "--drain-timeout", "1"],
-                                env=_env(), stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                start_new_session=True)
-        output = Output(proc.stderr)
+        output = cli("--port", "0", "--workers", workers, "--drain-timeout", "1")
+        proc = output.proc
         stop = threading.Event()
         errors = []
         clients = []
@@ -242,7 +191,7 @@ finally:
 
 @pytest.mark.parametrize("loop", ["epoll", "selectors"])
 def test_a_signal_caught_by_another_thread_stops_a_single_process_server(loop):
-    proc = subprocess.Popen([sys.executable, "-c", _OFF_THREAD_SIGNAL, loop], env=_env(),
+    proc = subprocess.Popen([sys.executable, "-c", _OFF_THREAD_SIGNAL, loop], env=child_env(),
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, start_new_session=True)
     try:

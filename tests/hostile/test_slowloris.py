@@ -13,20 +13,17 @@ queue_size`` on the thread pool), keeps them trickling a byte every 50 ms
 
 Timeouts are small (0.4 s) so that every test is bounded by a few seconds.
 """
-import contextlib
-import os
 import socket
 import struct
-import threading
 import time
 
 import pytest
 
 import cserver
 from cserver import selectorserver
+from support import TIMEOUT, frame, serving
 
 KINDS = ["epoll", "selectors"] if selectorserver._loop.HAVE_EPOLL else ["selectors"]
-TIMEOUT = 10.0
 SLOW = 0.4          # the deadline under test
 TRICKLE = 0.05      # one byte every TRICKLE seconds
 
@@ -36,31 +33,11 @@ def kind(request):
     return request.param
 
 
-def fds():
-    return len(os.listdir("/proc/self/fd"))
-
-
-def frame(payload):
-    return struct.pack("!I", len(payload)) + payload
-
-
-@contextlib.contextmanager
 def running(server):
-    before_fds, before_threads = fds(), set(threading.enumerate())
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), name="slowloris")
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        thread.join(TIMEOUT)
-        server.server_close()
-        assert not thread.is_alive()
-    deadline = time.monotonic() + TIMEOUT
-    while not set(threading.enumerate()) <= before_threads and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert set(threading.enumerate()) <= before_threads
-    assert fds() <= before_fds - 1   # the listening socket is closed too
+    """Serve (poll interval 0.05 s) in a thread; at exit stop, join, close,
+    and check that no fd or thread was left behind (the listening socket is
+    closed too)."""
+    return serving(server, 0.05, name="slowloris", check_leaks=True)
 
 
 def is_closed(sock):

@@ -11,62 +11,23 @@ all along.  Bounded: the reloads must be done within RELOADS_BUDGET
 seconds, every socket operation has a timeout, every thread is joined.
 The figures are printed (``pytest -s``) for the closing note.
 """
-import os
-import re
 import signal
 import socket
 import struct
-import subprocess
 import sys
 import threading
 import time
 
 import pytest
 
-import cserver
+from support import TIMEOUT, Server, recv_upto
 
 pytestmark = pytest.mark.soak
 
-TIMEOUT = 10.0
 RELOADS = 50
 RELOADS_BUDGET = 60.0
 CLIENTS = 6
 FRAMES_PER_CONNECTION = 3
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(cserver.__file__)))
-
-
-def _env():
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    env.pop("NOTIFY_SOCKET", None)
-    return env
-
-
-class Output:
-    def __init__(self, stream):
-        self.lines = []
-        self.thread = threading.Thread(target=self._run, args=(stream,), daemon=True)
-        self.thread.start()
-
-    def _run(self, stream):
-        for line in iter(stream.readline, b""):
-            self.lines.append(line.decode("utf-8", "replace"))
-
-    def find(self, pattern, count=1, timeout=TIMEOUT):
-        rx = re.compile(pattern)
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            found = [m for m in (rx.search(line) for line in list(self.lines)) if m]
-            if len(found) >= count:
-                return found
-            time.sleep(0.005)
-        raise AssertionError("no %r in:\n%s" % (pattern, "".join(self.lines[-200:])))
-
-    def count(self, pattern):
-        return sum(1 for line in list(self.lines) if re.search(pattern, line))
-
-    def text(self):
-        return "".join(self.lines)
 
 
 class Tally:
@@ -83,16 +44,6 @@ class Tally:
             self.counts[name] += 1
             if detail is not None and len(self.errors) < 20:
                 self.errors.append((name, detail))
-
-
-def _recv_exact(sock, n):
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            return data
-        data += chunk
-    return data
 
 
 def _client(port, number, stop, tally):
@@ -113,7 +64,7 @@ def _client(port, number, stop, tally):
                 payload += bytes(range(256))[: (round_number + k) % 200]
                 message = struct.pack("!I", len(payload)) + payload
                 sock.sendall(message)
-                reply = _recv_exact(sock, len(message))
+                reply = recv_upto(sock, len(message))
                 if len(reply) < len(message):
                     tally.add("unanswered", "EOF after %d bytes" % len(reply))
                     break
@@ -134,11 +85,9 @@ def _client(port, number, stop, tally):
 
 
 def test_fifty_reloads_under_load_drop_nothing():
-    proc = subprocess.Popen([sys.executable, "-m", "cserver", "echo", "--port", "0",
-                             "--workers", "2", "--drain-timeout", "5"],
-                            env=_env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, start_new_session=True)
-    output = Output(proc.stderr)
+    output = Server([sys.executable, "-m", "cserver", "echo", "--port", "0",
+                     "--workers", "2", "--drain-timeout", "5"])
+    proc = output.proc
     stop = threading.Event()
     tally = Tally()
     clients = []
@@ -172,13 +121,7 @@ def test_fifty_reloads_under_load_drop_nothing():
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(TIMEOUT)
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait(TIMEOUT)
-        output.thread.join(TIMEOUT)
-        proc.stderr.close()
+        output.kill()
     counts = tally.counts
     print("\n50-reload soak: %d reloads in %.1f s; %d connections, %d frames answered; "
           "refused %d, resets %d, unanswered %d, wrong %d, other %d"

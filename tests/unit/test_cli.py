@@ -5,33 +5,22 @@ markup; a second stop signal cuts the drain short.
 Every test runs the command in a subprocess with a timeout.
 """
 import os
-import re
 import signal
 import socket
 import struct
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 
 import cserver
-
-TIMEOUT = 10.0
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(cserver.__file__)))
-
-
-def _env():
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    return env
-
+from support import TIMEOUT, child_env, cli
 
 def run_cli(*args):
     """Run the command; on a timeout kill its whole process group (its own
     session: a supervisor and its workers), then fail."""
-    proc = subprocess.Popen([sys.executable, "-m", "cserver"] + list(args), env=_env(),
+    proc = subprocess.Popen([sys.executable, "-m", "cserver"] + list(args), env=child_env(),
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, start_new_session=True)
     try:
@@ -140,46 +129,21 @@ def test_help_has_no_markup(args):
 # -- a second stop signal cuts the drain short ----------------------------------------
 
 
-def _read_lines(stream, lines):
-    for line in iter(stream.readline, b""):
-        lines.append(line.decode("utf-8", "replace"))
-
-
-def _wait_line(lines, pattern, timeout=TIMEOUT):
-    rx = re.compile(pattern)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for line in list(lines):
-            m = rx.search(line)
-            if m:
-                return m
-        time.sleep(0.01)
-    raise AssertionError("no line matching %r in:\n%s" % (pattern, "".join(lines)))
-
-
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_second_signal_cuts_the_drain_short(workers):
     # A client that sends and never reads leaves replies buffered in the
     # server; the first SIGINT starts a 60 s drain, the second ends it.
-    proc = subprocess.Popen([sys.executable, "-m", "cserver", "echo", "--port", "0",
-                             "--workers", workers, "--drain-timeout", "60"],
-                            env=_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    lines = []
-    reader = threading.Thread(target=_read_lines, args=(proc.stdout, lines), daemon=True)
-    reader.start()
+    output = cli("--port", "0", "--workers", workers, "--drain-timeout", "60", merge=True)
+    proc, lines = output.proc, output.lines
     client = None
     try:
-        port = int(_wait_line(lines, r"listening on 127\.0\.0\.1:(\d+)").group(1))
+        port = int(output.find(r"listening on 127\.0\.0\.1:(\d+)")[0].group(1))
         if workers != "1":
-            _wait_line(lines, r"supervisor pid")
+            output.find(r"supervisor pid")
             # every slot's worker is up: a connection queued on the socket
             # of a slot whose worker is not yet serving would never be
             # accepted, so the first signal would find nothing to drain
-            deadline = time.monotonic() + TIMEOUT
-            while sum("serving on" in line for line in list(lines)) < int(workers):
-                assert time.monotonic() < deadline, "".join(lines)
-                time.sleep(0.01)
+            output.find(r"serving on", count=int(workers))
         client = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
         client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         client.settimeout(0.5)
@@ -192,7 +156,7 @@ def test_second_signal_cuts_the_drain_short(workers):
         else:
             raise AssertionError("the server never pushed back")
         proc.send_signal(signal.SIGINT)
-        _wait_line(lines, r"SIGINT: stopping" if workers == "1" else r"SIGTERM: stopping")
+        output.find(r"SIGINT: stopping" if workers == "1" else r"SIGTERM: stopping")
         time.sleep(0.2)
         assert proc.poll() is None  # draining: the client reads nothing
         started = time.monotonic()
@@ -202,13 +166,7 @@ def test_second_signal_cuts_the_drain_short(workers):
     finally:
         if client is not None:
             client.close()
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # whatever it left behind
-        except ProcessLookupError:
-            pass
-        proc.wait(TIMEOUT)
-        reader.join(TIMEOUT)
-        proc.stdout.close()
+        output.kill()   # whatever it left behind
     assert code == 0, "".join(lines)
     assert any("again: cutting the drain short" in line for line in lines), "".join(lines)
     assert "Traceback" not in "".join(lines)

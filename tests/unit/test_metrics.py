@@ -7,16 +7,13 @@ the command line in a subprocess (its own session, killed as a group at the
 end).  The attacker tests play a scraper that trickles, one that sends a
 request line of a MiB, 200 at once, a wrong method, HTTP/0.9 and garbage.
 """
-import contextlib
 import os
-import re
 import signal
 import socket
 import struct
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 import pytest
@@ -24,10 +21,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import cserver
 from cserver import _metrics, selectorserver
+from support import (TIMEOUT, Echo, RawEcho, child_env, cli, connect_to, frame, recv_exactly,
+                     recv_until_eof, serving, wait_for)
 
 KINDS = ["epoll", "selectors"] if selectorserver._loop.HAVE_EPOLL else ["selectors"]
-TIMEOUT = 10.0
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(cserver.__file__)))
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 HAS_PROXY = hasattr(selectorserver.SelectorServer, "proxy_protocol")
 
@@ -37,77 +34,13 @@ def kind(request):
     return request.param
 
 
-class Echo(cserver.FrameHandler):
-    def frame_received(self, frame):
-        self.send_frame(frame)
-
-
-class RawEcho(cserver.ConnectionHandler):
-    def data_received(self, data):
-        self.write(data)
-
-
-def frame(payload):
-    return struct.pack("!I", len(payload)) + payload
-
-
-@contextlib.contextmanager
-def serving(server):
-    thread = threading.Thread(target=server.serve_forever, name="metrics-test-server")
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        thread.join(TIMEOUT)
-        server.server_close()
-        assert not thread.is_alive()
-
-
-def wait_for(predicate, timeout=TIMEOUT):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.01)
-
-
-def recv_exactly(sock, n):
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            raise EOFError("closed with %d bytes missing" % (n - len(data)))
-        data += chunk
-    return data
-
-
-def read_to_eof(sock, limit=1 << 20):
-    data = b""
-    while len(data) < limit:
-        try:
-            chunk = sock.recv(65536)
-        except ConnectionResetError:
-            break
-        if not chunk:
-            break
-        data += chunk
-    return data
-
-
-def metrics_connect(address):
-    if isinstance(address, tuple):
-        return socket.create_connection(address, timeout=TIMEOUT)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(TIMEOUT)
-    sock.connect(address)
-    return sock
+def read_to_eof(sock):
+    return recv_until_eof(sock, 1 << 20)
 
 
 def http(address, request):
     """Send a raw request, return (status, headers dict, body) of the answer."""
-    with metrics_connect(address) as sock:
+    with connect_to(address) as sock:
         sock.sendall(request)
         raw = read_to_eof(sock)
     head, sep, body = raw.partition(b"\r\n\r\n")
@@ -426,7 +359,7 @@ def test_trickled_request_is_cut_at_the_deadline(metrics_server):
     request = b"GET /metrics HTTP/1.1\r\n" + b"X-Slow: " + b"a" * 200
     start = time.monotonic()
     cut = False
-    with metrics_connect(metrics_server.metrics_address) as sock:
+    with connect_to(metrics_server.metrics_address) as sock:
         sock.settimeout(0.05)
         for byte in request:   # one byte every 50 ms: 11 s in all, if never cut
             try:
@@ -447,7 +380,7 @@ def test_trickled_request_is_cut_at_the_deadline(metrics_server):
 
 
 def test_huge_request_line_is_refused_without_buffering(metrics_server):
-    with metrics_connect(metrics_server.metrics_address) as sock:
+    with connect_to(metrics_server.metrics_address) as sock:
         sock.sendall(b"GET /" + b"a" * 16384)
         # answered once its buffer (8 KiB) is full: it did not wait for the
         # rest of the MiB
@@ -481,7 +414,7 @@ def test_200_concurrent_scrapers_do_not_stop_data_traffic(kind):
     try:
         with serving(server):
             for _ in range(200):
-                scrapers.append(metrics_connect(server.metrics_address))
+                scrapers.append(connect_to(server.metrics_address))
             # 200 silent scrapers are open (64 accepted, the rest queued)
             assert data_roundtrip(server)
             for sock in scrapers:
@@ -591,49 +524,6 @@ def test_table_is_shared_with_a_forked_child():
 
 # -- workers (the command line) --------------------------------------------------------------
 
-def _start_cli(*args):
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.Popen([sys.executable, "-m", "cserver", "echo"] + list(args),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-                            stdin=subprocess.DEVNULL, start_new_session=True)
-
-
-class LogReader:
-    def __init__(self, proc):
-        self.lines = []
-        self.thread = threading.Thread(target=self._run, args=(proc.stdout,))
-        self.thread.start()
-
-    def _run(self, stream):
-        for line in iter(stream.readline, b""):
-            self.lines.append(line.decode("utf-8", "replace"))
-
-    def find(self, pattern, count=1):
-        rx = re.compile(pattern)
-
-        def found():
-            return [m for m in (rx.search(line) for line in list(self.lines)) if m]
-        assert wait_for(lambda: len(found()) >= count), "".join(self.lines)
-        return found()
-
-
-def _stop(proc, reader):
-    try:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        code = proc.wait(TIMEOUT)
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait(TIMEOUT)
-        reader.thread.join(TIMEOUT)
-        proc.stdout.close()
-    return code
-
-
 def _one_frame_each(port, n):
     for i in range(n):
         with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as c:
@@ -653,10 +543,23 @@ def _settled(address, frames):
     return last["samples"]
 
 
+def _totals_hold_then_grow(address, port, frames):
+    """Every scrape (whichever worker answers) says ``frames`` frames and
+    connections; 10 more connections add 10 to both."""
+    for _ in range(6):
+        samples = scrape(address)
+        assert value(samples, "cserver_received_frames_total") == frames
+        assert value(samples, "cserver_connections_total") == frames
+    _one_frame_each(port, 10)
+    samples = _settled(address, frames + 10)
+    assert value(samples, "cserver_received_frames_total") == frames + 10
+    assert value(samples, "cserver_connections_total") == frames + 10
+
+
 def test_workers_scrape_is_the_sum_and_survives_a_restart(kind):
-    proc = _start_cli("--port", "0", "--workers", "2", "--metrics", "127.0.0.1:0",
-                      "--loop", kind)
-    reader = LogReader(proc)
+    reader = cli("--port", "0", "--workers", "2", "--metrics", "127.0.0.1:0", "--loop", kind,
+                 merge=True)
+    proc = reader.proc
     try:
         port = int(reader.find(r"listening on 127\.0\.0\.1:(\d+)")[0].group(1))
         host, mport = reader.find(r"metrics on http://([\d.]+):(\d+)/metrics")[0].groups()
@@ -683,16 +586,9 @@ def test_workers_scrape_is_the_sum_and_survives_a_restart(kind):
         reader.find(r"exited \(killed by SIGKILL\).*restarting")
         reader.find(r"worker \d restarted: pid (\d+)")
         assert wait_for(lambda: value(scrape(address), "cserver_workers_live") == 2)
-        for _ in range(6):
-            samples = scrape(address)
-            assert value(samples, "cserver_received_frames_total") == 40
-            assert value(samples, "cserver_connections_total") == 40
-        _one_frame_each(port, 10)
-        samples = _settled(address, 50)
-        assert value(samples, "cserver_received_frames_total") == 50
-        assert value(samples, "cserver_connections_total") == 50
+        _totals_hold_then_grow(address, port, 40)
     finally:
-        code = _stop(proc, reader)
+        code = reader.stop()
     assert code == 0, "".join(reader.lines)
 
 
@@ -700,8 +596,8 @@ def test_workers_totals_survive_a_sighup_reload():
     """A reload replaces every worker (cserver._supervisor): the old
     generation's counters move to the retired cell as it is reaped, so the
     totals never go down and the new workers add to them."""
-    proc = _start_cli("--port", "0", "--workers", "2", "--metrics", "127.0.0.1:0")
-    reader = LogReader(proc)
+    reader = cli("--port", "0", "--workers", "2", "--metrics", "127.0.0.1:0", merge=True)
+    proc = reader.proc
     try:
         port = int(reader.find(r"listening on 127\.0\.0\.1:(\d+)")[0].group(1))
         host, mport = reader.find(r"metrics on http://([\d.]+):(\d+)/metrics")[0].groups()
@@ -713,16 +609,9 @@ def test_workers_totals_survive_a_sighup_reload():
         reader.find(r"reload 1 done")
         reader.find(r"retired worker \d \(pid \d+\) exited", count=2)
         assert wait_for(lambda: value(scrape(address), "cserver_workers_live") == 2)
-        for _ in range(6):
-            samples = scrape(address)
-            assert value(samples, "cserver_received_frames_total") == 20
-            assert value(samples, "cserver_connections_total") == 20
-        _one_frame_each(port, 10)
-        samples = _settled(address, 30)
-        assert value(samples, "cserver_received_frames_total") == 30
-        assert value(samples, "cserver_connections_total") == 30
+        _totals_hold_then_grow(address, port, 20)
     finally:
-        code = _stop(proc, reader)
+        code = reader.stop()
     assert code == 0, "".join(reader.lines)
 
 
@@ -733,7 +622,7 @@ def test_workers_totals_survive_a_sighup_reload():
 ])
 def test_cli_bad_metrics_value(value_, message):
     out = subprocess.run([sys.executable, "-m", "cserver", "echo", "--metrics", value_],
-                         env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True,
+                         env=child_env(), capture_output=True,
                          timeout=TIMEOUT, stdin=subprocess.DEVNULL)
     assert out.returncode == 2
     assert message in out.stderr.decode(), out.stderr
@@ -746,7 +635,7 @@ def test_cli_metrics_address_in_use_is_one_line():
     try:
         out = subprocess.run([sys.executable, "-m", "cserver", "echo", "--port", "0",
                               "--metrics", "127.0.0.1:%d" % taken.getsockname()[1]],
-                             env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True,
+                             env=child_env(), capture_output=True,
                              timeout=TIMEOUT, stdin=subprocess.DEVNULL)
     finally:
         taken.close()
@@ -790,7 +679,7 @@ print("done", flush=True)
 
 def test_supervisor_hooks_see_every_worker_once(tmp_path):
     out = subprocess.run([sys.executable, "-c", HOOKS_PROGRAM, str(tmp_path / "m")],
-                         env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True,
+                         env=child_env(), capture_output=True,
                          timeout=TIMEOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     text = out.stdout.decode()
     assert out.returncode == 0 and "done" in text, text + out.stderr.decode()

@@ -8,7 +8,6 @@ import os
 import re
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import threading
@@ -18,51 +17,13 @@ import pytest
 
 import cserver
 
-TIMEOUT = 10.0
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(cserver.__file__)))
-
-
-def _env():
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    env.pop("NOTIFY_SOCKET", None)
-    return env
-
-
-class Output:
-    """A subprocess's stderr lines, collected in a thread."""
-
-    def __init__(self, stream):
-        self.lines = []
-        self.thread = threading.Thread(target=self._run, args=(stream,), daemon=True)
-        self.thread.start()
-
-    def _run(self, stream):
-        for line in iter(stream.readline, b""):
-            self.lines.append(line.decode("utf-8", "replace"))
-
-    def find(self, pattern, count=1, timeout=TIMEOUT):
-        rx = re.compile(pattern)
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            found = [m for m in (rx.search(line) for line in list(self.lines)) if m]
-            if len(found) >= count:
-                return found
-            time.sleep(0.01)
-        raise AssertionError("no %r in:\n%s" % (pattern, "".join(self.lines)))
-
-    def count(self, pattern):
-        return sum(1 for line in list(self.lines) if re.search(pattern, line))
-
-    def text(self):
-        return "".join(self.lines)
+from support import TIMEOUT, Server, child_env, echo_once, exchange, frame
 
 
 def _start(argv):
-    proc = subprocess.Popen(argv, env=_env(), stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
-    return proc, Output(proc.stderr)
+    """``argv`` in its own session: ``(proc, its log lines)``."""
+    server = Server(argv)
+    return server.proc, server
 
 
 def _cli(*args):
@@ -70,34 +31,11 @@ def _cli(*args):
 
 
 def _finish(proc, output):
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait(TIMEOUT)
-    output.thread.join(TIMEOUT)
-    proc.stderr.close()
-
-
-def _frame(payload):
-    return struct.pack("!I", len(payload)) + payload
-
-
-def _exchange(sock, payload):
-    sock.sendall(_frame(payload))
-    want = 4 + len(payload)
-    data = b""
-    while len(data) < want:
-        chunk = sock.recv(want - len(data))
-        if not chunk:
-            break
-        data += chunk
-    return data
+    output.kill()
 
 
 def _echo_once(port, payload=b"hello"):
-    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as c:
-        return _exchange(c, payload)
+    return echo_once(("127.0.0.1", port), payload)
 
 
 def _socket_inodes(pid):
@@ -135,16 +73,16 @@ def test_a_reload_replaces_the_workers_and_keeps_the_listening_sockets():
         before = _socket_inodes(proc.pid)
         # a connection served by an old worker, open across the reload
         held = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
-        assert _exchange(held, b"before") == _frame(b"before")
+        assert exchange(held, b"before") == frame(b"before")
         proc.send_signal(signal.SIGHUP)
         done = output.find(r"reload 1 done: workers \[(\d+), (\d+)\]")[0]
         new = {int(done.group(1)), int(done.group(2))}
         assert new.isdisjoint(old) and len(new) == 2, output.text()
         # the supervisor's listening sockets are the very same ones
         assert _socket_inodes(proc.pid) == before
-        assert _echo_once(port) == _frame(b"hello")
+        assert _echo_once(port) == frame(b"hello")
         # the old worker that holds the connection still answers on it
-        assert _exchange(held, b"after") == _frame(b"after")
+        assert exchange(held, b"after") == frame(b"after")
         output.find(r"retired worker \d \(pid \d+\) exited", 1)   # the idle one
         held.close()
         output.find(r"retired worker \d \(pid \d+\) exited", 2)   # once its peer closed
@@ -203,7 +141,7 @@ def test_a_new_worker_that_fails_leaves_the_old_one_serving(tmp_path, mode, reas
         output.find(r"reload 1 done: workers \[\d+, \d+\]; 2 new workers failed")
         assert all(_alive(pid) for pid in old)
         for i in range(4):
-            assert _echo_once(port, b"%d" % i) == _frame(b"%d" % i)
+            assert _echo_once(port, b"%d" % i) == frame(b"%d" % i)
         # the old generation is still the one the supervisor restarts and stops
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(TIMEOUT) == 0, output.text()
@@ -238,7 +176,7 @@ def test_sighup_with_one_worker_is_logged_and_ignored():
         proc.send_signal(signal.SIGHUP)
         output.find(r"SIGHUP ignored: a reload needs --workers 2 or more")
         assert proc.poll() is None
-        assert _echo_once(port) == _frame(b"hello")
+        assert _echo_once(port) == frame(b"hello")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(TIMEOUT) == 0, output.text()
     finally:
@@ -254,14 +192,14 @@ def test_drain_delay_keeps_accepting_after_sigterm(workers):
         port = int(output.find(r"listening on 127\.0\.0\.1:(\d+)")[0].group(1))
         if workers == "2":
             _worker_pids(output, 2)
-        assert _echo_once(port) == _frame(b"hello")
+        assert _echo_once(port) == frame(b"hello")
         sent = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         output.find(r"accepting for 1\.5 s more \(drain_delay\), then stopping")
         accepted = 0
         while time.monotonic() - sent < delay - 0.5:
             # new connections during the delay are accepted and served
-            assert _echo_once(port, b"during") == _frame(b"during"), output.text()
+            assert _echo_once(port, b"during") == frame(b"during"), output.text()
             accepted += 1
             time.sleep(0.1)
         assert accepted >= 3
@@ -301,7 +239,7 @@ def test_drain_delay_is_validated(value, error):
 @pytest.mark.parametrize("text", ["-1", "nan", "soon"])
 def test_cli_drain_delay_is_validated(text):
     out = subprocess.run([sys.executable, "-m", "cserver", "echo", "--drain-delay", text],
-                         env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          timeout=TIMEOUT)
     assert out.returncode == 2
     assert b"--drain-delay" in out.stderr and b"Traceback" not in out.stderr
@@ -319,12 +257,12 @@ def test_shutdown_with_drain_delay_keeps_accepting_then_stops():
     serving.start()
     stopper = threading.Thread(target=server.shutdown, daemon=True)
     try:
-        assert _echo_once(port) == _frame(b"hello")
+        assert _echo_once(port) == frame(b"hello")
         asked = time.monotonic()
         stopper.start()
         time.sleep(0.2)
         # within the delay: a new connection is accepted and served
-        assert _echo_once(port, b"late") == _frame(b"late")
+        assert _echo_once(port, b"late") == frame(b"late")
         assert server.stats()["accepting"] is True
         stopper.join(TIMEOUT)
         assert not stopper.is_alive()
@@ -355,9 +293,9 @@ def test_a_stop_signal_before_the_loop_runs_still_waits_for_drain_delay():
     serving = threading.Thread(target=server.serve_forever, daemon=True)
     serving.start()
     try:
-        assert _exchange(early, b"queued") == _frame(b"queued")
+        assert exchange(early, b"queued") == frame(b"queued")
         with socket.create_connection(("127.0.0.1", port), timeout=3.0) as late:
-            assert _exchange(late, b"late") == _frame(b"late")
+            assert exchange(late, b"late") == frame(b"late")
         serving.join(TIMEOUT)
         assert not serving.is_alive()
         assert time.monotonic() - started >= 0.6
@@ -396,14 +334,14 @@ def test_a_reload_on_a_unix_socket_keeps_the_one_shared_socket():
             with socket.socket(socket.AF_UNIX) as c:
                 c.settimeout(TIMEOUT)
                 c.connect(path)
-                assert _exchange(c, b"gen %d" % number) == _frame(b"gen %d" % number)
+                assert exchange(c, b"gen %d" % number) == frame(b"gen %d" % number)
             proc.send_signal(signal.SIGHUP)
             output.find(r"reload %d done" % number)
         assert os.stat(path).st_ino == identity   # the same socket file, never re-bound
         with socket.socket(socket.AF_UNIX) as c:
             c.settimeout(TIMEOUT)
             c.connect(path)
-            assert _exchange(c, b"after") == _frame(b"after")
+            assert exchange(c, b"after") == frame(b"after")
         output.find(r"retired worker \d \(pid \d+\) exited", 4)
         assert not [pid for pid in old if _alive(pid)]
         proc.send_signal(signal.SIGTERM)

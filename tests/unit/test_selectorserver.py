@@ -4,7 +4,6 @@ Every test that serves runs on the epoll loop and on the selectors fallback
 (test ids ``[epoll]`` / ``[selectors]``).  Servers bind port 0 on loopback,
 run in a thread joined in ``finally``; every socket is closed.
 """
-import contextlib
 import logging
 import os
 import random
@@ -23,86 +22,15 @@ import pytest
 
 import cserver
 from cserver import selectorserver
+from support import (TIMEOUT, Echo, RawEcho, connect, frame, recv_exactly, recv_until_eof, serving,
+                     wait_for)
 
 KINDS = ["epoll", "selectors"] if selectorserver._loop.HAVE_EPOLL else ["selectors"]
-TIMEOUT = 10.0
 
 
 @pytest.fixture(params=KINDS)
 def kind(request):
     return request.param
-
-
-def frame(payload, fmt="!I"):
-    return struct.pack(fmt, len(payload)) + payload
-
-
-@contextlib.contextmanager
-def serving(server):
-    """Run ``server.serve_forever()`` in a thread; stop, join, close."""
-    thread = threading.Thread(target=server.serve_forever, name="mux-test-server")
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        thread.join(TIMEOUT)
-        server.server_close()
-        assert not thread.is_alive()
-
-
-def connect(server, timeout=TIMEOUT):
-    if server.address_family == getattr(socket, "AF_UNIX", None):
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(timeout)
-        s.connect(server.server_address)
-        return s
-    return socket.create_connection(server.server_address[:2], timeout=timeout)
-
-
-def recv_exactly(sock, n):
-    chunks = []
-    while n:
-        chunk = sock.recv(min(n, 1 << 20))
-        if not chunk:
-            raise EOFError("connection closed with %d bytes missing" % n)
-        chunks.append(chunk)
-        n -= len(chunk)
-    return b"".join(chunks)
-
-
-def recv_until_eof(sock, limit=1 << 26):
-    chunks = []
-    total = 0
-    while total < limit:
-        try:
-            chunk = sock.recv(1 << 16)
-        except ConnectionResetError:
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-        total += len(chunk)
-    return b"".join(chunks)
-
-
-def wait_for(predicate, timeout=TIMEOUT):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.005)
-    return predicate()
-
-
-class Echo(cserver.FrameHandler):
-    def frame_received(self, frame):
-        self.send_frame(frame)
-
-
-class RawEcho(cserver.ConnectionHandler):
-    def data_received(self, data):
-        self.write(data)
 
 
 class Recording(cserver.FrameHandler):

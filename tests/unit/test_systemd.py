@@ -13,10 +13,8 @@ import re
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -26,60 +24,23 @@ import pytest
 import cserver
 import cserver.socketserver as compat
 from cserver import selectorserver, systemd
-
-TIMEOUT = 10.0
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(cserver.__file__)))
-
-
-def _env(**extra):
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "NOTIFY_SOCKET"):
-        env.pop(name, None)
-    env.update(extra)
-    return env
-
-
-class Echo(cserver.FrameHandler):
-    def frame_received(self, frame):
-        self.send_frame(frame)
-
+from support import (TIMEOUT, Echo, Server, child_env, cli, echo_once, frame, free_port,
+                     short_path)
 
 class Datagrams(cserver.DatagramHandler):
     def datagram_received(self, data, addr):
         self.sendto(data, addr)
 
 
-def _frame(payload):
-    return struct.pack("!I", len(payload)) + payload
-
-
-def _recv_exact(sock, n):
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            break
-        data += chunk
-    return data
-
-
 def _echo_once(address, payload=b"hello", family=socket.AF_INET):
-    with socket.socket(family, socket.SOCK_STREAM) as c:
-        c.settimeout(TIMEOUT)
-        c.connect(address)
-        c.sendall(_frame(payload))
-        return _recv_exact(c, 4 + len(payload))
+    assert family in (socket.AF_INET, socket.AF_UNIX)   # echo_once knows by the address
+    return echo_once(address, payload)
 
 
 def _serve_in_thread(server):
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     return thread
-
-
-def _short_path(tag):
-    return os.path.join(tempfile.gettempdir(), "cs-%s-%s" % (tag, uuid.uuid4().hex[:8]))
 
 
 # -- from_socket on the multiplexing servers -----------------------------------
@@ -96,7 +57,7 @@ def test_selector_tcp_from_a_listening_socket():
         assert server.socket is sock and server.server_address == address
         assert not sock.get_inheritable()
         thread = _serve_in_thread(server)
-        assert _echo_once(address) == _frame(b"hello")
+        assert _echo_once(address) == frame(b"hello")
     finally:
         server.shutdown()
         if thread is not None:
@@ -114,7 +75,7 @@ def test_selector_tcp_from_a_bound_socket_listens_on_it():
         assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
         assert server.address_family == sock.family
         thread = _serve_in_thread(server)
-        assert _echo_once(server.server_address[:2], family=sock.family) == _frame(b"hello")
+        assert _echo_once(server.server_address[:2], family=sock.family) == frame(b"hello")
         server.shutdown()
         thread.join(TIMEOUT)
     finally:
@@ -122,7 +83,7 @@ def test_selector_tcp_from_a_bound_socket_listens_on_it():
 
 
 def test_selector_unix_and_udp_from_socket():
-    path = _short_path("fs")
+    path = short_path("fs")
     unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     unix.bind(path)
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -133,7 +94,7 @@ def test_selector_unix_and_udp_from_socket():
         servers.append(cserver.SelectorUDPServer.from_socket(udp, Datagrams))
         assert servers[0].server_address == path
         threads = [_serve_in_thread(s) for s in servers]
-        assert _echo_once(path, family=socket.AF_UNIX) == _frame(b"hello")
+        assert _echo_once(path, family=socket.AF_UNIX) == frame(b"hello")
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
             c.settimeout(TIMEOUT)
             c.sendto(b"ping", servers[1].server_address)
@@ -231,7 +192,7 @@ def _stdlib_round_trip(server, family, stream, address):
                 c.sendall(b"line\n")
                 return c.recv(100)
             if family == socket.AF_UNIX:
-                c.bind(_short_path("cl"))
+                c.bind(short_path("cl"))
             c.sendto(b"dgram", address)
             try:
                 return c.recv(100)
@@ -253,7 +214,7 @@ def test_stdlib_style_from_socket(name):
     path = None
     sock = socket.socket(family, cls.socket_type)
     if family == socket.AF_UNIX:
-        path = _short_path("ss")
+        path = short_path("ss")
         sock.bind(path)
     else:
         sock.bind(("127.0.0.1", 0))
@@ -322,7 +283,7 @@ print(json.dumps(result))
 def _child(env, fds=(), unset=True):
     # descriptors 3.. must be the ones the child opens: close_fds (the default)
     spec = {"env": env, "fds": list(fds), "unset": unset}
-    out = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(spec)], env=_env(),
+    out = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(spec)], env=child_env(),
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=TIMEOUT)
     assert out.returncode == 0, out.stderr.decode(errors="replace")
     return json.loads(out.stdout)
@@ -430,7 +391,7 @@ print("closed", state())
                   "passed (s0) [-1]"),
 ])
 def test_from_systemd_picks_a_socket_by_name(count, name, expected):
-    out = subprocess.run([sys.executable, "-c", _FROM_SYSTEMD, count, name], env=_env(),
+    out = subprocess.run([sys.executable, "-c", _FROM_SYSTEMD, count, name], env=child_env(),
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=TIMEOUT)
     assert out.returncode == 0, out.stderr.decode(errors="replace")
     assert out.stdout.decode().strip() == expected
@@ -449,7 +410,7 @@ class FakeNotifySocket:
             self.sock.bind("\0" + name)
             self.address, self.path = "@" + name, None
         else:
-            self.path = _short_path("ntf")
+            self.path = short_path("ntf")
             self.sock.bind(self.path)
             self.address = self.path
         self.sock.settimeout(TIMEOUT)
@@ -522,56 +483,21 @@ def test_notify_refuses_a_malformed_socket_address(monkeypatch, value):
 
 
 def test_notify_to_a_missing_socket_raises(monkeypatch):
-    monkeypatch.setenv("NOTIFY_SOCKET", _short_path("gone"))
+    monkeypatch.setenv("NOTIFY_SOCKET", short_path("gone"))
     with pytest.raises(OSError):
         systemd.notify("READY=1")
 
 
-class Output:
-    """A subprocess's stderr lines, collected in a thread."""
-
-    def __init__(self, stream):
-        self.lines = []
-        self.thread = threading.Thread(target=self._run, args=(stream,), daemon=True)
-        self.thread.start()
-
-    def _run(self, stream):
-        for line in iter(stream.readline, b""):
-            self.lines.append(line.decode("utf-8", "replace"))
-
-    def find(self, pattern, count=1, timeout=TIMEOUT):
-        rx = re.compile(pattern)
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            found = [m for m in (rx.search(line) for line in list(self.lines)) if m]
-            if len(found) >= count:
-                return found
-            time.sleep(0.01)
-        raise AssertionError("no %r in:\n%s" % (pattern, "".join(self.lines)))
-
-    def text(self):
-        return "".join(self.lines)
-
-
 def _stop(proc, output):
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait(TIMEOUT)
-    output.thread.join(TIMEOUT)
-    proc.stderr.close()
+    output.kill()
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_the_server_notifies_ready_reloading_and_stopping(workers):
     fake = FakeNotifySocket()
-    proc = subprocess.Popen([sys.executable, "-m", "cserver", "echo", "--port", "0",
-                             "--workers", workers, "--drain-timeout", "0.5"],
-                            env=_env(NOTIFY_SOCKET=fake.address), stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
-    output = Output(proc.stderr)
+    output = cli("--port", "0", "--workers", workers, "--drain-timeout", "0.5",
+                 env=child_env(NOTIFY_SOCKET=fake.address))
+    proc = output.proc
     try:
         fake.expect(r"^READY=1$")
         port = int(output.find(r"listening on 127\.0\.0\.1:(\d+)")[0].group(1))
@@ -582,7 +508,7 @@ def test_the_server_notifies_ready_reloading_and_stopping(workers):
             fake.expect(r"^RELOADING=1\nMONOTONIC_USEC=\d+$")
             fake.expect(r"^READY=1$")
             output.find(r"reload 1 done")
-        assert _echo_once(("127.0.0.1", port)) == _frame(b"hello")
+        assert _echo_once(("127.0.0.1", port)) == frame(b"hello")
         proc.send_signal(signal.SIGTERM)
         fake.expect(r"^STOPPING=1$")
         assert proc.wait(TIMEOUT) == 0, output.text()
@@ -596,34 +522,26 @@ def test_the_server_notifies_ready_reloading_and_stopping(workers):
 ACTIVATE = shutil.which("systemd-socket-activate")
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_systemd_socket_activate_runs_the_echo_server_on_its_socket(workers):
     if ACTIVATE is None:
         if os.environ.get("CI"):
             pytest.fail("systemd-socket-activate is missing (Debian package systemd)")
         pytest.skip("systemd-socket-activate is not installed (Debian package systemd)")
-    port = _free_port()
-    proc = subprocess.Popen([ACTIVATE, "-l", "127.0.0.1:%d" % port, "--fdname=echo",
-                             "-E", "PYTHONPATH=" + _env()["PYTHONPATH"],
-                             "-E", "PYTHONUNBUFFERED=1",
-                             sys.executable, "-m", "cserver", "echo", "--systemd",
-                             "--systemd-name", "echo", "--workers", workers,
-                             "--drain-timeout", "0.5"],
-                            env=_env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, start_new_session=True)
-    output = Output(proc.stderr)
+    port = free_port()
+    output = Server([ACTIVATE, "-l", "127.0.0.1:%d" % port, "--fdname=echo",
+                     "-E", "PYTHONPATH=" + child_env()["PYTHONPATH"],
+                     "-E", "PYTHONUNBUFFERED=1",
+                     sys.executable, "-m", "cserver", "echo", "--systemd",
+                     "--systemd-name", "echo", "--workers", workers,
+                     "--drain-timeout", "0.5"])
+    proc = output.proc
     try:
         output.find(r"Listening on 127\.0\.0\.1:%d as 3" % port)
         # the first connection makes systemd-socket-activate exec the server,
         # which accepts it from the inherited socket
         for i in range(5):
-            assert _echo_once(("127.0.0.1", port), b"frame %d" % i) == _frame(b"frame %d" % i)
+            assert _echo_once(("127.0.0.1", port), b"frame %d" % i) == frame(b"frame %d" % i)
         output.find(r"listening on 127\.0\.0\.1:%d \(from systemd\), pid %d, workers %s"
                     % (port, proc.pid, workers))
         if workers == "2":
@@ -661,7 +579,7 @@ server.serve_forever()
 server.server_close()
 print("reuseport sockets", len(opened), s.fileno())
 """
-    out = subprocess.run([sys.executable, "-c", script], env=_env(), stdout=subprocess.PIPE,
+    out = subprocess.run([sys.executable, "-c", script], env=child_env(), stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, timeout=TIMEOUT, start_new_session=True)
     assert out.returncode == 0, out.stderr.decode(errors="replace")
     assert out.stdout.decode().strip() == "reuseport sockets 0 -1", out.stderr.decode()
@@ -669,14 +587,14 @@ print("reuseport sockets", len(opened), s.fileno())
 
 
 def test_cli_systemd_errors_are_one_line():
-    out = subprocess.run([sys.executable, "-m", "cserver", "echo", "--systemd"], env=_env(),
+    out = subprocess.run([sys.executable, "-m", "cserver", "echo", "--systemd"], env=child_env(),
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=TIMEOUT)
     assert out.returncode == 2
     assert out.stderr.decode() == ("python -m cserver echo: error: --systemd: no socket was "
                                    "passed (LISTEN_FDS unset, or LISTEN_PID is not this "
                                    "process)\n")
     out = subprocess.run([sys.executable, "-m", "cserver", "echo", "--systemd-name", "x"],
-                         env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          timeout=TIMEOUT)
     assert out.returncode == 2 and b"--systemd-name needs --systemd" in out.stderr
 
