@@ -33,6 +33,8 @@ import threading
 import time
 import uuid
 
+import pytest
+
 import cserver
 
 #: A generous bound for anything that should happen "at once" in a test;
@@ -57,6 +59,35 @@ def child_env(**extra):
         env.pop(name, None)
     env.update(extra)
     return env
+
+
+#: fork() in a multi-threaded process warns (DeprecationWarning, 3.12+); from
+#: 3.15 os.fork() raises it in the parent under filterwarnings=error, and
+#: every fork next to a serve_forever thread or in pytest-xdist's worker
+#: (which runs a second thread) is one.  The stdlib's own tests silence
+#: that one warning (warnings_helper.ignore_fork_in_thread_deprecation_warnings);
+#: so do the tests that fork, with this mark, and only for it.
+FORK_IN_THREADS = pytest.mark.filterwarnings(
+    "ignore:This process .* is multi-threaded, use of fork\\(\\) may lead to deadlocks"
+    ":DeprecationWarning")
+
+#: What a program that starts its child with an environment of its own
+#: (``systemd-socket-activate`` passes on only its ``-E`` variables) must
+#: hand on for the child to run as this test does: the sanitizer runtime and
+#: its options (tox -e asan), cserver's own switches (tox -e pure).
+_HANDED_ON = ("LD_PRELOAD", "ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN_OPTIONS",
+              "CSERVER_PURE", "CSERVER_LOOP")
+
+
+def activate_env_args(env=None):
+    """``-E NAME=VALUE`` arguments of ``systemd-socket-activate`` for the
+    variables of ``_HANDED_ON`` that are set in ``env`` (``os.environ``)."""
+    env = os.environ if env is None else env
+    args = []
+    for name in _HANDED_ON:
+        if env.get(name):
+            args += ["-E", "%s=%s" % (name, env[name])]
+    return args
 
 
 def wait_for(predicate, timeout=TIMEOUT, interval=0.005):

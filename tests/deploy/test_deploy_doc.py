@@ -34,6 +34,7 @@ import sys
 import time
 
 import pytest
+import support
 
 ROOT = os.environ.get("CSERVER_SOURCE_TREE") or os.path.dirname(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -112,7 +113,8 @@ class App:
         self.notify.bind(self.notify_path)
         self.notify.settimeout(0.2)
         self.states = []
-        env = ["-E", "NOTIFY_SOCKET=" + self.notify_path, "-E", "PYTHONUNBUFFERED=1"]
+        env = ["-E", "NOTIFY_SOCKET=" + self.notify_path, "-E", "PYTHONUNBUFFERED=1",
+               *support.activate_env_args()]
         if os.environ.get("PYTHONPATH"):
             env += ["-E", "PYTHONPATH=" + os.environ["PYTHONPATH"]]
         for attempt in range(8):

@@ -31,6 +31,11 @@ import pytest
 import cserver
 from cserver import socketserver as css
 
+import support
+
+# ForkingTCPServer next to the serve thread (support.FORK_IN_THREADS)
+pytestmark = support.FORK_IN_THREADS
+
 TIMEOUT = 10.0
 SLOW = 0.4
 V2_SIG = b"\r\n\r\n\x00\r\nQUIT\n"

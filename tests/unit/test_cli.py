@@ -178,15 +178,10 @@ def test_second_signal_cuts_the_drain_short(workers):
     (["--trusted-proxy", "10.0.0.0/8"], False),
 ])
 def test_proxy_protocol_flags(trusted, served):
-    proc = subprocess.Popen([sys.executable, "-m", "cserver", "echo", "--port", "0",
-                             "--proxy-protocol", "v2"] + trusted,
-                            env=_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    lines = []
-    reader = threading.Thread(target=_read_lines, args=(proc.stdout, lines), daemon=True)
-    reader.start()
+    output = cli("--port", "0", "--proxy-protocol", "v2", *trusted, merge=True)
+    proc, lines = output.proc, output.lines
     try:
-        port = int(_wait_line(lines, r"listening on 127\.0\.0\.1:(\d+)").group(1))
+        port = int(output.find(r"listening on 127\.0\.0\.1:(\d+)")[0].group(1))
         header = (b"\r\n\r\n\x00\r\nQUIT\n\x21\x11\x00\x0c" + bytes([203, 0, 113, 7])
                   + bytes([192, 0, 2, 1]) + struct.pack("!HH", 51000, 443))
         with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as client:
@@ -204,13 +199,7 @@ def test_proxy_protocol_flags(trusted, served):
         proc.send_signal(signal.SIGINT)
         code = proc.wait(TIMEOUT)
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait(TIMEOUT)
-        reader.join(TIMEOUT)
-        proc.stdout.close()
+        output.kill()
     assert code == 0, "".join(lines)
     if not served:
         assert any("not a trusted proxy" in line for line in lines), "".join(lines)

@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import cserver
 from cserver import _metrics, selectorserver
+import support
 from support import (TIMEOUT, Echo, RawEcho, child_env, cli, connect_to, frame, recv_exactly,
                      recv_until_eof, serving, wait_for)
 
@@ -506,6 +507,7 @@ def _table_cells(table):
     return retired, list(live.values())
 
 
+@support.FORK_IN_THREADS
 def test_table_is_shared_with_a_forked_child():
     table = _metrics.SharedTable(1)
     try:

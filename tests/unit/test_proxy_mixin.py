@@ -25,6 +25,11 @@ import pytest
 import cserver
 from cserver import proxy
 
+import support
+
+# ForkingTCPServer next to the serve thread (support.FORK_IN_THREADS)
+pytestmark = support.FORK_IN_THREADS
+
 TIMEOUT = 10.0
 V2_SIG = b"\r\n\r\n\x00\r\nQUIT\n"
 

@@ -24,8 +24,8 @@ import pytest
 import cserver
 import cserver.socketserver as compat
 from cserver import selectorserver, systemd
-from support import (TIMEOUT, Echo, Server, child_env, cli, echo_once, frame, free_port,
-                     short_path)
+from support import (TIMEOUT, Echo, Server, activate_env_args, child_env, cli, echo_once,
+                     frame, free_port, short_path)
 
 class Datagrams(cserver.DatagramHandler):
     def datagram_received(self, data, addr):
@@ -531,7 +531,7 @@ def test_systemd_socket_activate_runs_the_echo_server_on_its_socket(workers):
     port = free_port()
     output = Server([ACTIVATE, "-l", "127.0.0.1:%d" % port, "--fdname=echo",
                      "-E", "PYTHONPATH=" + child_env()["PYTHONPATH"],
-                     "-E", "PYTHONUNBUFFERED=1",
+                     "-E", "PYTHONUNBUFFERED=1", *activate_env_args(),
                      sys.executable, "-m", "cserver", "echo", "--systemd",
                      "--systemd-name", "echo", "--workers", workers,
                      "--drain-timeout", "0.5"])
