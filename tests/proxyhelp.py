@@ -1,22 +1,18 @@
 """Helpers of the PROXY protocol server tests (tests/unit/test_selector_proxy.py,
 tests/hostile/test_proxy_attacks.py): headers, a server run in a thread,
-clients.  Not a test module."""
-import contextlib
+clients.  Not a test module; what other tests share too is support's."""
 import os
 import socket
 import struct
-import threading
-import time
+
+from support import TIMEOUT, frame, serving  # noqa: F401  (frame: the tests' ph.frame)
+from support import fd_count as fds  # noqa: F401
+from support import wait_for as wait_until  # noqa: F401
 
 from cserver import selectorserver
 
 KINDS = ["epoll", "selectors"] if selectorserver._loop.HAVE_EPOLL else ["selectors"]
-TIMEOUT = 10.0
 SIG = b"\r\n\r\n\x00\r\nQUIT\n"
-
-
-def frame(payload):
-    return struct.pack("!I", len(payload)) + payload
 
 
 def v1(src="203.0.113.7", dst="192.0.2.1", sport=51000, dport=443, family="TCP4"):
@@ -39,35 +35,10 @@ def v2(src="203.0.113.7", dst="192.0.2.1", sport=51000, dport=443, command=1, tl
     return SIG + bytes([0x21, fam]) + struct.pack("!H", len(block)) + block
 
 
-def fds():
-    return len(os.listdir("/proc/self/fd"))
-
-
-def wait_until(predicate, timeout=TIMEOUT):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.005)
-
-
-@contextlib.contextmanager
 def running(server):
     """Serve in a thread; at exit shut down, join, close, and check that no
     descriptor or thread is left behind."""
-    before_fds, before_threads = fds(), set(threading.enumerate())
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), name="proxy-serve")
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        thread.join(TIMEOUT)
-        server.server_close()
-        assert not thread.is_alive()
-    assert wait_until(lambda: set(threading.enumerate()) <= before_threads)
-    assert fds() <= before_fds - 1   # the listening socket is closed too
+    return serving(server, 0.05, name="proxy-serve", check_leaks=True)
 
 
 def make_server(kind, where, handler, short_tmpdir=None, **options):

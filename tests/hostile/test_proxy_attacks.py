@@ -10,12 +10,10 @@ announces 65535 bytes holds what was received, never what was announced;
 many connections holding partial headers cost bounded memory.
 Every test runs on both pollers; timeouts are small so each is bounded by a
 few seconds."""
-import importlib.util
 import logging
 import os
 import socket
 import struct
-import sys
 import time
 import tracemalloc
 
@@ -24,12 +22,7 @@ import pytest
 import cserver
 from cserver import selectorserver
 
-_here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_spec = importlib.util.spec_from_file_location("proxyhelp", os.path.join(_here, "proxyhelp.py"))
-ph = sys.modules.get("proxyhelp") or importlib.util.module_from_spec(_spec)
-if "proxyhelp" not in sys.modules:
-    _spec.loader.exec_module(ph)
-    sys.modules["proxyhelp"] = ph
+import proxyhelp as ph  # tests/ is on sys.path (pyproject: pythonpath)
 
 
 @pytest.fixture(params=ph.KINDS)

@@ -3,12 +3,10 @@
 after the header, LOCAL/UNKNOWN, pauses, options.  Each test runs on both
 pollers; the serving ones on TCP and Unix listeners, framed and raw.  The
 attacker's side is tests/hostile/test_proxy_attacks.py."""
-import importlib.util
 import ipaddress
 import os
 import socket
 import struct
-import sys
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -17,12 +15,7 @@ from hypothesis import strategies as st
 import cserver
 from cserver import selectorserver
 
-_here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_spec = importlib.util.spec_from_file_location("proxyhelp", os.path.join(_here, "proxyhelp.py"))
-ph = sys.modules.get("proxyhelp") or importlib.util.module_from_spec(_spec)
-if "proxyhelp" not in sys.modules:
-    _spec.loader.exec_module(ph)
-    sys.modules["proxyhelp"] = ph
+import proxyhelp as ph  # tests/ is on sys.path (pyproject: pythonpath)
 
 
 @pytest.fixture(params=ph.KINDS)
