@@ -63,6 +63,8 @@ import socket
 import sys
 import threading
 
+include "_inet.pxi"
+
 cdef extern from *:
     """
     #include <stddef.h>
@@ -124,23 +126,6 @@ cdef extern from *:
         int err = 0; socklen_t n = sizeof(err);
         if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &n) < 0) return errno;
         return err;
-    }
-
-    /* A dotted quad without sprintf: glibc's inet_ntop formats IPv4 with
-       sprintf (~1,700 instructions, a tenth of what a short connection
-       costs the server). */
-    static int cs_fmt_ipv4(const unsigned char *b, char *out) {
-        int i, n = 0;
-        for (i = 0; i < 4; i++) {
-            unsigned v = b[i];
-            if (v >= 100) { out[n++] = (char)('0' + v / 100); v %= 100;
-                            out[n++] = (char)('0' + v / 10); v %= 10; }
-            else if (v >= 10) { out[n++] = (char)('0' + v / 10); v %= 10; }
-            out[n++] = (char)('0' + v);
-            if (i < 3) out[n++] = '.';
-        }
-        out[n] = 0;
-        return n;
     }
 
     /* The address tuple the socket module would give for this sockaddr. */

@@ -48,25 +48,7 @@ cdef extern from "<arpa/inet.h>" nogil:
     int inet_pton(int af, const char* src, void* dst)
     const char* inet_ntop(int af, const void* src, char* dst, socklen_t size)
 
-cdef extern from *:
-    """
-    /* A dotted quad without sprintf (glibc's inet_ntop formats IPv4 with
-       sprintf: ~1,700 instructions, a tenth of a connection's cost). */
-    static int cs_proxy_fmt_ipv4(const unsigned char *a, char *out) {
-        int i, n = 0;
-        for (i = 0; i < 4; i++) {
-            unsigned v = a[i];
-            if (v >= 100) { out[n++] = (char)('0' + v / 100); v %= 100;
-                            out[n++] = (char)('0' + v / 10); v %= 10; }
-            else if (v >= 10) { out[n++] = (char)('0' + v / 10); v %= 10; }
-            out[n++] = (char)('0' + v);
-            if (i < 3) out[n++] = '.';
-        }
-        out[n] = 0;
-        return n;
-    }
-    """
-    int cs_proxy_fmt_ipv4(const unsigned char *a, char *out) nogil
+include "_inet.pxi"
 
 cdef extern from "Python.h":
     object PyUnicode_DecodeFSDefaultAndSize(const char* s, Py_ssize_t size)
@@ -210,7 +192,7 @@ cdef object _ntop(int af, const unsigned char* addr):
     cdef char text[64]
     cdef int n
     if af == AF_INET:
-        n = cs_proxy_fmt_ipv4(addr, text)
+        n = cs_fmt_ipv4(addr, text)
         return PyUnicode_DecodeASCII(text, n, NULL)
     if inet_ntop(af, addr, text, sizeof(text)) == NULL:
         raise OSError("inet_ntop failed")
