@@ -223,13 +223,18 @@ def test_framed_client_failed_handshake_leaks_no_fd(tls, serve, fd_count, wait_u
     server = make("ThreadingTCPServer", tls.server_context(chain=tls.expired),
                   handler=FrameEcho)
     serve(server)
-    before = fd_count()
-    for _ in range(5):
+
+    def attempt():
         with pytest.raises(ssl.SSLCertVerificationError, match="expired"):
             cserver.FramedClient(server.server_address, TIMEOUT,
                                  ssl_context=tls.client_context())
-    # the server's side closes in its request threads, a moment later
-    # (at most: a previous test's socket may still have been closing at "before")
+
+    attempt()  # the serving loop is running (its waker's descriptors exist)
+    before = fd_count()
+    for _ in range(5):
+        attempt()
+    # the server's side closes in its request threads, a moment later (at
+    # most: the first attempt's server side may still have been open at "before")
     assert wait_until(lambda: fd_count() <= before), (fd_count(), before)
 
 
