@@ -1506,10 +1506,12 @@ class TLSMixIn:
             raise TypeError("%s: ssl_context must be a server-side ssl.SSLContext (e.g. "
                             "ssl.create_default_context(ssl.Purpose.CLIENT_AUTH) with "
                             "load_cert_chain()), got %r" % (type(self).__name__, context))
-        if context.protocol == ssl.PROTOCOL_TLS_CLIENT:
+        # check_hostname: no server-side handshake can use such a context
+        # (3.9's create_default_context() makes it with PROTOCOL_TLS)
+        if context.protocol == ssl.PROTOCOL_TLS_CLIENT or context.check_hostname:
             raise ValueError("%s: ssl_context must be a server-side ssl.SSLContext, got a "
-                             "client-side one (PROTOCOL_TLS_CLIENT): make it with "
-                             "ssl.Purpose.CLIENT_AUTH or PROTOCOL_TLS_SERVER"
+                             "client-side one (PROTOCOL_TLS_CLIENT or check_hostname set): "
+                             "make it with ssl.Purpose.CLIENT_AUTH or PROTOCOL_TLS_SERVER"
                              % type(self).__name__)
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
             raise TypeError("ssl_handshake_timeout must be a number of seconds > 0, got %r"
