@@ -26,7 +26,6 @@ import xmlrpc.server
 import pytest
 
 import cserver
-import support
 
 TIMEOUT = 10.0
 CI = bool(os.environ.get("CI"))
@@ -107,7 +106,6 @@ KINDS = ["TCPServer", "ThreadingTCPServer", "ThreadPoolTCPServer", "ForkingTCPSe
          "ThreadingUnixStreamServer"]
 
 
-@support.FORK_IN_THREADS   # ForkingTCPServer next to the serve thread
 @pytest.mark.parametrize("version", sorted(VERSIONS))
 @pytest.mark.parametrize("kind", KINDS)
 def test_every_server_kind_speaks_tls(kind, version, tls, serve, unix_path):
