@@ -7,6 +7,7 @@ import struct
 
 from support import TIMEOUT, frame, serving  # noqa: F401  (frame: the tests' ph.frame)
 from support import fd_count as fds  # noqa: F401
+from support import recv_upto as recv_exactly  # noqa: F401  (short on close, as the tests expect)
 from support import wait_for as wait_until  # noqa: F401
 
 from cserver import selectorserver
@@ -57,16 +58,6 @@ def connect(server):
         s.connect(address)
         return s
     return socket.create_connection(address[:2], timeout=TIMEOUT)
-
-
-def recv_exactly(sock, n):
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            break
-        data += chunk
-    return data
 
 
 def closed_by_server(sock, timeout=TIMEOUT):
