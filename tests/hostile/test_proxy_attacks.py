@@ -189,6 +189,27 @@ def test_an_end_of_stream_inside_the_header_is_an_error(kind, cut):
     assert server.verified == [] and server.made == []
 
 
+@pytest.mark.parametrize("cut", [5, 20])
+def test_a_reset_inside_the_header_closes_that_connection_only(kind, cut):
+    # a peer that sends part of a header, then resets (RST, not FIN): that
+    # connection is counted and closed, no handler is made, the next
+    # client is served
+    server = watched(kind, proxy_protocol="v2")
+    with ph.running(server):
+        c = ph.connect(server)
+        c.sendall(ph.v2()[:cut])
+        assert ph.wait_until(lambda: server.stats()["bytes_in"] >= cut)
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        c.close()
+        assert ph.wait_until(lambda: server.stats()["proxy_errors"] == 1)
+        assert ph.wait_until(lambda: server.stats()["connections"] == 0)
+        assert server.verified == [] and server.made == []
+        with ph.connect(server) as good:
+            good.sendall(ph.v2() + ph.frame(b"ok"))
+            assert ph.recv_exactly(good, 6) == ph.frame(b"ok")
+    assert server.stats()["proxy_headers"] == 1
+
+
 def test_a_flood_of_bad_headers_does_not_flood_the_log(kind, caplog):
     server = watched(kind, proxy_protocol="v2")
     caplog.set_level(logging.INFO, logger="cserver.selectorserver")
