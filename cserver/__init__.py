@@ -105,6 +105,7 @@ from .socketserver import (  # noqa: E402,F401
     ThreadPoolMixIn, ThreadPoolTCPServer, ThreadPoolUDPServer,
 )
 from .socketserver import ProxyProtocolMixIn  # noqa: E402,F401
+from .socketserver import TLSMixIn  # noqa: E402,F401
 if hasattr(_compat.socket, "AF_UNIX"):
     from .socketserver import (  # noqa: E402,F401
         ThreadPoolUnixStreamServer, ThreadPoolUnixDatagramServer,

@@ -46,6 +46,7 @@ from cserver.socketserver import ThreadingMixIn as ThreadingMixIn
 from cserver.socketserver import ThreadingTCPServer as ThreadingTCPServer
 from cserver.socketserver import ThreadingUDPServer as ThreadingUDPServer
 from cserver.socketserver import ProxyProtocolMixIn as ProxyProtocolMixIn
+from cserver.socketserver import TLSMixIn as TLSMixIn
 from cserver.socketserver import ThreadPoolMixIn as ThreadPoolMixIn
 from cserver.socketserver import ThreadPoolTCPServer as ThreadPoolTCPServer
 from cserver.socketserver import ThreadPoolUDPServer as ThreadPoolUDPServer

@@ -20,6 +20,7 @@ decoded in place; a header and its payload are sent with one ``sendmsg``
 import logging
 import os
 import socket
+import sys
 from collections import deque
 
 from .errors import FrameError
@@ -43,6 +44,15 @@ def _as_bytes_view(payload):
     return view
 
 
+def _can_sendmsg(sock):
+    """Whether ``sock`` does scatter/gather writes: not an ``ssl.SSLSocket``
+    (its sendmsg() raises NotImplementedError)."""
+    if not hasattr(sock, "sendmsg"):
+        return False
+    ssl = sys.modules.get("ssl")  # not imported: no SSLSocket exists
+    return ssl is None or not isinstance(sock, ssl.SSLSocket)
+
+
 def send_frame(sock, payload, encoder):
     """Send ``payload`` (bytes-like) as one frame on the blocking socket
     ``sock``, its header written by ``encoder`` (a FrameEncoder)."""
@@ -50,7 +60,7 @@ def send_frame(sock, payload, encoder):
     with view:
         size = view.nbytes
         header = encoder.header(size)
-        if size <= _COALESCE_LIMIT or not hasattr(sock, "sendmsg"):
+        if size <= _COALESCE_LIMIT or not _can_sendmsg(sock):
             if size <= _COALESCE_LIMIT:
                 sock.sendall(b"".join((header, view)))
             else:
@@ -63,7 +73,7 @@ def send_frame(sock, payload, encoder):
 def _sendmsg_all(sock, buffers, total):
     """Send every buffer of the list ``buffers`` (``total`` bytes) with
     scatter/gather writes; the list is consumed."""
-    if total <= _COALESCE_LIMIT or not hasattr(sock, "sendmsg"):
+    if total <= _COALESCE_LIMIT or not _can_sendmsg(sock):
         sock.sendall(b"".join(buffers))
         return
     while buffers:
@@ -235,8 +245,11 @@ class FramedClient(_FrameReader):
     connects to ``address``: a ``(host, port)`` tuple for TCP, or a path
     (str, bytes or path-like) for a Unix stream socket.  ``timeout`` applies
     to the connect and to every later operation.  The header description
-    keywords are those of FrameDecoder.  Use as a context manager, or call
-    ``close()``.
+    keywords are those of FrameDecoder.  ``ssl_context`` (a client-side
+    ``ssl.SSLContext``) wraps the connection in TLS, handshaken within
+    ``timeout``; ``server_hostname`` (the name checked against the
+    certificate and sent as SNI) defaults to the host of a ``(host, port)``
+    address.  Use as a context manager, or call ``close()``.
     """
 
     __module__ = "cserver"
@@ -247,7 +260,7 @@ class FramedClient(_FrameReader):
                  length_adjustment=_DEFAULTS.length_adjustment,
                  initial_bytes_to_strip=_DEFAULTS.initial_bytes_to_strip,
                  max_frame_size=_DEFAULTS.max_frame_size, buffer_pool=None,
-                 source_address=None):
+                 source_address=None, ssl_context=None, server_hostname=None):
         self.frame_format = frame_format
         self.length_size = length_size
         self.byteorder = byteorder
@@ -274,6 +287,14 @@ class FramedClient(_FrameReader):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
             except BaseException:
                 sock.close()
+                raise
+            if server_hostname is None and ssl_context is not None:
+                server_hostname = address[0]
+        if ssl_context is not None:
+            try:
+                sock = ssl_context.wrap_socket(sock, server_hostname=server_hostname)
+            except BaseException:
+                sock.close()  # detached by wrap_socket, or still ours
                 raise
         self.socket = sock
 

@@ -3,6 +3,7 @@ servers, FramedClient for the other side."""
 import logging
 import os
 import socket
+import ssl
 from _typeshed import ReadableBuffer
 from typing import Any, ClassVar, Literal
 from typing_extensions import Self
@@ -74,6 +75,8 @@ class FramedClient:
         max_frame_size: int = ...,
         buffer_pool: BufferPool | None = None,
         source_address: tuple[str, int] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
     ) -> None: ...
     def fileno(self) -> int: ...
     def send_frame(self, payload: ReadableBuffer) -> None:

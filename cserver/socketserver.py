@@ -75,7 +75,7 @@ if hasattr(socket, "AF_UNIX"):
 #: cserver's additions to the stdlib surface (not in ``__all__``, which must
 #: stay identical to the stdlib's).
 EXTRA_NAMES = ["ThreadPoolMixIn", "ThreadPoolTCPServer", "ThreadPoolUDPServer",
-               "ProxyProtocolMixIn"]
+               "ProxyProtocolMixIn", "TLSMixIn"]
 if hasattr(socket, "AF_UNIX"):
     EXTRA_NAMES.extend(["ThreadPoolUnixStreamServer", "ThreadPoolUnixDatagramServer"])
 
@@ -203,7 +203,10 @@ def _finish(server, request, client_address):
     """``server.finish_request(request, client_address)``, as every request
     runner calls it (BaseServer.process_request, a ThreadingMixIn or pool
     thread, a forked child): in the request's own thread or process.  On a
-    ProxyProtocolMixIn server the PROXY header is read here first."""
+    ProxyProtocolMixIn server the PROXY header is read here first.  On a
+    TLSMixIn server the TLS handshake is the first step of the
+    finish_request() called from here (after the PROXY header when both
+    mixins are used), so it runs in the same thread or process."""
     if isinstance(server, ProxyProtocolMixIn):
         server._cserver_proxy_finish(request, client_address)
     else:
@@ -1159,11 +1162,14 @@ class _ProxyRejectLog:
     line logged says how many were left out.  The counts live in an
     anonymous shared mapping, so the children of a forking server (each
     reads its own header) share one budget (approximately: two children
-    may race on an update)."""
+    may race on an update).  TLSMixIn uses one too (``logger`` and
+    ``what`` name its logger and what its closed connections failed)."""
 
     __module__ = "cserver"
 
-    def __init__(self):
+    def __init__(self, logger="cserver.proxy", what="their PROXY header"):
+        self._logger = logger
+        self._what = what
         import mmap
         import struct
         self._layout = struct.Struct("dqq")  # window start, lines in it, left out
@@ -1187,10 +1193,10 @@ class _ProxyRejectLog:
         if not emit:
             return
         if report:
-            message += " (and %d more connections closed for their PROXY header, not logged)"
-            args += (report,)
+            message += " (and %d more connections closed for %s, not logged)"
+            args += (report, self._what)
         import logging
-        logging.getLogger("cserver.proxy").warning(message, *args)
+        logging.getLogger(self._logger).warning(message, *args)
 
 
 class ProxyProtocolMixIn:
@@ -1397,6 +1403,205 @@ class ProxyProtocolMixIn:
             super().finish_request(request, client_address)
         elif self._cserver_proxy_admit(request, client_address):
             self._cserver_proxy_finish(request, client_address)
+
+
+# ---------------------------------------------------------------------------
+# TLS on the stdlib-style stream servers.
+#
+# The stdlib recipe, ``server.socket = ctx.wrap_socket(server.socket,
+# server_side=True)``, handshakes inside accept() on the serving thread: one
+# client that connects and says nothing holds every other client.  TLSMixIn
+# leaves the listening socket alone and handshakes as the first step of
+# finish_request(), which every request runner of this module calls from
+# _finish() in the request's own thread, pool worker or forked child (after
+# the PROXY header on a ProxyProtocolMixIn server): one hook for both mixins.
+# The SSLSocket is made on the request's own descriptor (a second socket
+# object, detached again once the handler is done), so the runner, the pool's
+# request_timeout watchdog and shutdown_request() keep working on the socket
+# they were given, and ProxyProtocolMixIn.proxy_info() finds the request.
+# ---------------------------------------------------------------------------
+
+
+def _wait_fd(fd, write, timeout):
+    """Wait up to ``timeout`` seconds for ``fd`` to be readable (or writable
+    when ``write``); True if it is."""
+    import select
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT if write else select.POLLIN)
+        return bool(poller.poll(max(1, int(timeout * 1000 + 0.999))))
+    r, w, _x = select.select([] if write else [fd], [fd] if write else [], [], timeout)
+    return bool(r or w)
+
+
+class TLSMixIn:
+    """Mix-in class for TLS on a stream server: the handler gets the
+    connection as an ``ssl.SSLSocket`` (``self.request``), so http.server,
+    xmlrpc.server, StreamRequestHandler and FramedRequestHandler work
+    unchanged.
+
+    ``class Server(TLSMixIn, ThreadingTCPServer)`` (any of cserver's stream
+    servers: TCP, Unix, threading, thread pool, forking; a datagram server
+    is a TypeError).  With ProxyProtocolMixIn the PROXY header comes first
+    on the wire, then TLS; both orders of the two mixins work, the
+    documented one is ``class S(ProxyProtocolMixIn, TLSMixIn,
+    ThreadingTCPServer)``.
+
+    Class variables that may be overridden by derived classes or
+    instances (checked when the server is built, and again when changed):
+
+    - ssl_context = None: a server-side ``ssl.SSLContext`` (certificate
+      loaded; SNI, ALPN, client certificates through it).  Required: None
+      is a TypeError when the server is built.
+    - ssl_handshake_timeout = 10.0: seconds for the whole handshake (a
+      deadline: a peer trickling bytes does not extend it).
+
+    The handshake runs in the request's own thread (ThreadingMixIn), pool
+    worker (ThreadPoolMixIn) or child process (ForkingMixIn), never in
+    accept() on the serving thread, so a silent client holds only its own
+    thread.  On a plain (synchronous) server it can only be the serving
+    thread: a silent peer holds it for up to ssl_handshake_timeout.
+    verify_request() runs before the handshake (with the plain socket).
+
+    A failed handshake (not TLS, a protocol or cipher mismatch, a client
+    that rejects the certificate, a missing client certificate, a peer
+    that closes, the deadline) closes the connection: never seen by the
+    handler, not reported through handle_error, but logged with its reason
+    on the ``cserver.tls`` logger (at most 10 lines per 10 s, the rest
+    counted).  When the handler is done, a TLS close_notify is sent
+    (without waiting for the peer's), then the runner closes the socket.
+    """
+
+    __module__ = "cserver"
+
+    ssl_context = None
+    ssl_handshake_timeout = 10.0
+
+    def __init__(self, *args, **kwargs):
+        # Fail before the socket exists (no listening socket that closes
+        # every connection).
+        self._cserver_tls_config()
+        super().__init__(*args, **kwargs)
+
+    def _cserver_tls_config(self):
+        """``(context, timeout)``, validated (again when an option changed);
+        raises TypeError/ValueError naming the option and its value."""
+        context = self.ssl_context
+        timeout = self.ssl_handshake_timeout
+        cached = vars(self).get("_cserver_tls_cfg")
+        if cached is not None and cached[0] is context and cached[1] is timeout:
+            return cached[2]
+        if not isinstance(self, BaseServer):
+            raise TypeError(
+                "%s: TLSMixIn needs cserver's servers below it, not the stdlib "
+                "socketserver's (call cserver.install() before importing http.server or "
+                "xmlrpc.server, or build on cserver.TCPServer and its kin)"
+                % type(self).__name__)
+        if getattr(self, "socket_type", None) != _socket_module.SOCK_STREAM:
+            raise TypeError("%s: TLSMixIn needs a stream server, not a datagram server "
+                            "(TLS runs over a stream; DTLS is not supported)"
+                            % type(self).__name__)
+        import ssl
+        if not isinstance(context, ssl.SSLContext):
+            raise TypeError("%s: ssl_context must be a server-side ssl.SSLContext (e.g. "
+                            "ssl.create_default_context(ssl.Purpose.CLIENT_AUTH) with "
+                            "load_cert_chain()), got %r" % (type(self).__name__, context))
+        # check_hostname: no server-side handshake can use such a context
+        # (3.9's create_default_context() makes it with PROTOCOL_TLS)
+        if context.protocol == ssl.PROTOCOL_TLS_CLIENT or context.check_hostname:
+            raise ValueError("%s: ssl_context must be a server-side ssl.SSLContext, got a "
+                             "client-side one (PROTOCOL_TLS_CLIENT or check_hostname set): "
+                             "make it with ssl.Purpose.CLIENT_AUTH or PROTOCOL_TLS_SERVER"
+                             % type(self).__name__)
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+            raise TypeError("ssl_handshake_timeout must be a number of seconds > 0, got %r"
+                            % (timeout,))
+        if not 0 < timeout < float("inf"):
+            raise ValueError("ssl_handshake_timeout must be a number of seconds > 0, got %r"
+                             % (timeout,))
+        config = (context, float(timeout))
+        vars(self)["_cserver_tls_cfg"] = (context, timeout, config)
+        # Made here, in the serving process: forked children share its counts.
+        self._cserver_tls_log()
+        return config
+
+    def _cserver_tls_log(self):
+        log = vars(self).get("_cserver_tls_log_")
+        if log is None:
+            log = vars(self).setdefault(
+                "_cserver_tls_log_", _ProxyRejectLog("cserver.tls", "their TLS handshake"))
+        return log
+
+    def _cserver_tls_handshake(self, request, peer, context, timeout):
+        """The request's SSLSocket (same descriptor, the caller detaches it),
+        handshaken within ``timeout`` seconds; None (logged) when the
+        connection must be closed."""
+        import ssl
+        deadline = time() + timeout
+        saved = request.gettimeout()
+        tls = None
+        try:
+            raw = _socket_module.socket(request.family, request.type, request.proto,
+                                        request.fileno())
+            try:
+                tls = context.wrap_socket(raw, server_side=True,
+                                          do_handshake_on_connect=False)
+            finally:
+                raw.detach()  # a no-op once wrap_socket() took it over
+            tls.setblocking(False)
+            # Non-blocking steps, each wait bounded by what is left of the
+            # one deadline.
+            while True:
+                try:
+                    tls.do_handshake()
+                    break
+                except ssl.SSLWantReadError:
+                    write = False
+                except ssl.SSLWantWriteError:
+                    write = True
+                remaining = deadline - time()
+                if remaining <= 0 or not _wait_fd(tls.fileno(), write, remaining):
+                    raise _socket_module.timeout("timed out")
+            tls.settimeout(saved)
+            return tls
+        except _socket_module.timeout:
+            reason = ("closed: no complete TLS handshake within ssl_handshake_timeout (%r s)"
+                      % (timeout,))
+        except ssl.SSLError as exc:
+            reason = "closed: TLS handshake failed: %s" % (exc,)
+        except (OSError, ValueError) as exc:
+            reason = "closed during the TLS handshake: %s" % (exc,)
+        if tls is not None:
+            tls.detach()
+        self._cserver_tls_log().warning("connection from %r %s", peer, reason)
+        return None
+
+    def finish_request(self, request, client_address):
+        """Handshake (in the request's thread or process), then build the
+        handler with the SSLSocket as its request.  A request that is
+        already an SSLSocket goes straight on."""
+        ssl = sys.modules.get("ssl")
+        if ssl is not None and isinstance(request, ssl.SSLSocket):
+            super().finish_request(request, client_address)
+            return
+        context, timeout = self._cserver_tls_config()
+        tls = self._cserver_tls_handshake(request, client_address, context, timeout)
+        if tls is None:
+            return  # logged; the runner shuts the request down
+        try:
+            super().finish_request(tls, client_address)
+        finally:
+            try:
+                # close_notify (OpenSSL 3 clients call a close without it
+                # an error), sent without waiting: the socket is made
+                # non-blocking, so neither a full send buffer nor a peer
+                # that never answers with its own close_notify holds us.
+                tls.setblocking(False)
+                tls.unwrap()
+            except (OSError, ValueError):
+                pass  # SSLWantReadError (no answer yet), the peer gone, ...
+            # the runner closes the descriptor, through the request it holds
+            tls.detach()
 
 
 class BaseRequestHandler:

@@ -15,9 +15,11 @@ expected.  Two additions:
   TCP server, or a multiplexing server's handler (``cserver.FrameHandler``)
   on any of them is a type error instead of a failure at the first request.
 * cserver's ``ThreadPoolMixIn`` and its ``ThreadPool*Server`` combinations;
-* cserver's ``ProxyProtocolMixIn`` (the PROXY protocol, docs/proxy.md).
+* cserver's ``ProxyProtocolMixIn`` (the PROXY protocol, docs/proxy.md);
+* cserver's ``TLSMixIn`` (TLS, handshaken off the serving thread, docs/tls.md).
 """
 import selectors
+import ssl
 import socketserver as _stdlib
 import sys
 import types
@@ -219,6 +221,17 @@ class ProxyProtocolMixIn:
     def proxy_info(self, request: _socket) -> ProxyInfo | None:
         """The request's ProxyInfo while it is served (verify_request, the
         handler), else None."""
+    def finish_request(self, request: _RequestType, client_address: _RetAddress) -> None: ...
+
+class TLSMixIn:
+    """Put on a stream server (``class S(TLSMixIn, ThreadingTCPServer)``;
+    with ProxyProtocolMixIn: ``class S(ProxyProtocolMixIn, TLSMixIn,
+    ThreadingTCPServer)``): the handler gets an ``ssl.SSLSocket``.  The
+    handshake runs in the request's thread, pool worker or child, never on
+    the serving thread of a threading, pool or forking server."""
+
+    ssl_context: ssl.SSLContext | None
+    ssl_handshake_timeout: float
     def finish_request(self, request: _RequestType, client_address: _RetAddress) -> None: ...
 
 if sys.platform != "win32":

@@ -12,6 +12,10 @@ other, so everything shared lives here, as fixtures.
 * ``net``: small blocking client helpers (connect, send and read to EOF,
   UDP and Unix datagram exchanges), every socket with a timeout.
 * ``fd_count``, ``wait_until``: leak checks and bounded polling.
+* ``tls``: certificates made for the session with ``cryptography`` (a CA, a
+  server certificate for 127.0.0.1/localhost, an expired one, one from an
+  unknown CA, a client certificate) in a temporary directory, and
+  ``ssl.SSLContext`` makers for both sides.
 """
 import importlib
 import os
@@ -165,3 +169,120 @@ def net():
 def thread_names():
     """thread_names() -> sorted names of the live threads."""
     return lambda: sorted(t.name for t in threading.enumerate())
+
+
+class _TLSFiles:
+    """Certificates and keys (PEM files in ``directory``) for the TLS tests;
+    nothing here is ever committed."""
+
+    def __init__(self, directory):
+        import datetime
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+        import ipaddress
+
+        now = datetime.datetime.now(datetime.timezone.utc)
+        day = datetime.timedelta(days=1)
+        self.directory = str(directory)
+
+        def name(common):
+            return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
+
+        def write(stem, cert, key):
+            cert_path = os.path.join(self.directory, stem + ".pem")
+            key_path = os.path.join(self.directory, stem + ".key")
+            with open(cert_path, "wb") as f:
+                f.write(cert.public_bytes(serialization.Encoding.PEM))
+            if key is not None:
+                with open(key_path, "wb") as f:
+                    f.write(key.private_bytes(serialization.Encoding.PEM,
+                                              serialization.PrivateFormat.PKCS8,
+                                              serialization.NoEncryption()))
+            return cert_path, key_path
+
+        def ca(common):
+            key = ec.generate_private_key(ec.SECP256R1())
+            cert = (x509.CertificateBuilder().subject_name(name(common))
+                    .issuer_name(name(common)).public_key(key.public_key())
+                    .serial_number(x509.random_serial_number())
+                    .not_valid_before(now - day).not_valid_after(now + 30 * day)
+                    .add_extension(x509.BasicConstraints(ca=True, path_length=None),
+                                   critical=True)
+                    .add_extension(x509.KeyUsage(
+                        digital_signature=True, content_commitment=False,
+                        key_encipherment=False, data_encipherment=False,
+                        key_agreement=False, key_cert_sign=True, crl_sign=True,
+                        encipher_only=False, decipher_only=False), critical=True)
+                    .add_extension(x509.SubjectKeyIdentifier.from_public_key(
+                        key.public_key()), critical=False)
+                    .sign(key, hashes.SHA256()))
+            return cert, key
+
+        def leaf(common, issuer_cert, issuer_key, sans, usage, before, after):
+            key = ec.generate_private_key(ec.SECP256R1())
+            builder = (x509.CertificateBuilder().subject_name(name(common))
+                       .issuer_name(issuer_cert.subject).public_key(key.public_key())
+                       .serial_number(x509.random_serial_number())
+                       .not_valid_before(before).not_valid_after(after)
+                       .add_extension(x509.BasicConstraints(ca=False, path_length=None),
+                                      critical=True)
+                       .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+                       .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                           issuer_key.public_key()), critical=False))
+            if sans:
+                builder = builder.add_extension(x509.SubjectAlternativeName(sans),
+                                                critical=False)
+            return builder.sign(issuer_key, hashes.SHA256()), key
+
+        server_names = [x509.DNSName("localhost"),
+                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+        ca_cert, ca_key = ca("cserver test CA")
+        self.ca, _ = write("ca", ca_cert, None)
+        other_cert, other_key = ca("unknown CA")
+        self.other_ca, _ = write("other-ca", other_cert, None)
+        server = ExtendedKeyUsageOID.SERVER_AUTH
+        client = ExtendedKeyUsageOID.CLIENT_AUTH
+        self.server = write("server", *leaf("localhost", ca_cert, ca_key, server_names,
+                                            server, now - day, now + 30 * day))
+        self.expired = write("expired", *leaf("localhost", ca_cert, ca_key, server_names,
+                                              server, now - 30 * day, now - day))
+        self.unknown = write("unknown", *leaf("localhost", other_cert, other_key,
+                                              server_names, server, now - day,
+                                              now + 30 * day))
+        self.wrong_name = write("wrong-name", *leaf(
+            "elsewhere.example", ca_cert, ca_key, [x509.DNSName("elsewhere.example")],
+            server, now - day, now + 30 * day))
+        self.client = write("client", *leaf("a client", ca_cert, ca_key, None, client,
+                                            now - day, now + 30 * day))
+
+    def server_context(self, chain=None, require_client_cert=False):
+        """A server-side context with ``chain`` (``self.server`` unless
+        given); client certificates required (signed by the CA) if asked."""
+        import ssl
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(*(chain or self.server))
+        if require_client_cert:
+            ctx.verify_mode = ssl.CERT_REQUIRED
+            ctx.load_verify_locations(self.ca)
+        return ctx
+
+    def client_context(self, ca=None, chain=None, version=None):
+        """A verifying client context trusting ``ca`` (the test CA unless
+        given), with a client certificate ``chain`` if given, pinned to
+        ``version`` (an ``ssl.TLSVersion``) if given."""
+        import ssl
+        ctx = ssl.create_default_context(cafile=ca or self.ca)
+        if chain:
+            ctx.load_cert_chain(*chain)
+        if version is not None:
+            ctx.minimum_version = ctx.maximum_version = version
+        return ctx
+
+
+@pytest.fixture(scope="session")
+def tls(tmp_path_factory):
+    """Certificates for the TLS tests (see _TLSFiles), made once a session."""
+    return _TLSFiles(tmp_path_factory.mktemp("tls"))
