@@ -91,6 +91,10 @@ class ProxyStage(Handle):
     """An accepted connection whose PROXY header has not arrived yet (internal)."""
 
 @final
+class TLSConn:
+    """The TLS state of one connection (internal)."""
+
+@final
 class DatagramEndpoint(Handle):
     """The datagram socket of a UDP server."""
 
