@@ -293,6 +293,69 @@ def test_tls_framed_client_gone_between_frames_is_not_an_error(kind, how, tls, s
         assert ended, ended
 
 
+class LineThenWait(cserver.StreamRequestHandler):
+    """Answers one line, then returns only once the client is gone (its
+    reset readable): the close_notify after it goes to a reset socket."""
+
+    def handle(self):
+        self.wfile.write(b"echo " + self.rfile.readline())
+        ready, _, _ = select.select([self.request], [], [], TIMEOUT)
+        assert ready, "the client did not go"
+
+
+@pytest.mark.parametrize("kind", ["ThreadingTCPServer", "ThreadingUnixStreamServer"])
+def test_client_gone_before_the_close_notify_is_not_an_error(kind, tls, serve, unix_path,
+                                                             caplog):
+    caplog.set_level(logging.WARNING)
+    server = make(kind, tls.server_context(), handler=LineThenWait, path=unix_path)
+    serve(server)
+    conn = tls_connect(server.server_address, tls.client_context())
+    with conn:
+        conn.sendall(b"hi\n")
+        assert conn.recv(100) == b"echo hi\n"
+        vanish(conn)
+    assert support.wait_for(lambda: server.ended)
+    assert server.errors == []
+    assert [r for r in caplog.records if r.name.startswith("cserver")] == []
+    # the next client is served
+    with tls_connect(server.server_address, tls.client_context()) as conn:
+        conn.sendall(b"next\n")
+        assert conn.recv(100) == b"echo next\n"
+
+
+class ClosingContext(ssl.SSLContext):
+    """A server context whose first wrap_socket() fails as ssl's own does
+    for a peer that reset first: after closing the socket it was given."""
+
+    def wrap_socket(self, sock, *args, **kwargs):
+        if not self.failed:
+            self.failed = True
+            sock.close()
+            raise ConnectionResetError(104, "Connection reset by peer (test)")
+        return super().wrap_socket(sock, *args, **kwargs)
+
+
+@pytest.mark.parametrize("kind", ["ThreadingTCPServer", "TCPServer"])
+def test_wrap_socket_closing_its_socket_leaves_the_request_alone(kind, tls, serve, caplog,
+                                                                 wait_until):
+    # wrap_socket() owns the socket it is given: a failure may close it.
+    # The request's own descriptor must stay the runner's to close, once
+    # (a second close raised EBADF out of the request's thread, or closed
+    # another connection accepted onto the same number).
+    caplog.set_level(logging.WARNING, logger="cserver.tls")
+    ctx = ClosingContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(*tls.server)
+    ctx.failed = False
+    server = make(kind, ctx)
+    serve(server)
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        ask(server.server_address, tls.client_context())
+    assert wait_until(lambda: server.ended)
+    assert "closed during the TLS handshake" in tls_lines(caplog)[0]
+    assert ask(server.server_address, tls.client_context())["line"] == "hello\n"
+    assert server.errors == []
+
+
 def test_framed_client_hostname_defaults_to_the_host(tls, serve):
     server = make("ThreadingTCPServer", tls.server_context(), handler=FrameEcho)
     serve(server)
