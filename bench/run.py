@@ -6,9 +6,10 @@
     python bench/run.py --servers cserver,asyncio --workloads 50c-d16
     python bench/run.py --quick --python python3.14   # the servers on another CPython
     python bench/run.py --proxy v2 --servers cserver-mux --workloads 500c-d1,churn --rounds 5
+    python bench/run.py --servers tls --workloads tls-1c-d1,tls-50c-d16,tls-churn
 
-The load generator (bench/loadgen.c) and the C echo server (bench/c_echo.c)
-are compiled here with ``cc -O2`` into bench/bin/.  Each (server, workload,
+The load generator (bench/loadgen.c) and the C echo servers (bench/c_echo.c,
+bench/c_tls_echo.c) are compiled here with ``cc -O2`` into bench/bin/.  Each (server, workload,
 round) gets a fresh server process, pinned to one core while the load
 generator is pinned to another (when there are two or more); the server's
 process group is killed at the end of its round, whatever happens.  Rounds
@@ -17,6 +18,18 @@ from elsewhere lands on one round of many cells, not on every round of one.
 Results:
 bench/results/<date>/results.jsonl, table.md and chart.png (with
 matplotlib), and the table on stdout.  Progress goes to stderr.
+
+What it needs: Linux, a C compiler, the peers of bench/requirements.txt
+(``python -m pip install -r bench/requirements.txt``; a missing one is
+"skipped"), and for the TLS rows OpenSSL's headers and libraries (Debian:
+``apt-get install libssl-dev``).  Without those the load generator is built
+without TLS and every TLS row is skipped, saying why at the start and the end
+of the run and in the table.  The TLS rows (workloads ``tls-*``, servers
+``*-tls``): TLS 1.3 only, TLS_AES_128_GCM_SHA256 with X25519 (the load
+generator offers nothing else), SNI "localhost", no resumption (tls-churn is a
+full handshake per request), an EC P-256 self-signed certificate made for the
+run in its temporary directory (with ``cryptography``, else ``openssl req``)
+and handed to each TLS server by path; TLS always runs over TCP loopback.
 
 ``--python`` runs the Python servers (and looks for cserver and the peers)
 with another interpreter than the one running the harness; cserver must be
