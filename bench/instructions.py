@@ -70,7 +70,7 @@ def measure(server, conns, depth, size, requests, bins, env, tmp, kind="stream")
     out = os.path.join(tmp, "callgrind.%s.%d" % (server.key, conns))
     cmd = ["valgrind", "--tool=callgrind", "--callgrind-out-file=" + out,
            "--dump-instr=no", "--trace-children=no"]
-    cmd += server.command(["--host", "127.0.0.1", "--port", "0"], 1, bins["c_echo"])
+    cmd += server.command(["--host", "127.0.0.1", "--port", "0"], 1, bins)
     proc = run.spawn(cmd, set(), env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     try:
         state, where = run.wait_ready(proc, READY_TIMEOUT)
