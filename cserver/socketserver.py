@@ -1482,7 +1482,11 @@ class TLSMixIn:
     (without waiting for the peer's), then the runner closes the socket.
     The handler's SSLSocket is made on a duplicate of the request's
     descriptor (closed when the handler is done: two descriptors a
-    connection while it is served).
+    connection while it is served).  TCP connections get TCP_NODELAY
+    before the handshake, whatever the handler's disable_nagle_algorithm:
+    TLS 1.3's session tickets leave as a segment of their own, and with
+    Nagle on the first reply would wait behind them for the client's
+    delayed ACK (40 ms a connection).
     """
 
     __module__ = "cserver"
@@ -1563,6 +1567,14 @@ class TLSMixIn:
                 "connection from %r closed: gone before its TLS handshake began: %s",
                 peer, exc)
             return None
+        if request.family in (_socket_module.AF_INET, _socket_module.AF_INET6):
+            # TLS 1.3 sends the session tickets as a segment of their own
+            # after the handshake: with Nagle on, the first reply would wait
+            # behind them for the client's delayed ACK (40 ms a connection)
+            try:
+                request.setsockopt(_socket_module.IPPROTO_TCP, _socket_module.TCP_NODELAY, 1)
+            except OSError:
+                pass
         try:
             raw = request.dup()
             try:
