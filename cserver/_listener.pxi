@@ -67,12 +67,12 @@ cdef class Listener(Handle):
         return 0
 
     cdef int _new_transport(self, int fd, void *ss, unsigned int alen) except -1:
-        """Build the transport of an accepted ``fd`` and its handler (the
-        factory), clone its decoder from the prototype, start reading, call
-        ``connection_made``.  Any failure closes this connection only."""
+        """Build the transport of an accepted ``fd``, start reading; then
+        its handler (``Transport._open``: the factory, the decoder,
+        ``connection_made``), or first its TLS handshake.  Any failure
+        closes this connection only."""
         cdef Loop loop = self.loop
         cdef Transport t
-        cdef bint made = False
         try:
             addr = cs_addr_to_py(<sockaddr_storage *>ss, alen)
             t = Transport.__new__(Transport)
@@ -87,33 +87,19 @@ cdef class Listener(Handle):
             return 0
         t._start(addr)
         try:
-            handler = loop.factory(t, addr)
-            if handler is None:
-                loop.rejected += 1
-                return t._discard()
-            t.handler = handler
-            if loop.framed:
-                t.dec = loop.decoder.clone()
-                t.on_data = handler.frame_received
-            else:
-                t.on_data = handler.data_received
             loop.poller.add(fd, EPOLLIN)
             t.events = EPOLLIN
-            made = True
-            handler.connection_made()
+            if self.tls:
+                return t._tls_begin(NULL, 0)
         except Exception:
-            # the handler class, its __init__, the decoder or
-            # connection_made raised (MemoryError included): this
-            # connection only is closed, reported and counted
-            t._handler_failed()
-            if not made:
-                # the handler could not even be set up (its class, its
-                # decoder): no connection_made, so no connection_lost
-                t._discard()
+            loop.internal_errors += 1
+            loop._report(t, addr)
+            return t._discard()
+        t._open()
         return 0
 
 
-cdef Listener _new_listener(Loop loop, object sock, bint proxy):
+cdef Listener _new_listener(Loop loop, object sock, bint proxy, bint tls):
     cdef Listener ls = Listener.__new__(Listener)
     sock.setblocking(False)
     ls.loop = loop
@@ -121,4 +107,5 @@ cdef Listener _new_listener(Loop loop, object sock, bint proxy):
     ls.sock = sock
     ls.tcp = sock.family in (socket.AF_INET, socket.AF_INET6)
     ls.proxy = proxy
+    ls.tls = tls
     return ls

@@ -52,6 +52,12 @@ cdef enum:
     # raw mode: ``held`` bytes (after a PROXY header) go first: no reads
     # until they are delivered
     T_HELD_RAW = 512
+    # TLS (_tls.pxi): the handshake is running (no handler yet); our
+    # close_notify is queued and we wait for the peer's; queued in the
+    # loop's tls_ready list (decrypted bytes left to read)
+    T_HANDSHAKE = 1024
+    T_TLS_SHUT = 2048
+    T_TLS_READY = 4096
 
 cdef enum:
     # Transport.doing: whose code runs on the hot read path, so that an
@@ -68,6 +74,8 @@ cdef enum:
     D_FIRST_BYTE = 1     # accepted, nothing received yet (first_byte_timeout)
     D_FRAME = 2          # a frame is in progress (frame_timeout)
     D_CLOSE = 3          # closing after a protocol error: flush until then
+    D_HANDSHAKE = 4      # TLS: accepted, handshake not done (ssl_handshake_timeout)
+    D_TLS_SHUT = 5       # TLS: close_notify sent, the peer's awaited (ssl_shutdown_timeout)
 
 
 cdef class Poller:
@@ -107,6 +115,30 @@ cdef class Waker(Handle):
 
 
 @cython.final
+cdef class TLSConn:
+    # the TLS state of a connection (_tls.pxi)
+    cdef object sslobj        # ssl.SSLObject
+    cdef object inbio, outbio # ssl.MemoryBIO
+    cdef bint fast            # the "openssl" engine: the pointers below
+    cdef void *ssl
+    cdef void *rbio
+    cdef void *wbio
+    cdef bint eof             # the peer's close_notify came
+    cdef object tail          # "python" engine: ciphertext read from outbio, unsent
+    cdef Py_ssize_t tail_off
+    cdef int start(self, Loop loop) except -1
+    cdef int feed(self, const char *p, Py_ssize_t n) except -1
+    cdef Py_ssize_t read(self, char *buf, Py_ssize_t n) except -2
+    cdef bint more(self) except -1
+    cdef int write(self, const char *p, Py_ssize_t n) except -1
+    cdef Py_ssize_t out_pending(self) except -1
+    cdef Py_ssize_t send_out(self, int fd, char *scratch, Py_ssize_t scratch_len) except -2
+    cdef bint handshake(self) except -1
+    cdef int shutdown(self) except -1
+    cdef int release(self) except -1
+
+
+@cython.final
 cdef class Transport(Handle):
     cdef int state
     cdef object handler
@@ -130,6 +162,8 @@ cdef class Transport(Handle):
     # get_extra_info("proxy")) and the socket's own peer (client_address is
     # the header's source), built on demand from the sockaddr it holds
     cdef object proxy
+    # TLS (None when off): see _tls.pxi
+    cdef TLSConn tls
 
     cdef int _set_state(self, int new) except -1
     cdef int _start(self, object addr) except -1
@@ -143,6 +177,17 @@ cdef class Transport(Handle):
     cdef int _free_wbuf(self) except -1
     cdef int _update(self) except -1
     cdef int _read(self) except -1
+    cdef ssize_t _recv(self, char *buf, Py_ssize_t n) except -2
+    cdef ssize_t _tls_recv(self, char *buf, Py_ssize_t n) except -2
+    cdef int _tls_begin(self, const char *early, Py_ssize_t n) except -1
+    cdef int _tls_handshake_events(self, uint32_t ev) except -1
+    cdef int _tls_handshake_step(self) except -1
+    cdef int _tls_handshake_failed(self, str reason, bint timeout) except -1
+    cdef int _tls_flush(self) except -1
+    cdef int _tls_shut_events(self, uint32_t ev) except -1
+    cdef int _tls_failed(self, object exc) except -1
+    cdef Py_ssize_t _write_pending(self) except -1
+    cdef int _open(self) except -1
     cdef int _read_raw(self) except -1
     cdef int _read_framed(self) except -1
     cdef int _read_into_decoder(self) except -1
@@ -168,6 +213,7 @@ cdef class Listener(Handle):
     cdef object sock
     cdef bint tcp
     cdef bint proxy           # connections start with a PROXY header
+    cdef bint tls             # then (or first) a TLS handshake
     cdef int set_accepting(self, bint on) except -1
     cdef int _accept_failed(self, int err) except -1
     cdef int _new_transport(self, int fd, void *ss, unsigned int alen) except -1
@@ -186,7 +232,6 @@ cdef class ProxyStage(Handle):
     cdef object peer_c(self)
     cdef int _read(self) except -1
     cdef int _done(self, Py_ssize_t used, Py_ssize_t n) except -1
-    cdef int _make(self, Transport t, object addr) except -1
     cdef int _deliver_rest(self, Transport t, Py_ssize_t used, Py_ssize_t n) except -1
     cdef int _fail(self, str reason, bint timeout) except -1
     cdef int _close(self) except -1
@@ -292,6 +337,15 @@ cdef class Loop:
     cdef Py_ssize_t proxy_headers, proxy_errors, proxy_timeouts, proxy_rejected
     cdef double proxy_log_at       # rate limit of the PROXY failure log
     cdef Py_ssize_t proxy_log_quiet
+    # TLS (configure; _tls.pxi)
+    cdef object ssl_context        # None: off
+    cdef bint tls_fast             # the "openssl" engine
+    cdef double ssl_handshake_timeout
+    cdef double ssl_shutdown_timeout
+    cdef char *tls_slab            # ciphertext reads (slab_size bytes)
+    cdef list tls_ready            # transports with decrypted bytes left to read
+    cdef Py_ssize_t tls_handshakes, tls_handshake_errors, tls_handshake_timeouts
+    cdef Py_ssize_t tls_errors, tls_shutdown_timeouts
 
     cdef int _register(self, Handle h) except -1
     cdef int _forget(self, Handle h) except -1
@@ -305,6 +359,7 @@ cdef class Loop:
     cdef int _dispatch(self, int fd, uint32_t ev) except -1
     cdef int _flush_all(self) except -1
     cdef int _run_resumed(self) except -1
+    cdef int _run_tls_ready(self) except -1
     cdef int _run_ready(self) except -1
     cdef int _housekeeping(self) except -1
     cdef int _check_idle(self) except -1

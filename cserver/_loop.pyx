@@ -285,6 +285,7 @@ cdef object _oserror(int err):
 
 include "_poller.pxi"
 include "_handles.pxi"
+include "_tls.pxi"
 include "_transport.pxi"
 include "_listener.pxi"
 include "_proxystage.pxi"
@@ -308,6 +309,7 @@ cdef class Loop:
         self.endpoints = []
         self.metrics_listeners = []
         self.resumed = []
+        self.tls_ready = []
         self.recent_addrs = []
         self.ready = collections.deque()
         self.timers = Timers()
@@ -338,6 +340,8 @@ cdef class Loop:
             PyMem_Free(self.slab)
         if self.trusted != NULL:
             PyMem_Free(self.trusted)
+        if self.tls_slab != NULL:
+            PyMem_Free(self.tls_slab)
 
     @property
     def kind(self):
@@ -348,7 +352,9 @@ cdef class Loop:
                   frame_timeout=None, first_byte_timeout=None,
                   Py_ssize_t high_water=65536, low_water=None,
                   double drain_timeout=5.0, int accept_batch=128, logger=None,
-                  proxy_protocol=None, trusted_proxies=(), double proxy_header_timeout=3.0):
+                  proxy_protocol=None, trusted_proxies=(), double proxy_header_timeout=3.0,
+                  ssl_context=None, double ssl_handshake_timeout=10.0,
+                  double ssl_shutdown_timeout=5.0):
         """Set the knobs, once, before ``run()``.
 
         ``factory(transport, client_address)`` returns the handler of a new
@@ -369,7 +375,14 @@ cdef class Loop:
         every connection of a listener added afterwards must start with a
         header of that version, read before the factory runs, within
         ``proxy_header_timeout`` seconds of accept; a TCP peer outside the
-        ``trusted_proxies`` networks is closed at accept."""
+        ``trusted_proxies`` networks is closed at accept.
+
+        TLS: ``ssl_context`` (a server-side ``ssl.SSLContext``): every
+        connection of a listener added afterwards is TLS (after its PROXY
+        header, if any); its handshake must be done within
+        ``ssl_handshake_timeout`` seconds of accept, and the factory runs
+        once it is; ``close()`` waits up to ``ssl_shutdown_timeout`` seconds
+        for the peer's close_notify (see ``_tls.pxi``)."""
         if decoder is not None and not isinstance(decoder, FrameDecoder):
             raise TypeError("decoder must be a cserver._framing.FrameDecoder prototype, "
                             "not %s" % type(decoder).__name__)
@@ -392,6 +405,7 @@ cdef class Loop:
             raise ValueError("high_water (%r) must be >= low_water (%r) must be >= 0"
                              % (self.high_water, self.low_water))
         _configure_proxy(self, proxy_protocol, trusted_proxies, proxy_header_timeout)
+        _configure_tls(self, ssl_context, ssl_handshake_timeout, ssl_shutdown_timeout)
         self.drain_timeout = drain_timeout
         self.accept_batch = max(accept_batch, 1)
         if logger is not None:
@@ -417,16 +431,21 @@ cdef class Loop:
         return [obj for obj in self.objs
                 if type(obj) is Transport and (<Transport>obj).state != S_CLOSED]
 
-    def add_listener(self, sock, proxy=None):
+    def add_listener(self, sock, proxy=None, tls=None):
         """Accept connections from a listening socket (kept open by the
         caller, who also closes it).  ``proxy``: its connections start with
-        a PROXY header (None: if ``configure`` set ``proxy_protocol``)."""
+        a PROXY header (None: if ``configure`` set ``proxy_protocol``);
+        ``tls``: they are TLS (None: if ``configure`` set ``ssl_context``)."""
         cdef Listener ls
         if proxy is None:
             proxy = self.proxy_mode is not None
         elif proxy and self.proxy_mode is None:
             raise ValueError("add_listener(proxy=True) needs configure(proxy_protocol=...)")
-        ls = _new_listener(self, sock, proxy)
+        if tls is None:
+            tls = self.ssl_context is not None
+        elif tls and self.ssl_context is None:
+            raise ValueError("add_listener(tls=True) needs configure(ssl_context=...)")
+        ls = _new_listener(self, sock, proxy, tls)
         self._register(ls)
         self.listeners.append(ls)
         if not (self.accept_paused_limit or self.accept_paused_backoff or self.accept_stopped):
@@ -562,6 +581,23 @@ cdef class Loop:
             self._call_guarded(fn, args)
         return 0
 
+    cdef int _run_tls_ready(self) except -1:
+        """Read again the TLS connections whose last read left decrypted
+        bytes in their buffers (no readiness event will come for them)."""
+        cdef Transport t
+        cdef list batch = self.tls_ready
+        self.tls_ready = []
+        for obj in batch:
+            t = <Transport>obj
+            t.flags &= ~T_TLS_READY
+            if t.state != S_OPEN or not (t.events & EPOLLIN):
+                continue        # closed, paused or draining: resume_reading requeues it
+            try:
+                t._read()
+            except Exception:
+                t._failed("serving the connection")
+        return 0
+
     cdef int _run_resumed(self) except -1:
         cdef Transport t
         cdef list batch = self.resumed
@@ -653,7 +689,7 @@ cdef class Loop:
         deadline at all, else until the nearest deadline."""
         cdef double deadline = 1e18, d
         # Py_SIZE of a deque is its length (no call into the deque)
-        if Py_SIZE(self.ready) or self.flush_head is not None or self.resumed:
+        if Py_SIZE(self.ready) or self.flush_head is not None or self.resumed or self.tls_ready:
             return 0
         deadline = self.timers.next_when()
         if self.wbuf_bytes > 0 and self.next_trim < deadline:
@@ -691,6 +727,8 @@ cdef class Loop:
             self._dispatch(evs[i].data.fd, evs[i].events)
         if self.resumed:
             self._run_resumed()
+        if self.tls_ready:
+            self._run_tls_ready()
         if Py_SIZE(self.ready):
             self._run_ready()
         if self.timers.heap:
@@ -774,7 +812,7 @@ cdef class Loop:
                 t._schedule_flush()
             self._flush_all()
             while _monotonic() < self.drain_deadline and any(
-                    (<Transport>p).wend > (<Transport>p).wstart for p in self._transports()):
+                    (<Transport>p)._write_pending() > 0 for p in self._transports()):
                 self._pass(self._timeout_ms())
         finally:
             if saved_wakeup is not None:
@@ -791,6 +829,7 @@ cdef class Loop:
             t._finish_close(None)
         self._flush_all()   # only closed transports are queued: this empties it
         self.resumed.clear()
+        self.tls_ready.clear()
         for ml in self.metrics_listeners:
             (<MetricsListener>ml)._close_all()
 
@@ -842,6 +881,13 @@ cdef class Loop:
             "proxy_errors": self.proxy_errors,
             "proxy_timeouts": self.proxy_timeouts,
             "proxy_rejected": self.proxy_rejected,
+            "tls_handshakes": self.tls_handshakes,
+            "tls_handshake_errors": self.tls_handshake_errors,
+            "tls_handshake_timeouts": self.tls_handshake_timeouts,
+            "tls_errors": self.tls_errors,
+            "tls_shutdown_timeouts": self.tls_shutdown_timeouts,
+            "tls_engine": None if self.ssl_context is None else
+                          ("openssl" if self.tls_fast else "python"),
             "accepting": any((<Listener>ls).events != 0 for ls in self.listeners),
             "timers": len(self.timers.heap),
             "pool": {
@@ -875,7 +921,9 @@ cdef double _idle_period(Loop loop) except? -1.0:
     timeout, between 10 ms and 1 s (a deadline fires at most that late)."""
     cdef double shortest = 1e18
     for timeout in (loop.idle_timeout, loop.frame_timeout, loop.first_byte_timeout,
-                    loop.proxy_header_timeout if loop.proxy_mode is not None else 0):
+                    loop.proxy_header_timeout if loop.proxy_mode is not None else 0,
+                    loop.ssl_handshake_timeout if loop.ssl_context is not None else 0,
+                    loop.ssl_shutdown_timeout if loop.ssl_context is not None else 0):
         if 0 < timeout < shortest:
             shortest = timeout
     if shortest >= 1e17:

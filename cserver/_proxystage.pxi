@@ -20,7 +20,9 @@
 #             (or the socket's peer for LOCAL/UNKNOWN/UNSPEC), the factory
 #             (verify_request, the handler class), connection_made, then
 #             the bytes of that read after the header (decoder or
-#             data_received), as one read of the transport would.
+#             data_received), as one read of the transport would; on a
+#             TLS listener those bytes start the handshake (_tls.pxi)
+#             instead, and the factory runs once it is done.
 #
 # Memory: a stage is one small object plus its ProxyParser (a 256-byte
 # inline buffer: any v1 line and any v2 header up to 256 bytes); a longer
@@ -130,7 +132,7 @@ cdef int _proxy_accept(Listener ls, int fd, sockaddr_storage *ss, socklen_t alen
     if ls.tcp and not cs_peer_trusted(ss, <cs_net_t *>loop.trusted, loop.ntrusted):
         c_close(fd)
         loop.proxy_rejected += 1
-        _proxy_log(loop, cs_addr_to_py(ss, alen), "not a trusted proxy (trusted_proxies)")
+        _closing_log(loop, cs_addr_to_py(ss, alen), "not a trusted proxy (trusted_proxies)")
         return 0
     try:
         st = ProxyStage.__new__(ProxyStage)
@@ -164,22 +166,24 @@ cdef int _proxy_accept(Listener ls, int fd, sockaddr_storage *ss, socklen_t alen
     return 0
 
 
-cdef int _proxy_log(Loop loop, object peer, str reason) except -1:
-    """Log a refused connection: at debug level always, at info level at
-    most once per PROXY_LOG_EVERY seconds (with the count of the others)."""
+cdef int _closing_log(Loop loop, object peer, str reason, str what="PROXY protocol") except -1:
+    """Log a connection closed before it had a handler (``what``: "PROXY
+    protocol" or "TLS"): at debug level always, at info level at most once
+    per PROXY_LOG_EVERY seconds (with the count of the others; one budget
+    for both)."""
     logger = loop.logger
     if loop.now >= loop.proxy_log_at:
         loop.proxy_log_at = loop.now + PROXY_LOG_EVERY
         if loop.proxy_log_quiet:
-            logger.info("PROXY protocol: closing connection from %r: %s (and %d more in the "
-                        "last %g s, logged at debug level)", peer, reason,
+            logger.info("%s: closing connection from %r: %s (and %d more in the "
+                        "last %g s, logged at debug level)", what, peer, reason,
                         loop.proxy_log_quiet, PROXY_LOG_EVERY)
         else:
-            logger.info("PROXY protocol: closing connection from %r: %s", peer, reason)
+            logger.info("%s: closing connection from %r: %s", what, peer, reason)
         loop.proxy_log_quiet = 0
     else:
         loop.proxy_log_quiet += 1
-        logger.debug("PROXY protocol: closing connection from %r: %s", peer, reason)
+        logger.debug("%s: closing connection from %r: %s", what, peer, reason)
     return 0
 
 
@@ -239,7 +243,7 @@ cdef class ProxyStage(Handle):
         else:
             loop.proxy_errors += 1
         self._close()
-        _proxy_log(loop, self.peer_c(), reason)
+        _closing_log(loop, self.peer_c(), reason)
         return 0
 
     cdef int _close(self) except -1:
@@ -260,6 +264,7 @@ cdef class ProxyStage(Handle):
         cdef Loop loop = self.loop
         cdef ProxyParser parser = self.parser
         cdef Transport t
+        cdef bint tls = self.listener.tls
         loop.proxy_headers += 1
         source = parser.source_c()
         addr = self.peer_c() if source is None else source
@@ -278,37 +283,20 @@ cdef class ProxyStage(Handle):
         loop.nconn -= 1
         loop.total_conn -= 1
         t._start(addr)
-        if self._make(t, addr) and n > used:
+        if tls:
+            # the bytes after the header are the start of the handshake
+            try:
+                t._tls_begin(loop.slab + used, n - used)
+            except Exception:
+                loop.internal_errors += 1
+                loop._report(t, addr)
+                if t.state != S_CLOSED:
+                    t._discard()
+            return 0
+        if t._open() and n > used:
             t.dkind = D_NONE    # its first bytes are here
             self._deliver_rest(t, used, n)
         return 0
-
-    cdef int _make(self, Transport t, object addr) except -1:
-        """As Listener._new_transport: the factory (verify_request, the
-        handler class), the decoder, connection_made.  Returns 1 if the
-        connection is open and served."""
-        cdef Loop loop = self.loop
-        cdef bint made = False
-        try:
-            handler = loop.factory(t, addr)
-            if handler is None:
-                loop.rejected += 1
-                t._discard()
-                return 0
-            t.handler = handler
-            if loop.framed:
-                t.dec = loop.decoder.clone()
-                t.on_data = handler.frame_received
-            else:
-                t.on_data = handler.data_received
-            made = True
-            handler.connection_made()
-        except Exception:
-            t._handler_failed()
-            if not made:
-                t._discard()
-            return 0
-        return 1 if t.state == S_OPEN else 0
 
     cdef int _deliver_rest(self, Transport t, Py_ssize_t used, Py_ssize_t n) except -1:
         """The bytes of the header's last read that follow it: delivered as

@@ -88,6 +88,11 @@ cdef class Transport(Handle):
             want |= EPOLLIN
         if self.wend > self.wstart:
             want |= EPOLLOUT
+        if self.tls is not None:
+            if self.flags & (T_HANDSHAKE | T_TLS_SHUT):
+                want |= EPOLLIN
+            if self.tls.out_pending() > 0:
+                want |= EPOLLOUT
         if want != self.events:
             self.loop.poller.modify(self.fd, self.events, want)
             self.events = want
@@ -119,14 +124,18 @@ cdef class Transport(Handle):
             self.loop.poller.remove(self.fd, self.events)
             self.events = 0
         self.loop._forget(self)
-        self.loop.nconn -= 1
         c_close(self.fd)
+        self.loop._transport_closed()   # nconn; resumes accepting under max_connections
         return 0
 
     cdef int on_events(self, uint32_t ev) except -1:
         cdef int err
         if self.state == S_CLOSED:
             return 0
+        if self.flags & (T_HANDSHAKE | T_TLS_SHUT):
+            if self.flags & T_HANDSHAKE:
+                return self._tls_handshake_events(ev)
+            return self._tls_shut_events(ev)
         if ev & EPOLLOUT:
             self._flush()
             if self.state == S_CLOSED:
@@ -199,7 +208,7 @@ cdef class Transport(Handle):
         cdef Py_ssize_t pending
         if self.state != S_OPEN:
             return 0
-        if pn < DIRECT_WRITE or (self.events & EPOLLOUT):
+        if pn < DIRECT_WRITE or (self.events & EPOLLOUT) or self.tls is not None:
             self._buffer(h, hn)
             self._buffer(p, pn)
             return 0
@@ -253,9 +262,15 @@ cdef class Transport(Handle):
             return self._read_into_decoder()
         return self._read_framed()
 
+    cdef ssize_t _recv(self, char *buf, Py_ssize_t n) except -2:
+        """``recv`` of the connection's bytes (decrypted, with TLS)."""
+        if self.tls is None:
+            return recv(self.fd, buf, n, 0)
+        return self._tls_recv(buf, n)
+
     cdef int _read_raw(self) except -1:
         cdef Loop loop = self.loop
-        cdef ssize_t n = recv(self.fd, loop.slab, loop.slab_size, 0)
+        cdef ssize_t n = self._recv(loop.slab, loop.slab_size)
         if n <= 0:
             return self._read_failed(n, errno)
         self._received(n)
@@ -270,9 +285,9 @@ cdef class Transport(Handle):
         # of an incomplete frame goes to the decoder's pooled buffer
         cdef Loop loop = self.loop
         cdef ssize_t n
-        if self.dec.scatter_wanted():
+        if self.tls is None and self.dec.scatter_wanted():
             return self._read_scattered()
-        n = recv(self.fd, loop.slab, loop.slab_size, 0)
+        n = self._recv(loop.slab, loop.slab_size)
         if n <= 0:
             return self._read_failed(n, errno)
         self._received(n)
@@ -326,7 +341,7 @@ cdef class Transport(Handle):
             return self._bad_frame(exc)
         except Exception:
             return self._internal_failed("getting a receive buffer")
-        n = recv(self.fd, ptr, room, 0)
+        n = self._recv(ptr, room)
         if n <= 0:
             return self._read_failed(n, errno)
         self.loop.bytes_in += n
@@ -527,6 +542,8 @@ cdef class Transport(Handle):
             return 0
         if self.state == S_ABORTING:
             return self._finish_close(self.close_exc)
+        if self.tls is not None:
+            return self._tls_flush()
         pending = self.wend - self.wstart
         if pending > 0:
             r = send(self.fd, self.wbuf + self.wstart, pending, MSG_NOSIGNAL)
@@ -571,6 +588,19 @@ cdef class Transport(Handle):
         cdef Loop loop = self.loop
         if self.state == S_CLOSED:
             return 0
+        if self.tls is not None:
+            if exc is None and self.state < S_ABORTING and \
+                    not (self.flags & (T_HANDSHAKE | T_TLS_SHUT)):
+                # closed by the loop (a stop, a drain that ended): a
+                # close_notify, sent if the socket takes it now
+                try:
+                    self.tls.shutdown()
+                    self.tls.send_out(self.fd, loop.tls_slab, loop.slab_size)
+                except Exception:
+                    pass
+            if self.flags & T_TLS_READY:
+                self.flags &= ~T_TLS_READY
+            self.tls.release()
         self._set_state(S_CLOSED)
         loop.poller.remove(self.fd, self.events)
         self.events = 0
@@ -604,6 +634,22 @@ cdef class Transport(Handle):
         cdef str what
         cdef double timeout
         if self.dkind != D_NONE and now >= self.deadline:
+            if self.dkind == D_HANDSHAKE:
+                self.dkind = D_NONE
+                loop.tls_handshake_timeouts += 1
+                self._tls_handshake_failed(
+                    "no complete TLS handshake within ssl_handshake_timeout (%r s)"
+                    % loop.ssl_handshake_timeout, True)
+                return 1
+            if self.dkind == D_TLS_SHUT:
+                # our close_notify was sent; the peer never answered it
+                self.dkind = D_NONE
+                loop.tls_shutdown_timeouts += 1
+                loop.logger.debug("connection from %r: no close_notify from the peer within "
+                                  "ssl_shutdown_timeout (%r s)", self.client_address,
+                                  loop.ssl_shutdown_timeout)
+                self._finish_close(self.close_exc)
+                return 1
             if self.dkind == D_CLOSE:
                 loop.close_timeouts += 1
                 loop.logger.info("closing connection from %r: its replies were not "
@@ -629,6 +675,259 @@ cdef class Transport(Handle):
                              self.client_address, now - self.last_active)
             self._expire(TimeoutError("idle for more than %r s" % loop.idle_timeout))
             return 1
+        return 0
+
+    # -- making the handler ---------------------------------------------------------
+
+    cdef int _open(self) except -1:
+        """The factory (verify_request, the handler class), the decoder,
+        ``connection_made``: once the connection is ready (at accept, after
+        its PROXY header, after its TLS handshake).  Returns 1 if the
+        connection is open and served; any failure closes it only."""
+        cdef Loop loop = self.loop
+        cdef bint made = False
+        try:
+            handler = loop.factory(self, self.client_address)
+            if handler is None:
+                loop.rejected += 1
+                self._discard()
+                return 0
+            self.handler = handler
+            if loop.framed:
+                self.dec = loop.decoder.clone()
+                self.on_data = handler.frame_received
+            else:
+                self.on_data = handler.data_received
+            made = True
+            handler.connection_made()
+        except Exception:
+            # the handler class, its __init__, the decoder or
+            # connection_made raised (MemoryError included)
+            self._handler_failed()
+            if not made:
+                # the handler could not even be set up: no connection_made,
+                # so no connection_lost
+                self._discard()
+            return 0
+        return 1 if self.state == S_OPEN else 0
+
+    cdef Py_ssize_t _write_pending(self) except -1:
+        cdef Py_ssize_t n = self.wend - self.wstart
+        if self.tls is not None:
+            n += self.tls.out_pending()
+        return n
+
+    # -- TLS (_tls.pxi) ----------------------------------------------------------------
+
+    cdef ssize_t _tls_recv(self, char *buf, Py_ssize_t n) except -2:
+        """As ``recv`` into ``buf[:n]``, of the decrypted bytes: > 0 read,
+        0 end of stream (the peer's close_notify, or its FIN), -1 with
+        errno (EAGAIN: no complete record yet).  A TLS failure closes the
+        connection and reads as EAGAIN."""
+        cdef Loop loop = self.loop
+        cdef TLSConn tls = self.tls
+        cdef Py_ssize_t got
+        cdef ssize_t r
+        try:
+            got = tls.read(buf, n)
+            if got == 0:
+                r = recv(self.fd, loop.tls_slab, loop.slab_size, 0)
+                if r <= 0:
+                    return r
+                tls.feed(loop.tls_slab, r)
+                got = tls.read(buf, n)
+        except (_ssl_mod.SSLError, MemoryError) as exc:
+            self._tls_failed(exc)
+            cs_set_errno(EAGAIN)
+            return -1
+        if tls.out_pending() > 0:
+            # reading made TLS output (session tickets, a key update, an alert)
+            self._schedule_flush()
+        if got > 0:
+            if got == n and not (self.flags & T_TLS_READY):
+                # the buffer is full: what is left is read on the next pass
+                self.flags |= T_TLS_READY
+                loop.tls_ready.append(self)
+            return got
+        if got < 0:
+            return 0
+        cs_set_errno(EAGAIN)
+        return -1
+
+    cdef int _tls_failed(self, object exc) except -1:
+        """A TLS failure after the handshake (bad record, alert, a
+        renegotiation refused): this connection closes, without
+        close_notify; ``connection_lost`` gets the SSLError."""
+        cdef Loop loop = self.loop
+        loop.tls_errors += 1
+        loop.logger.info("closing connection from %r: TLS error: %s", self.client_address, exc)
+        # the alert OpenSSL queued, if the socket takes it now
+        try:
+            self.tls.send_out(self.fd, loop.tls_slab, loop.slab_size)
+        except Exception:
+            pass
+        return self._abort(exc)
+
+    cdef int _tls_begin(self, const char *early, Py_ssize_t n) except -1:
+        """Start the handshake of a new connection (registered for EPOLLIN
+        or about to be); ``early[:n]``: its first bytes, already read (after
+        a PROXY header)."""
+        cdef Loop loop = self.loop
+        cdef TLSConn tls = TLSConn.__new__(TLSConn)
+        tls.start(loop)
+        self.tls = tls
+        self.flags |= T_HANDSHAKE
+        self.dkind = D_HANDSHAKE
+        self.deadline = loop.now + loop.ssl_handshake_timeout
+        if self.deadline < loop.next_idle_check:
+            loop.next_idle_check = self.deadline
+        if n > 0:
+            tls.feed(early, n)
+            return self._tls_handshake_step()
+        return 0
+
+    cdef int _tls_handshake_events(self, uint32_t ev) except -1:
+        cdef Loop loop = self.loop
+        cdef ssize_t r
+        cdef int err
+        if ev & (EPOLLIN | EPOLLHUP | EPOLLERR):
+            r = recv(self.fd, loop.tls_slab, loop.slab_size, 0)
+            if r == 0:
+                return self._tls_handshake_failed("closed during the TLS handshake", False)
+            if r < 0:
+                err = errno
+                if err != EAGAIN and err != EWOULDBLOCK and err != EINTR:
+                    return self._tls_handshake_failed(
+                        "reset during the TLS handshake: %s"
+                        % strerror(err).decode("utf-8", "replace"), False)
+            else:
+                self.last_active = loop.now
+                try:
+                    self.tls.feed(loop.tls_slab, r)
+                except MemoryError:
+                    return self._tls_handshake_failed("out of memory", False)
+        return self._tls_handshake_step()
+
+    cdef int _tls_handshake_step(self) except -1:
+        """Run the handshake on what arrived, send what it answers; once
+        done, the handler is made."""
+        cdef Loop loop = self.loop
+        cdef TLSConn tls = self.tls
+        cdef bint done
+        cdef Py_ssize_t r
+        try:
+            done = tls.handshake()
+        except (_ssl_mod.SSLError, OSError, ValueError) as exc:
+            # the alert it queued goes out if the socket takes it now
+            tls.send_out(self.fd, loop.tls_slab, loop.slab_size)
+            reason = getattr(exc, "reason", None) or str(exc)
+            if isinstance(exc, _ssl_mod.SSLCertVerificationError):
+                reason = exc.verify_message or reason
+            return self._tls_handshake_failed("TLS handshake failed: %s" % (reason,), False)
+        r = tls.send_out(self.fd, loop.tls_slab, loop.slab_size)
+        if r < 0:
+            return self._tls_handshake_failed(
+                "reset during the TLS handshake: %s"
+                % strerror(errno).decode("utf-8", "replace"), False)
+        if not done:
+            return self._update()
+        self.flags &= ~T_HANDSHAKE
+        loop.tls_handshakes += 1
+        if loop.first_byte_timeout > 0:
+            self.dkind = D_FIRST_BYTE
+            self.deadline = loop.now + loop.first_byte_timeout
+        else:
+            self.dkind = D_NONE
+        if self._open() and tls.more() and not (self.flags & T_TLS_READY):
+            # application data came with the client's last flight
+            self.flags |= T_TLS_READY
+            loop.tls_ready.append(self)
+        if self.state == S_OPEN:
+            self._update()
+        return 0
+
+    cdef int _tls_handshake_failed(self, str reason, bint timeout) except -1:
+        """The handshake failed, the peer left or the deadline passed: the
+        connection closes; it never had a handler."""
+        cdef Loop loop = self.loop
+        if not timeout:
+            loop.tls_handshake_errors += 1
+        peer = self.client_address
+        self.flags &= ~T_HANDSHAKE
+        self._discard()
+        self.tls.release()
+        _closing_log(loop, peer, reason, "TLS")
+        return 0
+
+    cdef int _tls_flush(self) except -1:
+        """The flush of a TLS connection: encrypt the write buffer, queue
+        close_notify when closing, send; then, closing, wait for the peer's
+        close_notify (bounded by ssl_shutdown_timeout)."""
+        cdef Loop loop = self.loop
+        cdef TLSConn tls = self.tls
+        cdef Py_ssize_t pending = self.wend - self.wstart
+        cdef Py_ssize_t r
+        if self.flags & T_HANDSHAKE:
+            return 0
+        try:
+            if pending > 0:
+                tls.write(self.wbuf + self.wstart, pending)
+                # bytes_in/out count application bytes (what the handlers
+                # read and wrote), not the records on the wire
+                loop.bytes_out += pending
+                self.wstart = self.wend = 0
+                if self.wcap > KEEP_WBUF:
+                    self._free_wbuf()
+            if self.state == S_CLOSING and not (self.flags & T_TLS_SHUT):
+                tls.shutdown()
+                self.flags |= T_TLS_SHUT
+        except (_ssl_mod.SSLError, MemoryError) as exc:
+            return self._tls_failed(exc)
+        r = tls.send_out(self.fd, loop.tls_slab, loop.slab_size)
+        if r < 0:
+            return self._finish_close(_oserror(errno))
+        if r > 0:
+            self.last_active = loop.now
+        pending = tls.out_pending()
+        if self.flags & T_TLS_SHUT and pending == 0:
+            if self.flags & T_EOF or tls.eof:
+                # the peer already closed its side: nothing to wait for
+                return self._finish_close(self.close_exc)
+            if self.dkind != D_TLS_SHUT:
+                self.dkind = D_TLS_SHUT
+                self.deadline = loop.now + loop.ssl_shutdown_timeout
+                if self.deadline < loop.next_idle_check:
+                    loop.next_idle_check = self.deadline
+        self._flow_control(pending)
+        return self._update()
+
+    cdef int _tls_shut_events(self, uint32_t ev) except -1:
+        """Closing: our close_notify is queued or sent; read (and drop)
+        until the peer's close_notify or end of stream."""
+        cdef Loop loop = self.loop
+        cdef Py_ssize_t got
+        cdef ssize_t r
+        if ev & EPOLLOUT:
+            self._flush()
+            if self.state == S_CLOSED:
+                return 0
+        if not (ev & (EPOLLIN | EPOLLHUP | EPOLLERR)):
+            return 0
+        r = recv(self.fd, loop.tls_slab, loop.slab_size, 0)
+        if r == 0 or (r < 0 and errno != EAGAIN and errno != EWOULDBLOCK and errno != EINTR):
+            return self._finish_close(self.close_exc)
+        if r < 0:
+            return 0
+        try:
+            self.tls.feed(loop.tls_slab, r)
+            got = self.tls.read(loop.slab, loop.slab_size)
+            while got > 0:
+                got = self.tls.read(loop.slab, loop.slab_size)
+        except (_ssl_mod.SSLError, MemoryError):
+            return self._finish_close(self.close_exc)
+        if got < 0:
+            # the peer's close_notify
+            return self._finish_close(self.close_exc)
         return 0
 
     # -- the transport API (asyncio's words) ---------------------------------------
@@ -719,6 +1018,10 @@ cdef class Transport(Handle):
         if (self.held is not None or self.partial) and not (self.flags & T_RESUMED):
             self.flags |= T_RESUMED
             loop.resumed.append(self)
+        if self.tls is not None and not (self.flags & T_TLS_READY) and self.tls.more():
+            # decrypted bytes wait in the TLS buffers: no event will say so
+            self.flags |= T_TLS_READY
+            loop.tls_ready.append(self)
         self._update()
 
     def is_reading(self):
@@ -726,7 +1029,9 @@ cdef class Transport(Handle):
             self.flags & (T_PAUSED_USER | T_PAUSED_WRITE | T_EOF | T_DRAINING))
 
     def get_write_buffer_size(self):
-        return self.wend - self.wstart
+        """Bytes queued and not sent yet (with TLS: plaintext not encrypted
+        yet plus ciphertext not sent yet)."""
+        return self._write_pending()
 
     def get_write_buffer_limits(self):
         return (self.low_water, self.high_water)
@@ -756,6 +1061,8 @@ cdef class Transport(Handle):
             # parser kept (which it then frees)
             return default if self.proxy is None else \
                 (<ProxyStage>self.proxy).parser.take_result()
+        if name in _TLS_EXTRA:
+            return _tls_extra_info(self, name, default)
         if name == "fileno":
             return self.fd
         if name == "sockname" and self.fd >= 0 and self.state != S_CLOSED:

@@ -32,6 +32,7 @@ import operator
 import os
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -56,6 +57,7 @@ _OPTIONS = frozenset((
     "allow_reuse_address", "allow_reuse_port", "request_queue_size",
     "buffer_pool",
     "proxy_protocol", "trusted_proxies", "proxy_header_timeout",
+    "ssl_context", "ssl_handshake_timeout", "ssl_shutdown_timeout",
     "drain_delay",
     "metrics_address", "metrics_timeout",
 ))
@@ -413,6 +415,11 @@ class SelectorServer:
     - proxy_protocol   # None, "v1", "v2" or "any": a PROXY header first
     - trusted_proxies   # networks allowed to send one (others: closed)
     - proxy_header_timeout   # the whole header within this (seconds)
+    - ssl_context   # None, or a server-side ssl.SSLContext: TLS in the loop
+                    # (docs/tls.md); the handshake runs before the handler
+                    # exists (after the PROXY header, if any)
+    - ssl_handshake_timeout   # the whole handshake within this (seconds)
+    - ssl_shutdown_timeout    # close(): wait this long for the peer's close_notify
     - workers   # > 1: this process supervises that many worker processes
                 # (SIGHUP reloads them)
     - metrics_address   # None, (host, port) or a Unix path: the Prometheus
@@ -465,6 +472,13 @@ class SelectorServer:
     proxy_protocol = None
     trusted_proxies = ("127.0.0.0/8", "::1/128")
     proxy_header_timeout = 3.0
+    # TLS (docs/tls.md): None, or the server-side ssl.SSLContext of every
+    # connection; the whole handshake within ssl_handshake_timeout of
+    # accept (after the PROXY header); close() sends close_notify and waits
+    # up to ssl_shutdown_timeout for the peer's.
+    ssl_context = None
+    ssl_handshake_timeout = 10.0
+    ssl_shutdown_timeout = 5.0
     # The Prometheus endpoint (docs/metrics.md): None, (host, port) or a
     # Unix socket path; replaced by the bound address at construction.
     metrics_address = None
@@ -549,6 +563,7 @@ class SelectorServer:
             raise ValueError("workers must be 1 where os.fork() does not exist, got %r"
                              % (self.workers,))
         self._check_proxy_options()
+        self._check_tls_options()
         _check_metrics_address(self.metrics_address)
         _check_seconds("metrics_timeout", self.metrics_timeout, zero_ok=False)
         if self.buffer_pool is not None and not isinstance(self.buffer_pool, _framing.BufferPool):
@@ -565,6 +580,24 @@ class SelectorServer:
                              "to read a header from (got %r)" % (type(self).__name__, mode))
         _loop._compile_networks(self.trusted_proxies)  # names the bad network
         _check_seconds("proxy_header_timeout", self.proxy_header_timeout, zero_ok=False)
+
+    def _check_tls_options(self):
+        ctx = self.ssl_context
+        if ctx is not None:
+            if not isinstance(ctx, ssl.SSLContext):
+                raise TypeError("ssl_context must be None or a server-side ssl.SSLContext, "
+                                "got %r" % (ctx,))
+            if ctx.check_hostname or getattr(ctx, "protocol", None) == ssl.PROTOCOL_TLS_CLIENT:
+                raise ValueError(
+                    "ssl_context must be a server-side ssl.SSLContext, got a client-side one "
+                    "(PROTOCOL_TLS_CLIENT or check_hostname set): make it with "
+                    "ssl.create_default_context(ssl.Purpose.CLIENT_AUTH) or "
+                    "ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)")
+            if self.socket_type != socket.SOCK_STREAM:
+                raise ValueError("ssl_context is for stream servers: %s has no connections "
+                                 "(DTLS is not supported)" % type(self).__name__)
+        _check_seconds("ssl_handshake_timeout", self.ssl_handshake_timeout, zero_ok=False)
+        _check_seconds("ssl_shutdown_timeout", self.ssl_shutdown_timeout, zero_ok=False)
 
     def _check_handler_class(self):
         """Reject a handler of the wrong family (a stdlib-style request
@@ -763,7 +796,9 @@ class SelectorServer:
                 low_water=self.low_water, drain_timeout=self.drain_timeout,
                 accept_batch=self.accept_batch, logger=self.logger,
                 proxy_protocol=self.proxy_protocol, trusted_proxies=self.trusted_proxies,
-                proxy_header_timeout=self.proxy_header_timeout, **options)
+                proxy_header_timeout=self.proxy_header_timeout,
+                ssl_context=self.ssl_context, ssl_handshake_timeout=self.ssl_handshake_timeout,
+                ssl_shutdown_timeout=self.ssl_shutdown_timeout, **options)
             self._attach(core)
         except BaseException:
             core.close()
