@@ -197,6 +197,14 @@ def _parser():
                       help="a network allowed to send the PROXY header, e.g. 10.0.0.0/8 "
                            "(repeatable; default %s; others are closed at accept)"
                       % " ".join(_SERVER.trusted_proxies))
+    echo.add_argument("--tls-cert", metavar="PEM",
+                      help="serve TLS with this certificate chain (PEM; the key too, unless "
+                           "--tls-key is given); the handshake runs in the loop")
+    echo.add_argument("--tls-key", metavar="PEM", help="with --tls-cert: the private key (PEM)")
+    echo.add_argument("--tls-handshake-timeout", type=float, metavar="SECONDS",
+                      default=_SERVER.ssl_handshake_timeout,
+                      help="with --tls-cert: seconds for the whole handshake "
+                           "(default %(default)s)")
     echo.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
     return p
 
@@ -354,6 +362,20 @@ def main(argv=None):
         return 130
 
 
+def _tls_context(cert, key):
+    """The server context of --tls-cert/--tls-key: ssl's defaults for a
+    server (TLS 1.2 and up), the chain loaded; a bad file is a usage error
+    that names it."""
+    import ssl
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        ctx.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise UsageError("--tls-cert %s%s: cannot load the certificate and key: %s"
+                         % (cert, "" if key is None else " --tls-key %s" % key, exc))
+    return ctx
+
+
 def _main(argv):
     args = _parser().parse_args(argv)
     if args.raw and args.max_frame_size is not None:
@@ -363,6 +385,8 @@ def _main(argv):
                         format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
     if args.trusted_proxies is not None and args.proxy_protocol is None:
         raise UsageError("--trusted-proxy needs --proxy-protocol")
+    if args.tls_key is not None and args.tls_cert is None:
+        raise UsageError("--tls-key needs --tls-cert")
     handler = RawEcho if args.raw else FramedEcho
     if args.max_frame_size is not None:
         handler = type("FramedEcho", (FramedEcho,), {"max_frame_size": args.max_frame_size})
@@ -375,6 +399,9 @@ def _main(argv):
         options["proxy_protocol"] = args.proxy_protocol
         if args.trusted_proxies is not None:
             options["trusted_proxies"] = tuple(args.trusted_proxies)
+    if args.tls_cert is not None:
+        options["ssl_context"] = _tls_context(args.tls_cert, args.tls_key)
+        options["ssl_handshake_timeout"] = args.tls_handshake_timeout
     server = _make_server(args, handler, options)
     unix = args.unix if not args.systemd else None
     identity = _identity(unix) if unix else None
@@ -394,8 +421,9 @@ def _main(argv):
                     signal.signal(sig, server.stop_on_signal)
                 # a reload forks new workers: one process cannot replace itself
                 signal.signal(signal.SIGHUP, _ignore_hup)
-            log.info("echo server (%s, %s loop) listening on %s%s, pid %d, workers %d",
-                     "raw" if args.raw else "framed", selectorserver.resolve_loop(args.loop),
+            log.info("echo server (%s%s, %s loop) listening on %s%s, pid %d, workers %d",
+                     "raw" if args.raw else "framed", ", TLS" if args.tls_cert else "",
+                     selectorserver.resolve_loop(args.loop),
                      where, " (from systemd)" if args.systemd else "", os.getpid(),
                      args.workers)
             if args.metrics is not None:

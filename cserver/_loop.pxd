@@ -124,6 +124,7 @@ cdef class TLSConn:
     cdef void *rbio
     cdef void *wbio
     cdef bint eof             # the peer's close_notify came
+    cdef bint drained         # the last read emptied the TLS buffers
     cdef object tail          # "python" engine: ciphertext read from outbio, unsent
     cdef Py_ssize_t tail_off
     cdef int start(self, Loop loop) except -1

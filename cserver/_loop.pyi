@@ -8,6 +8,7 @@ schedules.  The loop's own objects cannot be constructed or subclassed
 from Python."""
 import logging
 import socket
+import ssl
 from _typeshed import ReadableBuffer
 from collections.abc import Callable, Iterable
 from typing import Any, Final
@@ -90,6 +91,10 @@ class ProxyStage(Handle):
     """An accepted connection whose PROXY header has not arrived yet (internal)."""
 
 @final
+class TLSConn:
+    """The TLS state of one connection (internal)."""
+
+@final
 class DatagramEndpoint(Handle):
     """The datagram socket of a UDP server."""
 
@@ -153,8 +158,13 @@ class Loop:
         proxy_protocol: str | None = None,
         trusted_proxies: Any = (),
         proxy_header_timeout: float = 3.0,
+        ssl_context: ssl.SSLContext | None = None,
+        ssl_handshake_timeout: float = 10.0,
+        ssl_shutdown_timeout: float = 5.0,
     ) -> None: ...
-    def add_listener(self, sock: socket.socket, proxy: bool | None = None) -> None: ...
+    def add_listener(
+        self, sock: socket.socket, proxy: bool | None = None, tls: bool | None = None
+    ) -> None: ...
     def stop_accepting(self) -> None: ...
     def add_metrics_listener(self, sock: socket.socket, render: Callable[[], bytes], timeout: float = 5.0) -> None:
         """Serve GET /metrics on a listening socket with ``render()``'s bytes."""
@@ -172,3 +182,8 @@ class Loop:
     def close(self) -> None: ...
     def stats(self) -> dict[str, Any]: ...
     def connections(self) -> list[Any]: ...
+
+TLS_ENGINES: tuple[str, ...]
+
+def tls_engine_available() -> tuple[bool, str]:
+    """``(True, "")`` if the "openssl" TLS engine can run here, else ``(False, why)``."""

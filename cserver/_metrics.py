@@ -77,6 +77,11 @@ FIELDS = (
     ("proxy_errors", COUNTER),
     ("proxy_timeouts", COUNTER),
     ("proxy_rejected", COUNTER),
+    ("tls_handshakes", COUNTER),
+    ("tls_handshake_errors", COUNTER),
+    ("tls_handshake_timeouts", COUNTER),
+    ("tls_errors", COUNTER),
+    ("tls_shutdown_timeouts", COUNTER),
     ("read_slab_bytes", GAUGE),
     ("pool_in_use_bytes", GAUGE),
     ("pool_idle_bytes", GAUGE),
@@ -98,9 +103,12 @@ FIELDS = (
 )
 _INDEX = {name: i for i, (name, _) in enumerate(FIELDS)}
 #: the stats() keys of the loop counters copied as they are
-_DIRECT = tuple(name for name, _ in FIELDS[:19])
+_DIRECT = tuple(name for name, _ in FIELDS[:[name for name, _ in FIELDS].index("read_slab_bytes")])
 #: fields published only where the loop has them (the PROXY protocol's)
 _PROXY = ("proxy_headers", "proxy_errors", "proxy_timeouts", "proxy_rejected")
+#: ... and TLS's (a loop with an ssl_context)
+_TLS = ("tls_handshakes", "tls_handshake_errors", "tls_handshake_timeouts", "tls_errors",
+        "tls_shutdown_timeouts")
 _POOL = ("pool_in_use_bytes", "pool_idle_bytes", "pool_peak_bytes", "pool_allocations",
          "pool_frees", "pool_hits", "pool_misses", "pool_bypass")
 
@@ -289,6 +297,19 @@ METRICS = (
      [('result="valid"', "proxy_headers", None),
       ('result="invalid"', "proxy_errors", None),
       ('result="timeout"', "proxy_timeouts", None)]),
+    ("cserver_tls_handshakes_total", "counter",
+     "TLS handshakes, by result: ok, error (failed, or the peer left; closed), timeout (not "
+     "done within ssl_handshake_timeout; closed).",
+     [('result="ok"', "tls_handshakes", None),
+      ('result="error"', "tls_handshake_errors", None),
+      ('result="timeout"', "tls_handshake_timeouts", None)]),
+    ("cserver_tls_errors_total", "counter",
+     "TLS connections closed by a record-layer failure after the handshake (a bad record, "
+     "an alert, a refused renegotiation).",
+     [("", "tls_errors", None)]),
+    ("cserver_tls_shutdown_timeouts_total", "counter",
+     "TLS connections closed without the peer's close_notify within ssl_shutdown_timeout.",
+     [("", "tls_shutdown_timeouts", None)]),
     ("cserver_read_buffer_bytes", "gauge", "The loops' shared receive buffers (read_size each).",
      [("", "read_slab_bytes", None)]),
     ("cserver_framing_pool_bytes", "gauge",
@@ -363,6 +384,8 @@ def present_fields(stats):
     present = set(name for name, _ in FIELDS) | {"workers_live"}
     if "proxy_headers" not in stats:
         present.difference_update(_PROXY)
+    if stats.get("tls_engine") is None:
+        present.difference_update(_TLS)
     if not (stats.get("pool") or {}).get("framing"):
         present.difference_update(_POOL)
     return present

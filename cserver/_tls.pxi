@@ -334,6 +334,7 @@ cdef class TLSConn:
                 self.eof = True
             if r == -2:
                 raise _ssl_error(why)
+            self.drained = r < n
             return r
         read = self.sslobj.read
         while total < n:
@@ -348,6 +349,7 @@ cdef class TLSConn:
                 self.eof = True
                 break
             total += r
+        self.drained = total < n
         if total == 0 and self.eof:
             return -1
         return total

@@ -729,7 +729,9 @@ cdef class Transport(Handle):
         cdef Py_ssize_t got
         cdef ssize_t r
         try:
-            got = tls.read(buf, n)
+            # what the last read left in the TLS buffers goes first (no
+            # need to ask when that read emptied them: the common case)
+            got = 0 if tls.drained else tls.read(buf, n)
             if got == 0:
                 r = recv(self.fd, loop.tls_slab, loop.slab_size, 0)
                 if r <= 0:

@@ -11,6 +11,7 @@ subclass; the stdlib's request handlers (``StreamRequestHandler`` ...) are
 rejected, as the loop cannot run them.
 """
 import logging
+import ssl
 import sys
 import types
 from _typeshed import ReadableBuffer
@@ -89,6 +90,9 @@ class _Options(TypedDict, total=False):
     proxy_protocol: _ProxyMode | None
     trusted_proxies: _Network | Iterable[_Network]
     proxy_header_timeout: float
+    ssl_context: ssl.SSLContext | None
+    ssl_handshake_timeout: float
+    ssl_shutdown_timeout: float
     metrics_address: _MetricsAddress
     metrics_timeout: float
 
@@ -173,6 +177,9 @@ class SelectorServer:
     proxy_protocol: _ProxyMode | None
     trusted_proxies: _Network | Iterable[_Network]
     proxy_header_timeout: float
+    ssl_context: ssl.SSLContext | None
+    ssl_handshake_timeout: float
+    ssl_shutdown_timeout: float
     # (host, port) or a Unix path; the bound address once the server is built
     metrics_address: _MetricsAddress
     metrics_timeout: float

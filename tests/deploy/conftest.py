@@ -326,9 +326,11 @@ def _describe(handler):
             proxy["ssl"] = {"ssl": info.ssl.ssl, "version": info.ssl.version,
                             "cipher": info.ssl.cipher, "client": info.ssl.client,
                             "verify": info.ssl.verify}
+    ssl_object = transport.get_extra_info("ssl_object")
     return {"client_address": _plain(handler.client_address),
             "peername": _plain(transport.get_extra_info("peername")),
-            "proxy": proxy, "pid": os.getpid()}
+            "proxy": proxy, "pid": os.getpid(),
+            "tls": None if ssl_object is None else ssl_object.version()}
 
 
 def _plain(address):

@@ -9,6 +9,7 @@ the real client's address differs from HAProxy's 127.0.0.1: a server that
 reported the balancer's address would fail.
 """
 import json
+import logging
 import os
 import random
 import socket
@@ -167,6 +168,76 @@ def test_send_proxy_v2_ssl_tells_the_tls_details(haproxy, proxy_echo, need, tmp_
     assert proxy["ssl"]["cipher"] == cipher, proxy
     assert proxy["authority"] == "echo.test" and isinstance(proxy["crc32c"], int), proxy
     assert server.stats()["proxy_errors"] == 0
+
+
+REENCRYPT = """
+frontend fe
+    bind 127.0.0.1:{port} ssl crt {crt}
+    default_backend be
+backend be
+    server s1 127.0.0.1:{backend_port} ssl verify required ca-file {ca} sni str(localhost) \
+        send-proxy-v2-ssl proxy-v2-options ssl-cipher,authority,crc32c \
+        check check-ssl check-send-proxy inter 100ms fastinter 100ms rise 2 fall 1
+"""
+
+
+def test_tls_to_a_tls_backend_with_the_proxy_header_first(haproxy, proxy_echo, need, tls,
+                                                          tmp_path, wait_for):
+    """HAProxy terminates the client's TLS, then opens TLS to cserver's
+    multiplexing server (``ssl verify required``) with a PROXY v2 header
+    before the handshake (``send-proxy-v2-ssl``): the loop reads the header,
+    handshakes, and the handler sees the real client, the TLS of its own
+    hop and the client's TLS details from the header.  HAProxy's health
+    checks (``check-ssl check-send-proxy``: a LOCAL header, then a
+    handshake) mark the server UP only if both work."""
+    import ssl
+    openssl = need.program("openssl")
+    crt = str(tmp_path / "front.pem")
+    subprocess.run([openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1", "-subj",
+                    "/CN=front.test", "-keyout", crt, "-out", crt + ".crt"],
+                   check=True, capture_output=True, timeout=30)
+    with open(crt, "a") as pem, open(crt + ".crt") as cert:
+        pem.write(cert.read())
+    server = proxy_echo(proxy_protocol="v2", ssl_context=tls.server_context())
+    server.logger.setLevel(logging.DEBUG)   # every handshake failure, not one per 10 s
+    balancer = haproxy(REENCRYPT, backend_port=server.server_address[1], crt=crt, ca=tls.ca)
+    assert balancer.wait_checked_up(["s1"])["s1"].startswith("UP")
+    context = ssl.create_default_context(cafile=crt + ".crt")
+    host = _client_host()
+    raw = socket.create_connection(balancer.address, 10, source_address=(host, 0))
+    with context.wrap_socket(raw, server_hostname="front.test") as front:
+        local = front.getsockname()
+        replies = []
+        for i in range(3):
+            front.sendall(b"\x00\x00\x00\x05hell" + str(i).encode())
+            data = b""
+            while len(data) < 4 or len(data) < 4 + int.from_bytes(data[:4], "big"):
+                chunk = front.recv(65536)
+                assert chunk, data
+                data += chunk
+            replies.append(json.loads(data[4:]))
+        front_cipher = front.cipher()[0]
+    for i, reply in enumerate(replies):
+        assert reply["echo"] == "hell%d" % i
+        assert reply["client_address"] == [host, local[1]], reply      # not HAProxy's
+        assert reply["tls"] in ("TLSv1.2", "TLSv1.3"), reply             # HAProxy -> cserver
+        assert reply["proxy"]["ssl"]["ssl"] is True, reply                # client -> HAProxy
+        assert reply["proxy"]["ssl"]["cipher"] == front_cipher, reply
+        assert isinstance(reply["proxy"]["crc32c"], int), reply
+    assert wait_for(lambda: server.stats()["tls_handshakes"] >= 3)
+    stats = server.stats()
+    # the checks' LOCAL headers count as headers
+    assert stats["proxy_headers"] >= 3 and stats["proxy_errors"] == 0, stats
+    assert stats["tls_errors"] == 0, stats
+    # HAProxy ends each check with a reset as soon as its side of the
+    # handshake is done, which discards its last flight in our kernel: the
+    # server sees a handshake cut by a reset, counted as a handshake error
+    # and logged as such; nothing else may fail
+    failures = [r.getMessage() for r in server.captured.records if "TLS:" in r.getMessage()]
+    assert len(failures) == stats["tls_handshake_errors"], (failures, stats)
+    assert all("reset during the TLS handshake" in m for m in failures), failures
+    assert server.captured.errors() == []
 
 
 @pytest.mark.parametrize("version, option", [("v1", "send-proxy"), ("v2", "send-proxy-v2")])

@@ -204,9 +204,34 @@ def test_udp_server_metrics(kind):
     assert value(samples, "cserver_received_bytes_total") == server.stats()["bytes_in"]
 
 
-def test_tls_is_not_exported_as_a_constant():
-    # cserver has no TLS yet (issue 12): no handshake metric pretends otherwise
-    assert not any("tls" in name or "handshake" in name for name, *_ in _metrics.METRICS)
+def test_tls_families_follow_the_loop(kind, tls):
+    """Without an ssl_context the TLS families are absent; with one they
+    count handshakes (done, failed) as stats() does."""
+    plain = selectorserver.SelectorTCPServer(("127.0.0.1", 0), Echo, loop=kind,
+                                             metrics_address=("127.0.0.1", 0))
+    with serving(plain):
+        assert not any("tls" in name for name in names(scrape(plain.metrics_address)))
+    server = selectorserver.SelectorTCPServer(("127.0.0.1", 0), Echo, loop=kind,
+                                              metrics_address=("127.0.0.1", 0),
+                                              ssl_context=tls.server_context())
+    with serving(server):
+        client = tls.client_context()
+        for _ in range(3):
+            with connect_to(server.server_address) as raw:
+                with client.wrap_socket(raw, server_hostname="localhost") as c:
+                    c.sendall(frame(b"t"))
+                    assert recv_exactly(c, 5) == frame(b"t")
+        with connect_to(server.server_address) as c:   # not TLS: a failed handshake
+            c.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            recv_until_eof(c, 1 << 16)
+        assert wait_for(lambda: server.stats()["tls_handshake_errors"] == 1)
+        samples = scrape(server.metrics_address)
+        stats = server.stats()
+    assert value(samples, "cserver_tls_handshakes_total", result="ok") == \
+        stats["tls_handshakes"] == 3
+    assert value(samples, "cserver_tls_handshakes_total", result="error") == 1
+    assert value(samples, "cserver_tls_handshakes_total", result="timeout") == 0
+    assert value(samples, "cserver_tls_errors_total") == 0
 
 
 def test_proxy_families_follow_the_loop(kind):
