@@ -728,6 +728,8 @@ cdef class Transport(Handle):
         cdef TLSConn tls = self.tls
         cdef Py_ssize_t got
         cdef ssize_t r
+        if tls.eof:
+            return 0        # the peer's close_notify came with the last bytes read
         try:
             # what the last read left in the TLS buffers goes first (no
             # need to ask when that read emptied them: the common case)
@@ -746,8 +748,10 @@ cdef class Transport(Handle):
             # reading made TLS output (session tickets, a key update, an alert)
             self._schedule_flush()
         if got > 0:
-            if got == n and not (self.flags & T_TLS_READY):
-                # the buffer is full: what is left is read on the next pass
+            if (got == n or tls.eof) and not (self.flags & T_TLS_READY):
+                # the buffer is full: what is left is read on the next pass;
+                # or the close_notify came after these bytes: the next pass
+                # reads it as the end of stream (no event will say so)
                 self.flags |= T_TLS_READY
                 loop.tls_ready.append(self)
             return got
