@@ -296,12 +296,18 @@ class BioClient:
             if time.monotonic() > deadline:
                 raise TimeoutError("%d of %d bytes in %s s" % (len(data), n, TIMEOUT))
             try:
-                data += self.obj.read(n - len(data))
+                chunk = self.obj.read(n - len(data))
             except ssl.SSLWantReadError:
                 self._flush()
                 self._fill()
+                continue
             except ssl.SSLZeroReturnError:
+                chunk = b""
+            if not chunk:
+                # SSLObject.read() returns b"" for the peer's close_notify
+                # (it raises SSLZeroReturnError once ours was sent too)
                 raise EOFError("close_notify with %d bytes missing" % (n - len(data)))
+            data += chunk
         return data
 
     def read_end(self):
@@ -311,16 +317,22 @@ class BioClient:
         deadline = time.monotonic() + TIMEOUT
         while time.monotonic() < deadline:
             try:
-                data += self.obj.read(1 << 16)
+                chunk = self.obj.read(1 << 16)
             except ssl.SSLWantReadError:
                 self._flush()
                 self._fill()
+                continue
             except ssl.SSLZeroReturnError:
                 return data, "close_notify"
             except ssl.SSLEOFError:
                 return data, "eof"
             except ssl.SSLError as exc:
                 return data, "tls-error:%s" % (exc.reason,)
+            except ConnectionResetError:
+                return data, "reset"
+            if not chunk:
+                return data, "close_notify"
+            data += chunk
         return data, "timeout"
 
     def wait_readable(self, timeout):

@@ -7,14 +7,16 @@ It connects with Twisted's TLS (pyOpenSSL, ``optionsForClientTLS``: the
 certificate verified against CA_FILE, for the name "localhost"), sends
 COUNT length-prefixed ("!I") frames of SIZE random bytes at once, reads
 until every echo is back, closes (``loseConnection``: close_notify, then
-the server's), and prints one JSON line: whether the echo was exact and
-the class of the reason Twisted gave for the end (ConnectionDone: clean).
+the server's), and prints one JSON line: whether the echo was exact,
+whether the server's close_notify came, and the class of the reason
+Twisted gave for the end.
 Every step is bounded: the whole run fails after 20 s."""
 import json
 import os
 import struct
 import sys
 
+from OpenSSL import SSL
 from twisted.internet import defer, endpoints, protocol, ssl, task
 
 LIMIT = 20.0
@@ -35,9 +37,14 @@ class Echoer(protocol.Protocol):
             self.transport.loseConnection()
 
     def connectionLost(self, reason):
+        # the TLS layer's own record of the peer's close_notify (Twisted's
+        # Unix transport reports ConnectionLost for a clean end too)
+        handle = self.transport.getHandle()
+        notified = handle is not None and bool(handle.get_shutdown() & SSL.RECEIVED_SHUTDOWN)
         if not self.done.called:
             self.done.callback({"echoed": self.received == self.expected,
                                 "received": len(self.received),
+                                "close_notify": notified,
                                 "reason": reason.type.__name__})
 
 
