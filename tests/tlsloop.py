@@ -254,7 +254,9 @@ class BioClient:
         self.incoming.write_eof()
         return False
 
-    def handshake(self):
+    def handshake(self, flush=True):
+        """Run the handshake; with ``flush=False`` the client's last flight
+        (its Finished) stays unsent, for the next ``send`` to carry along."""
         deadline = time.monotonic() + TIMEOUT
         while True:
             try:
@@ -265,12 +267,13 @@ class BioClient:
                 if time.monotonic() > deadline:
                     raise TimeoutError("handshake not done in %s s" % TIMEOUT)
                 self._fill()
-        self._flush()
+        if flush:
+            self._flush()
         return self
 
     def encrypt(self, data):
-        """The ciphertext of ``data`` (records of up to 16 KiB each),
-        not sent."""
+        """The ciphertext of ``data`` (records of up to 16 KiB each), and
+        whatever else was waiting to go out, not sent."""
         self.obj.write(data)
         return self.outgoing.read()
 

@@ -505,6 +505,72 @@ def test_ciphertext_cut_anywhere(kind, tls_engine, tls):
     assert stats["tls_handshake_errors"] == stats["tls_errors"] == 0
 
 
+def test_more_than_a_read_buffer_in_one_burst(kind, tls_engine, tls):
+    # with the smallest read buffer, one burst holds many reads' worth of
+    # records: what the TLS buffers still hold is read without a new event
+    rec = tl.Recorder()
+    server = tl.build(kind, "tcp", None, tl.handlers(rec)[0], tls.server_context(),
+                      read_size=4096)
+    payloads = [b"%05d" % i * 20 for i in range(3000)]
+    data = b"".join(tl.frame(p) for p in payloads)          # ~310 KB
+    with tl.running(server):
+        with tl.BioClient(server.server_address, tls.client_context()) as c:
+            c.handshake()
+            c.send(data)
+            assert c.read(len(data)) == data
+            c.send_close_notify()
+            assert c.read_end() == (b"", "close_notify")
+        assert tl.wait_until(lambda: rec.lost)
+        stats = server.stats()
+    assert len(rec.frames) == 3000
+    no_tls_trouble(stats, 1)
+
+
+@pytest.mark.parametrize("where_paused", ["connection_made", "frame_received"])
+def test_pause_reading_holds_what_tls_buffered(kind, tls_engine, where_paused, tls):
+    # the frames that came with the client's Finished (one segment), or a
+    # burst after the first frame: nothing is delivered while paused, all
+    # of it after resume_reading, though no new byte arrives to wake the loop
+    events = []
+
+    class Pausing(cserver.FrameHandler):
+        def connection_made(self):
+            if where_paused == "connection_made":
+                self.pause()
+
+        def pause(self):
+            self.transport.pause_reading()
+            events.append("pause")
+            self.server.call_later(0.3, self.resume)
+
+        def resume(self):
+            events.append("resume")
+            self.transport.resume_reading()
+
+        def frame_received(self, payload):
+            events.append(payload)
+            self.send_frame(payload)
+            if where_paused == "frame_received" and payload == payloads[0]:
+                self.pause()
+
+    server = tl.build(kind, "tcp", None, Pausing, tls.server_context(), read_size=4096)
+    # 20 KB: several records, more than one read (read_size 4096) of them
+    payloads = [b"p%03d" % i + b"." * 96 for i in range(200)]
+    data = b"".join(tl.frame(p) for p in payloads)
+    with tl.running(server):
+        with tl.BioClient(server.server_address,
+                          tls.client_context(version=ssl.TLSVersion.TLSv1_3)) as c:
+            c.handshake(flush=False)           # Finished and the frames: one send
+            c.send(data)
+            assert c.read(len(data)) == data
+            c.send_close_notify()
+            assert c.read_end()[1] == "close_notify"
+    first = 0 if where_paused == "connection_made" else 1
+    assert events[:first] == payloads[:first]
+    assert events[first] == "pause" and events[first + 1] == "resume", events[:5]
+    assert [e for e in events if e not in ("pause", "resume")] == payloads
+
+
 def test_a_1_mib_frame(kind, where, version, tls_engine, tls, short_tmpdir):
     rec = tl.Recorder()
     server = tl.build(kind, where, short_tmpdir, tl.handlers(rec)[0], tls.server_context())
