@@ -139,6 +139,19 @@ def raw_connect(address, timeout=TIMEOUT):
     return sock
 
 
+#: OpenSSL 3's SSL_OP_IGNORE_UNEXPECTED_EOF (``ssl.OP_IGNORE_UNEXPECTED_EOF``
+#: from 3.10): Python 3.9's contexts set it, and a peer's end of stream
+#: then reads as its close_notify
+_IGNORE_UNEXPECTED_EOF = getattr(ssl, "OP_IGNORE_UNEXPECTED_EOF", 1 << 7)
+
+
+def strict(ctx):
+    """``ctx`` (a client context) made to tell a close_notify from an end
+    of stream without one, on every Python version; returned."""
+    ctx.options &= ~_IGNORE_UNEXPECTED_EOF
+    return ctx
+
+
 def connect(server, ctx, server_hostname="localhost", prefix=b"", timeout=TIMEOUT):
     """An ``ssl.SSLSocket`` connected to ``server`` (handshake done);
     ``prefix`` is sent in plaintext first (a PROXY header).  Ragged EOFs
@@ -147,8 +160,8 @@ def connect(server, ctx, server_hostname="localhost", prefix=b"", timeout=TIMEOU
     try:
         if prefix:
             sock.sendall(prefix)
-        return ctx.wrap_socket(sock, server_hostname=server_hostname,
-                               suppress_ragged_eofs=False)
+        return strict(ctx).wrap_socket(sock, server_hostname=server_hostname,
+                                       suppress_ragged_eofs=False)
     except BaseException:
         sock.close()
         raise
@@ -176,7 +189,9 @@ def read_end(sock, limit=1 << 26):
         except ssl.SSLError as exc:
             how = "tls-error:%s" % (exc.reason,)
             break
-        except ConnectionResetError:
+        except (ConnectionResetError, BrokenPipeError):
+            # (a reset, or on newer OpenSSL a write of the read's own that
+            # met the closed socket)
             how = "reset"
             break
         if not chunk:
@@ -224,7 +239,8 @@ class BioClient:
     def __init__(self, address, ctx, server_hostname="localhost", prefix=b""):
         self.sock = raw_connect(address)
         self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-        self.obj = ctx.wrap_bio(self.incoming, self.outgoing, server_hostname=server_hostname)
+        self.obj = strict(ctx).wrap_bio(self.incoming, self.outgoing,
+                                        server_hostname=server_hostname)
         if prefix:
             self.sock.sendall(prefix)
 
@@ -246,7 +262,7 @@ class BioClient:
         """Read the socket once into the incoming BIO; False at EOF/reset."""
         try:
             data = self.sock.recv(1 << 16)
-        except ConnectionResetError:
+        except (ConnectionResetError, BrokenPipeError):
             data = b""
         if data:
             self.incoming.write(data)
@@ -331,7 +347,7 @@ class BioClient:
                 return data, "eof"
             except ssl.SSLError as exc:
                 return data, "tls-error:%s" % (exc.reason,)
-            except ConnectionResetError:
+            except (ConnectionResetError, BrokenPipeError):
                 return data, "reset"
             if not chunk:
                 return data, "close_notify"
