@@ -173,6 +173,15 @@ def recv_frame(sock):
     return recv_exactly(sock, size)
 
 
+def _how(exc):
+    """How an ``ssl.SSLError`` ended a stream: "eof" for an end without
+    close_notify (an SSLEOFError; Python 3.9 raises a plain SSLError with
+    OpenSSL 3's reason for it), else "tls-error:<reason>"."""
+    if isinstance(exc, ssl.SSLEOFError) or exc.reason == "UNEXPECTED_EOF_WHILE_READING":
+        return "eof"
+    return "tls-error:%s" % (exc.reason,)
+
+
 def read_end(sock, limit=1 << 26):
     """Read ``sock`` (an SSLSocket, ragged EOFs not suppressed) to its end:
     (bytes read, how it ended: "close_notify", "eof" (no close_notify),
@@ -187,7 +196,7 @@ def read_end(sock, limit=1 << 26):
             how = "eof"
             break
         except ssl.SSLError as exc:
-            how = "tls-error:%s" % (exc.reason,)
+            how = _how(exc)
             break
         except (ConnectionResetError, BrokenPipeError):
             # (a reset, or on newer OpenSSL a write of the read's own that
@@ -346,7 +355,7 @@ class BioClient:
             except ssl.SSLEOFError:
                 return data, "eof"
             except ssl.SSLError as exc:
-                return data, "tls-error:%s" % (exc.reason,)
+                return data, _how(exc)
             except (ConnectionResetError, BrokenPipeError):
                 return data, "reset"
             if not chunk:
