@@ -20,6 +20,8 @@ same interpreter.
     python bench/instructions.py --servers cserver-mux --workloads 1c-d1 --requests 2000
     python bench/instructions.py --workloads 10c-d4-64k --requests 1000 --keep /tmp/cg
     python bench/instructions.py --servers cserver-mux,cserver-mux+proxy-v2 --workloads churn
+    python bench/instructions.py --servers c-tls,cserver-mux-tls,cserver-mux-tls+python-engine \
+        --workloads tls-50c-d16 --requests 2000        # TLS servers (a certificate per run)
     callgrind_annotate /tmp/cg/callgrind.cserver-mux.10c-d4-64k.2   # where the time goes
 
 The servers are the harness's (``bench/run.py --list``); cserver is found as
@@ -27,6 +29,7 @@ The servers are the harness's (``bench/run.py --list``); cserver is found as
 package).  A server whose library is missing is reported as skipped.
 """
 import argparse
+import copy
 import json
 import os
 import re
@@ -46,6 +49,8 @@ import run  # noqa: E402  (the harness: servers, binaries, processes)
 WORKLOADS = {"1c-d1": (1, 1, 64), "50c-d1": (50, 1, 64), "500c-d1": (500, 1, 64),
              "50c-d16": (50, 16, 64), "10c-d4-64k": (10, 4, 65536),
              "1c-d1-64k": (1, 1, 65536), "churn": (4, 1, 64)}
+# tls-*: the same over TLS 1.3 (the load generator's --tls), TLS servers only
+WORKLOADS.update({"tls-" + name: params for name, params in list(WORKLOADS.items())})
 DEFAULT_SERVERS = "c-epoll,cserver-mux,uvloop"
 DEFAULT_WORKLOADS = "1c-d1,500c-d1"
 READY_TIMEOUT = 180.0   # a Python server under valgrind starts in ~10-60 s
@@ -62,7 +67,8 @@ def callgrind_total(path):
     raise RuntimeError("no summary line in %s" % path)
 
 
-def measure(server, conns, depth, size, requests, bins, env, tmp, kind="stream"):
+def measure(server, conns, depth, size, requests, bins, env, tmp, kind="stream",
+            tls_files=None):
     """(Ir of N requests, Ir of 2N requests) in one server process, each
     counted from the end of the load generator's connection setup to its
     last reply, after a warm-up run; or (None, why) if it cannot run."""
@@ -70,7 +76,9 @@ def measure(server, conns, depth, size, requests, bins, env, tmp, kind="stream")
     out = os.path.join(tmp, "callgrind.%s.%d" % (server.key, conns))
     cmd = ["valgrind", "--tool=callgrind", "--callgrind-out-file=" + out,
            "--dump-instr=no", "--trace-children=no"]
-    cmd += server.command(["--host", "127.0.0.1", "--port", "0"], 1, bins["c_echo"])
+    cmd += server.command(["--host", "127.0.0.1", "--port", "0"], 1, bins, tls_files)
+    if getattr(server, "tls_engine", None):
+        env = dict(env, CSERVER_TLS_ENGINE=server.tls_engine)
     proc = run.spawn(cmd, set(), env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     try:
         state, where = run.wait_ready(proc, READY_TIMEOUT)
@@ -80,6 +88,8 @@ def measure(server, conns, depth, size, requests, bins, env, tmp, kind="stream")
                 "--depth", str(depth), "--size", str(size), "--warmup", "0",
                 "--duration", str(LOAD_TIMEOUT), "--connect-timeout", "120"]
         load += server.loadgen_args + (["--kind", "churn"] if churn else [])
+        if server.transport == "tls":
+            load += ["--tls", "--sni", run.TLS_SNI]
         setup = 0 if churn else conns      # one setup request per stream connection
         _load(load, requests, setup, server.key, None)          # warm-up, not counted
         counts = []
@@ -161,15 +171,28 @@ def main(argv=None):
     # KEY+proxy-v1 / KEY+proxy-v2: the cserver multiplexing servers with
     # proxy_protocol set, each connection opened by a PROXY header
     by_key = {s.key: s for s in srvs + run.with_proxy(srvs, "v1") + run.with_proxy(srvs, "v2")}
+    # KEY+python-engine: a cserver TLS server with CSERVER_TLS_ENGINE=python
+    # (the record layer through the ssl objects' methods, not libssl from C)
+    for s in list(by_key.values()):
+        if s.is_cserver and s.transport == "tls":
+            twin = copy.copy(s)
+            twin.key = s.key + "+python-engine"
+            twin.tls_engine = "python"
+            by_key[twin.key] = twin
     keys = [k.strip() for k in opts.servers.split(",") if k.strip()]
     for k in keys:
-        if k not in by_key or by_key[k].transport != "tcp" or by_key[k].workers:
-            p.error("unknown or unsupported server %r (single-process TCP servers of "
+        if k not in by_key or by_key[k].transport not in ("tcp", "tls") or by_key[k].workers:
+            p.error("unknown or unsupported server %r (single-process TCP or TLS servers of "
                     "bench/run.py --list)" % k)
     wls = [w.strip() for w in opts.workloads.split(",") if w.strip()]
     for w in wls:
         if w not in WORKLOADS:
             p.error("unknown workload %r" % w)
+    for k in keys:
+        for w in wls:
+            if (by_key[k].transport == "tls") != w.startswith("tls-"):
+                p.error("server %r and workload %r: TLS servers take the tls-* workloads, "
+                        "the others the rest" % (k, w))
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         # started in the background by a shell: the servers would inherit
         # an ignored SIGINT, the signal that stops them
@@ -187,6 +210,9 @@ def main(argv=None):
     print("|---|---|---|---|---|")
     results = []
     with tempfile.TemporaryDirectory(prefix="cserver-ir-") as tmp:
+        tls_files = None
+        if any(w.startswith("tls-") for w in wls):
+            tls_files = run.make_certificate(tmp)[:2]
         for w in wls:
             conns, depth, size = WORKLOADS[w]
             for k in keys:
@@ -196,7 +222,8 @@ def main(argv=None):
                     continue
                 t0 = time.monotonic()
                 counts, why = measure(server, conns, depth, size, opts.requests, bins, env,
-                                      tmp, kind="churn" if w == "churn" else "stream")
+                                      tmp, kind="churn" if w.endswith("churn") else "stream",
+                                      tls_files=tls_files)
                 if counts is None:
                     print("| %s | %s | skipped: %s | | |" % (k, w, why))
                     continue

@@ -10,6 +10,16 @@
  *           stdin reaches EOF or --hold seconds pass (the harness reads the
  *           server's memory meanwhile).
  *
+ * --tls (stream, churn, idle): every connection is TLS 1.3 (OpenSSL, non-
+ * blocking), cipher suite TLS_AES_128_GCM_SHA256 and key exchange X25519
+ * only, SNI --sni NAME (default localhost), the server's certificate not
+ * verified, and no session ever resumed (no session cache, none offered): a
+ * churn connection is a full handshake, timed from its connect.  The
+ * handshake comes first, then the requests, exactly as in plain TCP.  Built
+ * with -DLOADGEN_TLS and -lssl -lcrypto (bench/run.py does when OpenSSL's
+ * headers are there); without, --tls is refused.  --features prints
+ * whether TLS is built in.
+ *
  * A request is a payload of S bytes, framed (4-byte big-endian length, then
  * the payload) or raw (the payload alone, for byte-echo servers).  Every
  * reply is compared byte for byte with what was sent, as it streams in, so
@@ -45,9 +55,17 @@
 #include <time.h>
 #include <unistd.h>
 
+#ifdef LOADGEN_TLS
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#if OPENSSL_VERSION_NUMBER < 0x10101000L
+#error "TLS 1.3 needs OpenSSL 1.1.1 or later"
+#endif
+#endif
+
 enum { MODE_FRAMED, MODE_RAW };
 enum { KIND_STREAM, KIND_CHURN, KIND_UDP, KIND_IDLE };
-enum { ST_FREE, ST_CONNECTING, ST_OPEN, ST_DONE };
+enum { ST_FREE, ST_CONNECTING, ST_HANDSHAKE, ST_OPEN, ST_DONE };
 
 #define RBUF_SIZE (256 * 1024)
 #define PAT_EXTRA 512
@@ -62,6 +80,11 @@ struct conn {
     int state;
     int want_out;      /* EPOLLOUT is registered */
     int broken;        /* framing lost: no further replies are parsed */
+    unsigned gen;      /* bumped by every connect (churn reuses the slot) */
+#ifdef LOADGEN_TLS
+    SSL *ssl;          /* --tls: this connection's TLS state */
+    int tls_ok;        /* handshake done, no fatal error: close_notify on close */
+#endif
     uint64_t sent;     /* requests queued so far */
     uint64_t done;     /* replies completed so far */
     uint64_t counted;  /* replies completed inside the measured window */
@@ -104,6 +127,15 @@ static int sync_mode;
    balancer's send-proxy / send-proxy-v2 would): TCP4, from 198.51.100.x
    (x and the port vary with the connection) to 192.0.2.1:443. */
 static int proxy_version;
+/* --tls: TLS 1.3 on every stream connection, SNI tls_sni. */
+static int use_tls;
+static const char *tls_sni = "localhost";
+#ifdef LOADGEN_TLS
+static uint64_t n_handshakes, n_resumed, n_tls_failed;
+static char tls_error[160];    /* the first failure, for the report */
+static SSL_CTX *tls_ctx;
+static char tls_version[32], tls_cipher[64], tls_group[32];
+#endif
 
 static void sync_point(const char *what, long n) {
     char line[16];
@@ -133,7 +165,8 @@ static void usage_die(const char *msg) {
             "usage: loadgen (--tcp HOST:PORT | --unix PATH | --udp HOST:PORT)\n"
             "  [--kind stream|churn|idle] [--mode framed|raw] [--conns N] [--depth D]\n"
             "  [--size S] [--warmup SEC] [--duration SEC] [--connect-timeout SEC]\n"
-            "  [--hold SEC] [--requests N] [--sync] [--proxy v1|v2]\n"
+            "  [--hold SEC] [--requests N] [--sync] [--proxy v1|v2] [--tls [--sni NAME]]\n"
+            "  | --features\n"
             "  (HOST must be a loopback address)\n", msg);
     exit(2);
 }
@@ -197,7 +230,73 @@ static void ep_ctl(int op, struct conn *c, uint32_t events) {
     if (epoll_ctl(ep, op, c->fd, &ev) < 0) die("epoll_ctl");
 }
 
+/* EPOLLIN, and EPOLLOUT too while ``on`` (bytes or a TLS record wait to go). */
+static void set_want_out(struct conn *c, int on) {
+    if (c->want_out == on) return;
+    c->want_out = on;
+    ep_ctl(EPOLL_CTL_MOD, c, on ? EPOLLIN | EPOLLOUT : EPOLLIN);
+}
+
+#ifdef LOADGEN_TLS
+/* Keep the first TLS failure's reason for the report (JSON-safe). */
+static void tls_note_error(const char *what, int err) {
+    char buf[120];
+    unsigned long e = ERR_peek_error();
+    if (tls_error[0]) return;
+    if (e) ERR_error_string_n(e, buf, sizeof buf);
+    else if (err == SSL_ERROR_SYSCALL) snprintf(buf, sizeof buf, "%s", errno ? strerror(errno) : "EOF from the server");
+    else snprintf(buf, sizeof buf, "SSL_get_error %d", err);
+    snprintf(tls_error, sizeof tls_error, "%s: %s", what, buf);
+    for (char *q = tls_error; *q; q++)
+        if (*q == '"' || *q == '\\' || (unsigned char)*q < 32) *q = '\'';
+}
+
+static int tls_accept_any_chain(X509_STORE_CTX *store, void *arg) {
+    (void)store;
+    (void)arg;
+    return 1;
+}
+
+static void tls_init(void) {
+    tls_ctx = SSL_CTX_new(TLS_client_method());
+    if (!tls_ctx || !SSL_CTX_set_min_proto_version(tls_ctx, TLS1_3_VERSION)
+        || !SSL_CTX_set_max_proto_version(tls_ctx, TLS1_3_VERSION)
+        || !SSL_CTX_set_ciphersuites(tls_ctx, "TLS_AES_128_GCM_SHA256")
+        || !SSL_CTX_set1_groups_list(tls_ctx, "X25519")) {
+        fprintf(stderr, "loadgen: cannot set up TLS 1.3 with TLS_AES_128_GCM_SHA256 and X25519\n");
+        ERR_print_errors_fp(stderr);
+        exit(2);
+    }
+    /* A benchmark: the certificate is not verified, and its chain not even
+       built (OpenSSL would run X509_verify_cert, another signature check,
+       and only then ignore the result). */
+    SSL_CTX_set_verify(tls_ctx, SSL_VERIFY_NONE, NULL);
+    SSL_CTX_set_cert_verify_callback(tls_ctx, tls_accept_any_chain, NULL);
+    /* No resumption: no session cache, and no session is ever set on an SSL,
+       so every handshake is a full one (the tickets servers send are read
+       and dropped). */
+    SSL_CTX_set_session_cache_mode(tls_ctx, SSL_SESS_CACHE_OFF);
+    /* SSL_write returns per record, and may be retried from a buffer that
+       moved (out_reserve) as long as it starts with the same bytes. */
+    SSL_CTX_set_mode(tls_ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+}
+
+static void tls_drop(struct conn *c) {
+    if (!c->ssl) return;
+    if (c->tls_ok && c->fd >= 0) {  /* close_notify, without waiting for the peer's */
+        ERR_clear_error();
+        SSL_shutdown(c->ssl);
+    }
+    SSL_free(c->ssl);
+    c->ssl = NULL;
+    c->tls_ok = 0;
+}
+#endif
+
 static void conn_close(struct conn *c) {
+#ifdef LOADGEN_TLS
+    tls_drop(c);
+#endif
     if (c->fd >= 0) {
         epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL);
         close(c->fd);
@@ -250,7 +349,22 @@ static int conn_open(struct conn *c) {
     }
     c->fd = fd;
     c->t_connect = now_ns();
+    c->gen++;
     n_connects++;
+#ifdef LOADGEN_TLS
+    if (use_tls) {
+        c->ssl = SSL_new(tls_ctx);
+        if (!c->ssl || !SSL_set_fd(c->ssl, fd) || !SSL_set_tlsext_host_name(c->ssl, tls_sni)) {
+            tls_note_error("SSL_new", 0);
+            tls_drop(c);
+            close(fd);
+            c->fd = -1;
+            n_errors++;
+            return -1;
+        }
+        SSL_set_connect_state(c->ssl);
+    }
+#endif
     if (proxy_version) queue_proxy_header(c); /* sent with the first request */
     if (connect(fd, (struct sockaddr *)&target, target_len) == 0) {
         c->state = ST_OPEN;
@@ -263,6 +377,9 @@ static int conn_open(struct conn *c) {
         return 0;
     }
     int busy = family == AF_UNIX && errno == EAGAIN; /* Unix backlog full: try again later */
+#ifdef LOADGEN_TLS
+    tls_drop(c);
+#endif
     close(fd);
     c->fd = -1;
     if (busy) return -2;
@@ -307,8 +424,35 @@ static int may_send(void) {
     return budget == 0 || n_budget_sent < budget;
 }
 
+#ifdef LOADGEN_TLS
+/* flush_out over TLS: SSL_write per record until all is sent or it would block. */
+static int tls_flush(struct conn *c) {
+    while (c->out_off < c->out_len) {
+        size_t left = c->out_len - c->out_off;
+        ERR_clear_error();
+        int n = SSL_write(c->ssl, c->out + c->out_off, left > (1u << 30) ? (1 << 30) : (int)left);
+        if (n > 0) {
+            c->out_off += (size_t)n;
+            continue;
+        }
+        int e = SSL_get_error(c->ssl, n);
+        if (e == SSL_ERROR_WANT_WRITE) { set_want_out(c, 1); return 0; }
+        if (e == SSL_ERROR_WANT_READ) return 0; /* EPOLLIN is always registered */
+        c->tls_ok = 0;
+        if (running) tls_note_error("SSL_write", e);
+        return -1;
+    }
+    c->out_off = c->out_len = 0;
+    set_want_out(c, 0);
+    return 0;
+}
+#endif
+
 /* Send what is queued; 0 on success (maybe partial), -1 if the peer is gone. */
 static int flush_out(struct conn *c) {
+#ifdef LOADGEN_TLS
+    if (c->ssl) return tls_flush(c);
+#endif
     while (c->out_off < c->out_len) {
         ssize_t n = send(c->fd, c->out + c->out_off, c->out_len - c->out_off, MSG_NOSIGNAL);
         if (n > 0) {
@@ -317,19 +461,13 @@ static int flush_out(struct conn *c) {
         }
         if (n < 0 && errno == EINTR) continue;
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            if (!c->want_out) {
-                c->want_out = 1;
-                ep_ctl(EPOLL_CTL_MOD, c, EPOLLIN | EPOLLOUT);
-            }
+            set_want_out(c, 1);
             return 0;
         }
         return -1;
     }
     c->out_off = c->out_len = 0;
-    if (c->want_out) {
-        c->want_out = 0;
-        ep_ctl(EPOLL_CTL_MOD, c, EPOLLIN);
-    }
+    set_want_out(c, 0);
     return 0;
 }
 
@@ -401,6 +539,69 @@ static void consume(struct conn *c, const unsigned char *p, size_t n, uint64_t t
     }
 }
 
+#ifdef LOADGEN_TLS
+/* Drive the handshake; once done, the connection sends its first request
+ * as a plain one does at its connect. */
+static void tls_handshake(struct conn *c, uint64_t t) {
+    ERR_clear_error();
+    int r = SSL_do_handshake(c->ssl);
+    if (r == 1) {
+        n_handshakes++;
+        if (SSL_session_reused(c->ssl)) n_resumed++;
+        if (!tls_version[0]) {
+            snprintf(tls_version, sizeof tls_version, "%s", SSL_get_version(c->ssl));
+            snprintf(tls_cipher, sizeof tls_cipher, "%s", SSL_get_cipher_name(c->ssl));
+#if OPENSSL_VERSION_NUMBER >= 0x30000000L
+            const char *g = OBJ_nid2sn(SSL_get_negotiated_group(c->ssl) & ~TLSEXT_nid_unknown);
+            snprintf(tls_group, sizeof tls_group, "%s", g ? g : "?");
+#endif
+        }
+        c->tls_ok = 1;
+        c->state = ST_OPEN;
+        set_want_out(c, 0);
+        queue_request(c, t);
+        if (flush_out(c) < 0) { n_errors++; conn_close(c); }
+        return;
+    }
+    int e = SSL_get_error(c->ssl, r);
+    if (e == SSL_ERROR_WANT_READ) { set_want_out(c, 0); return; }
+    if (e == SSL_ERROR_WANT_WRITE) { set_want_out(c, 1); return; }
+    n_tls_failed++;
+    tls_note_error("handshake", e);
+    n_errors++;
+    conn_close(c);
+}
+
+/* stream_readable over TLS: SSL_read until it would block (records are
+ * never left decrypted inside OpenSSL, where epoll could not see them). */
+static void tls_readable(struct conn *c, uint64_t t) {
+    unsigned gen = c->gen;
+    for (int i = 0; c->fd >= 0 && c->gen == gen; i++) {
+        ERR_clear_error();
+        int n = SSL_read(c->ssl, rbuf, RBUF_SIZE);
+        if (n > 0) {
+            if (i) t = now_ns();
+            consume(c, rbuf, (size_t)n, t);
+            continue;
+        }
+        int e = SSL_get_error(c->ssl, n);
+        if (e == SSL_ERROR_WANT_READ) break;
+        if (e == SSL_ERROR_WANT_WRITE) { set_want_out(c, 1); break; }
+        /* close_notify, EOF or an error: the server closed on us */
+        if (e != SSL_ERROR_ZERO_RETURN) c->tls_ok = 0;
+        if (running) {
+            n_errors++;
+            if (e != SSL_ERROR_ZERO_RETURN) tls_note_error("SSL_read", e);
+        }
+        conn_close(c);
+        return;
+    }
+    if (c->fd >= 0 && c->gen == gen && c->out_len > c->out_off) {
+        if (flush_out(c) < 0) { if (running) n_errors++; conn_close(c); }
+    }
+}
+#endif
+
 static int start_connection(struct conn *c) {
     c->broken = 0;
     c->sent = c->done;
@@ -411,6 +612,13 @@ static int start_connection(struct conn *c) {
     if (kind == KIND_CHURN) n_budget_sent++;
     if (r > 0) {
         ep_ctl(EPOLL_CTL_ADD, c, EPOLLIN);
+#ifdef LOADGEN_TLS
+        if (c->ssl) {
+            c->state = ST_HANDSHAKE;
+            tls_handshake(c, now_ns());
+            return r;
+        }
+#endif
         if (kind != KIND_UDP) {
             queue_request(c, now_ns());
             if (flush_out(c) < 0) { n_errors++; conn_close(c); }
@@ -432,6 +640,13 @@ static void connected(struct conn *c, uint64_t t) {
     n_connecting--;
     c->state = ST_OPEN;
     ep_ctl(EPOLL_CTL_MOD, c, EPOLLIN);
+#ifdef LOADGEN_TLS
+    if (c->ssl) {
+        c->state = ST_HANDSHAKE;
+        tls_handshake(c, t);
+        return;
+    }
+#endif
     if (kind != KIND_UDP) {
         queue_request(c, t);
         if (flush_out(c) < 0) { n_errors++; conn_close(c); }
@@ -439,6 +654,12 @@ static void connected(struct conn *c, uint64_t t) {
 }
 
 static void stream_readable(struct conn *c, uint64_t t) {
+#ifdef LOADGEN_TLS
+    if (c->ssl) {
+        tls_readable(c, t);
+        return;
+    }
+#endif
     for (int i = 0; i < 4 && c->fd >= 0; i++) {
         ssize_t n = recv(c->fd, rbuf, RBUF_SIZE, 0);
         if (n > 0) {
@@ -578,13 +799,23 @@ static void report(uint64_t t_finish, long held) {
         if (conns[i].fd >= 0) open_now++;
     }
     double rps = measured > 0 ? (double)n_counted / measured : 0.0;
+    char tls[512] = "null";
+#ifdef LOADGEN_TLS
+    if (use_tls)
+        snprintf(tls, sizeof tls, "{\"handshakes\":%llu,\"resumed\":%llu,\"failed\":%llu,"
+                 "\"version\":\"%s\",\"cipher\":\"%s\",\"group\":\"%s\",\"sni\":\"%s\","
+                 "\"error\":\"%s\",\"openssl\":\"%s\"}",
+                 (unsigned long long)n_handshakes, (unsigned long long)n_resumed,
+                 (unsigned long long)n_tls_failed, tls_version, tls_cipher, tls_group, tls_sni,
+                 tls_error, OpenSSL_version(OPENSSL_VERSION));
+#endif
     printf("{\"kind\":\"%s\",\"mode\":\"%s\",\"target\":\"%s\",\"conns\":%d,\"depth\":%d,"
            "\"size\":%u,\"warmup\":%.3f,\"duration\":%.3f,\"requests\":%llu,\"rps\":%.1f,"
            "\"mbps\":%.3f,\"replies_total\":%llu,\"mismatches\":%llu,\"errors\":%llu,"
            "\"lost\":%llu,\"late\":%llu,\"connects\":%llu,\"open\":%ld,\"starved\":%ld,"
            "\"ready\":%ld,\"lat_us\":{\"p50\":%.2f,\"p99\":%.2f,\"p999\":%.2f,\"max\":%.2f,"
            "\"mean\":%.2f},\"cpu_user\":%.4f,\"cpu_sys\":%.4f,\"wall\":%.4f,\"life\":%.4f,"
-           "\"cpu_pct\":%.1f}\n",
+           "\"cpu_pct\":%.1f,\"tls\":%s}\n",
            kind_name(), kind == KIND_UDP ? "datagram" : mode == MODE_FRAMED ? "framed" : "raw", target_desc, nconns, depth,
            size, warmup, duration, (unsigned long long)n_counted, rps,
            rps * (double)size / 1e6, (unsigned long long)n_done_total,
@@ -593,7 +824,7 @@ static void report(uint64_t t_finish, long held) {
            (unsigned long long)n_connects, open_now, starved, held,
            hist_pct(0.50) / 1e3, hist_pct(0.99) / 1e3, hist_pct(0.999) / 1e3,
            (double)lat_max / 1e3, lat_n ? (double)lat_sum / (double)lat_n / 1e3 : 0.0,
-           cpu_user, cpu_sys, wall, life, life > 0 ? 100.0 * (cpu_user + cpu_sys) / life : 0.0);
+           cpu_user, cpu_sys, wall, life, life > 0 ? 100.0 * (cpu_user + cpu_sys) / life : 0.0, tls);
     fflush(stdout);
 }
 
@@ -608,6 +839,12 @@ static void stream_event(struct conn *c, uint32_t events, uint64_t t)
         connected(c, t);
         return;
     }
+#ifdef LOADGEN_TLS
+    if (c->state == ST_HANDSHAKE) {
+        tls_handshake(c, t);
+        return;
+    }
+#endif
     if (events & EPOLLOUT) {
         if (flush_out(c) < 0) { n_errors++; conn_close(c); return; }
     }
@@ -661,6 +898,8 @@ int main(int argc, char **argv) {
         {"connect-timeout", required_argument, 0, 'C'}, {"hold", required_argument, 0, 'H'},
         {"requests", required_argument, 0, 'R'}, {"sync", no_argument, 0, 'S'},
         {"proxy", required_argument, 0, 'P'},
+        {"tls", no_argument, 0, 'T'}, {"sni", required_argument, 0, 'N'},
+        {"features", no_argument, 0, 'F'},
         {0, 0, 0, 0}};
     int have_target = 0, opt;
     int want_kind = -1;
@@ -694,11 +933,31 @@ int main(int argc, char **argv) {
             else if (!strcmp(optarg, "v2")) proxy_version = 2;
             else usage_die("--proxy must be v1 or v2");
             break;
+        case 'T': use_tls = 1; break;
+        case 'N':
+            if (!*optarg || strlen(optarg) > 253) usage_die("--sni must be a host name");
+            tls_sni = optarg;
+            break;
+        case 'F':
+#ifdef LOADGEN_TLS
+            printf("tls %s\n", OpenSSL_version(OPENSSL_VERSION));
+#else
+            printf("no-tls\n");
+#endif
+            return 0;
         default: usage_die("unknown option");
         }
     }
     if (!have_target) usage_die("no target");
     if (proxy_version && kind == KIND_UDP) usage_die("--proxy does not apply to --udp");
+    if (use_tls && kind == KIND_UDP) usage_die("--tls does not apply to --udp");
+    if (use_tls && proxy_version) usage_die("--tls with --proxy is not supported");
+#ifndef LOADGEN_TLS
+    if (use_tls)
+        usage_die("--tls: this loadgen was built without OpenSSL (bench/run.py builds it with "
+                  "-DLOADGEN_TLS -lssl -lcrypto when OpenSSL's headers are installed: "
+                  "apt-get install libssl-dev)");
+#endif
     if (want_kind >= 0) {
         if (kind == KIND_UDP) usage_die("--kind does not apply to --udp");
         kind = want_kind;
@@ -716,6 +975,9 @@ int main(int argc, char **argv) {
         usage_die("--requests and --sync apply to --kind stream or churn only");
 
     signal(SIGPIPE, SIG_IGN);
+#ifdef LOADGEN_TLS
+    if (use_tls) tls_init();
+#endif
     raise_nofile(nconns + 64);
     make_pattern();
     rbuf = malloc(RBUF_SIZE > size ? RBUF_SIZE : size);

@@ -6,9 +6,10 @@
     python bench/run.py --servers cserver,asyncio --workloads 50c-d16
     python bench/run.py --quick --python python3.14   # the servers on another CPython
     python bench/run.py --proxy v2 --servers cserver-mux --workloads 500c-d1,churn --rounds 5
+    python bench/run.py --servers tls --workloads tls-1c-d1,tls-50c-d16,tls-churn
 
-The load generator (bench/loadgen.c) and the C echo server (bench/c_echo.c)
-are compiled here with ``cc -O2`` into bench/bin/.  Each (server, workload,
+The load generator (bench/loadgen.c) and the C echo servers (bench/c_echo.c,
+bench/c_tls_echo.c) are compiled here with ``cc -O2`` into bench/bin/.  Each (server, workload,
 round) gets a fresh server process, pinned to one core while the load
 generator is pinned to another (when there are two or more); the server's
 process group is killed at the end of its round, whatever happens.  Rounds
@@ -17,6 +18,18 @@ from elsewhere lands on one round of many cells, not on every round of one.
 Results:
 bench/results/<date>/results.jsonl, table.md and chart.png (with
 matplotlib), and the table on stdout.  Progress goes to stderr.
+
+What it needs: Linux, a C compiler, the peers of bench/requirements.txt
+(``python -m pip install -r bench/requirements.txt``; a missing one is
+"skipped"), and for the TLS rows OpenSSL's headers and libraries (Debian:
+``apt-get install libssl-dev``).  Without those the load generator is built
+without TLS and every TLS row is skipped, saying why at the start and the end
+of the run and in the table.  The TLS rows (workloads ``tls-*``, servers
+``*-tls``): TLS 1.3 only, TLS_AES_128_GCM_SHA256 with X25519 (the load
+generator offers nothing else), SNI "localhost", no resumption (tls-churn is a
+full handshake per request), an EC P-256 self-signed certificate made for the
+run in its temporary directory (with ``cryptography``, else ``openssl req``)
+and handed to each TLS server by path; TLS always runs over TCP loopback.
 
 ``--python`` runs the Python servers (and looks for cserver and the peers)
 with another interpreter than the one running the harness; cserver must be
@@ -64,7 +77,7 @@ class Workload:
         self.conns = conns
         self.depth = depth
         self.size = size
-        self.transport = transport  # tcp (or unix, per --unix) or udp
+        self.transport = transport  # tcp (or unix, per --unix), udp, or tls (TCP loopback)
 
     @property
     def persistent(self):
@@ -85,6 +98,17 @@ def workloads(quick, idle_conns=None):
                  kind="idle", conns=idle),
         Workload("udp", "UDP echo, 4 sockets x 4 in flight, 64 B", conns=4, depth=4,
                  transport="udp"),
+        # TLS 1.3 (TLS_AES_128_GCM_SHA256, X25519, no resumption), TCP loopback
+        Workload("tls-1c-d1", "TLS: 1 connection, depth 1, 64 B", conns=1, depth=1,
+                 transport="tls"),
+        Workload("tls-50c-d1", "TLS: 50 connections, depth 1, 64 B", conns=50, depth=1,
+                 transport="tls"),
+        Workload("tls-50c-d16", "TLS: 50 connections, 16 pipelined, 64 B", conns=50, depth=16,
+                 transport="tls"),
+        Workload("tls-10c-d4-64k", "TLS: 10 connections, depth 4, 64 KiB frames", conns=10,
+                 depth=4, size=65536, transport="tls"),
+        Workload("tls-churn", "TLS: connect, full handshake, 1 request, close (4 at a time)",
+                 kind="churn", conns=4, transport="tls"),
     ]
 
 
@@ -100,9 +124,9 @@ class Server:
                  cserver_kind=False):
         self.key = key
         self.title = title
-        self.script = script      # file in bench/servers, or "c_echo"
+        self.script = script      # file in bench/servers, or "c_echo" / "c_tls_echo"
         self.args = list(args)
-        self.transport = transport  # tcp or udp
+        self.transport = transport  # tcp, udp or tls
         self.requires = requires  # a module that must be importable
         self.max_conns = max_conns  # most persistent connections it can serve
         self.max_conns_why = max_conns_why
@@ -112,21 +136,27 @@ class Server:
         self.env = None           # the Runner's environment unless set (--before)
         self.loadgen_args = []    # added to the load generator's command (--proxy)
 
-    def command(self, address_args, workers, c_echo):
-        if self.script == "c_echo":
-            cmd = [c_echo]
+    def command(self, address_args, workers, bins, tls_files=None):
+        """The server's command line; ``bins``: build_binaries()'s paths;
+        ``tls_files``: (certificate, key) for a TLS server."""
+        if self.script in ("c_echo", "c_tls_echo"):
+            cmd = [bins[self.script]]
         else:
             cmd = [PYTHON, os.path.join(SERVERS_DIR, self.script)]
         cmd += self.args + address_args
         if self.transport == "udp":
             cmd.append("--udp")
+        if self.transport == "tls":
+            cmd += ["--tls-cert", tls_files[0], "--tls-key", tls_files[1]]
         if self.workers:
             cmd += ["--workers", str(workers)]
         return cmd
 
 
-C_REF = {"tcp": "c-epoll", "udp": "c-epoll-udp"}
-STDLIB_REF = {"tcp": "stdlib-threading", "udp": "stdlib-udp"}
+C_REF = {"tcp": "c-epoll", "udp": "c-epoll-udp", "tls": "c-tls"}
+STDLIB_REF = {"tcp": "stdlib-threading", "udp": "stdlib-udp", "tls": "stdlib-threading-tls"}
+#: The host name the load generator sends as SNI, and the certificate's.
+TLS_SNI = "localhost"
 
 
 def with_before(srvs, tree):
@@ -184,6 +214,10 @@ def servers():
                requires="uvloop"),
         Server("uvloop-batched", "uvloop Protocol, batched", "asyncio_echo.py",
                ["--loop", "uvloop", "--batched"], requires="uvloop"),
+        Server("rloop", "asyncio Protocol on rloop", "asyncio_echo.py", ["--loop", "rloop"],
+               requires="rloop"),
+        Server("aiofastnet-uvloop", "aiofastnet on uvloop, Protocol", "asyncio_echo.py",
+               ["--loop", "uvloop", "--aiofastnet"], requires="aiofastnet"),
         Server("asyncio-streams", "asyncio streams (readexactly)", "asyncio_streams.py"),
         Server("twisted", "Twisted Int32StringReceiver", "twisted_echo.py", requires="twisted"),
         Server("gevent", "gevent StreamServer", "gevent_echo.py", requires="gevent"),
@@ -216,6 +250,28 @@ def servers():
                ["--impl", "cserver", "--kind", "tcp"], transport="udp", cserver_kind=True),
         Server("cserver-mux-udp", "cserver SelectorUDPServer", "cserver_mux.py", transport="udp",
                cserver_kind=True),
+        # TLS: the same scripts with --tls-cert/--tls-key (Server.command)
+        Server("c-tls", "C OpenSSL epoll echo (TLS reference)", "c_tls_echo", transport="tls",
+               group="c"),
+        Server("stdlib-threading-tls", "stdlib ThreadingTCPServer, wrap_socket (TLS)", ss,
+               ["--impl", "stdlib", "--kind", "threading"], transport="tls", group="stdlib"),
+        Server("asyncio-tls", "asyncio Protocol, ssl= (TLS)", "asyncio_echo.py",
+               transport="tls"),
+        Server("uvloop-tls", "uvloop Protocol, ssl= (TLS)", "asyncio_echo.py",
+               ["--loop", "uvloop"], transport="tls", requires="uvloop"),
+        Server("aiofastnet-uvloop-tls", "aiofastnet on uvloop, ssl= (TLS)", "asyncio_echo.py",
+               ["--loop", "uvloop", "--aiofastnet"], transport="tls", requires="aiofastnet"),
+        Server("twisted-tls", "Twisted Int32StringReceiver, listenSSL (TLS)", "twisted_echo.py",
+               transport="tls", requires="OpenSSL"),
+        Server("gevent-tls", "gevent StreamServer, ssl_context= (TLS)", "gevent_echo.py",
+               transport="tls", requires="gevent"),
+        Server("cserver-threading-tls", "cserver TLSMixIn + ThreadingTCPServer (compat, TLS)", ss,
+               ["--impl", "cserver", "--kind", "threading"], transport="tls",
+               cserver_kind=True),
+        Server("cserver-framed-tls", "cserver TLSMixIn + Threading + FramedRequestHandler (TLS)",
+               "cserver_framed.py", transport="tls", cserver_kind=True),
+        Server("cserver-mux-tls", "cserver SelectorTCPServer, FrameHandler, ssl_context= (TLS)",
+               "cserver_mux.py", transport="tls", cserver_kind=True),
     ]
 
 
@@ -224,24 +280,131 @@ def servers():
 # ---------------------------------------------------------------------------
 
 
+#: Compiled (and linked with -lssl -lcrypto) to learn whether OpenSSL's
+#: headers and libraries are there, before the TLS parts are built.
+OPENSSL_PROBE = r"""
+#include <openssl/ssl.h>
+#if OPENSSL_VERSION_NUMBER < 0x10101000L
+#error "OpenSSL 1.1.1 or later is needed (TLS 1.3)"
+#endif
+int main(void) { return SSL_CTX_new(TLS_method()) == NULL; }
+"""
+TLS_LIBS = ["-lssl", "-lcrypto"]
+
+
+def openssl_missing(cc, dest):
+    """None if C code can be built against OpenSSL here, else why not."""
+    exe = os.path.join(dest, "openssl-probe.tmp%d" % os.getpid())
+    try:
+        proc = subprocess.run([cc, "-x", "c", "-o", exe, "-"] + TLS_LIBS, input=OPENSSL_PROBE,
+                              capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return "%s: %s" % (cc, exc)
+    finally:
+        if os.path.exists(exe):
+            os.unlink(exe)
+    if proc.returncode == 0:
+        return None
+    lines = [line for line in proc.stderr.splitlines() if "error" in line] or \
+        proc.stderr.splitlines() or ["exit status %d" % proc.returncode]
+    return ("cannot build against OpenSSL (%s); install its headers and libraries "
+            "(Debian: apt-get install libssl-dev)" % lines[0].strip())
+
+
+def loadgen_has_tls(exe):
+    try:
+        out = subprocess.run([exe, "--features"], capture_output=True, text=True,
+                             timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return out.startswith("tls")
+
+
 def build_binaries(dest=None, force=False):
-    """Compile loadgen and c_echo into ``dest`` (default bench/bin/) with
-    ``cc -O2``, when missing or older than their source; return their paths."""
+    """Compile loadgen, c_echo and c_tls_echo into ``dest`` (default
+    bench/bin/) with ``cc -O2``, when missing or older than their source;
+    return their paths.  With OpenSSL's headers (libssl-dev) the load
+    generator is built with TLS (``-DLOADGEN_TLS -lssl -lcrypto``) and
+    c_tls_echo too; without, ``"tls_missing"`` says why (the TLS rows are
+    then skipped, and say so) and ``"c_tls_echo"`` is None."""
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not cc:
         raise SystemExit("no C compiler (cc) found: the load generator is compiled C")
     dest = dest or BIN
     os.makedirs(dest, exist_ok=True)
-    out = {}
-    for name in ("loadgen", "c_echo"):
+    missing = openssl_missing(cc, dest)
+    tls = missing is None
+    out = {"tls_missing": missing, "c_tls_echo": None}
+    builds = [("loadgen", ["-DLOADGEN_TLS"] if tls else [], TLS_LIBS if tls else []),
+              ("c_echo", [], [])]
+    if tls:
+        builds.append(("c_tls_echo", [], TLS_LIBS))
+    for name, flags, libs in builds:
         src = os.path.join(HERE, name + ".c")
         exe = os.path.join(dest, name)
-        if force or not os.path.exists(exe) or os.path.getmtime(exe) < os.path.getmtime(src):
+        stale = force or not os.path.exists(exe) or \
+            os.path.getmtime(exe) < os.path.getmtime(src)
+        if not stale and name == "loadgen" and loadgen_has_tls(exe) != tls:
+            stale = True   # built before OpenSSL's headers came (or went)
+        if stale:
             tmp = exe + ".tmp%d" % os.getpid()
-            subprocess.run([cc, "-O2", "-Wall", "-o", tmp, src], check=True)
+            subprocess.run([cc, "-O2", "-Wall"] + flags + ["-o", tmp, src] + libs, check=True)
             os.replace(tmp, exe)
         out[name] = exe
     return out
+
+
+def make_certificate(directory):
+    """A throwaway EC P-256 key and a self-signed certificate for localhost
+    and 127.0.0.1, valid for 2 days, written to ``directory`` (made by
+    ``cryptography`` when importable here, else by ``openssl req``).
+    Returns (certificate path, key path, how); raises RuntimeError."""
+    cert = os.path.join(directory, "cert.pem")
+    key = os.path.join(directory, "key.pem")
+    try:
+        import cryptography
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+    except ImportError:
+        cryptography = None
+    if cryptography is not None:
+        import ipaddress
+        pkey = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, TLS_SNI)])
+        now = datetime.datetime.now(datetime.timezone.utc)
+        crt = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+               .public_key(pkey.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - datetime.timedelta(minutes=5))
+               .not_valid_after(now + datetime.timedelta(days=2))
+               .add_extension(x509.SubjectAlternativeName(
+                   [x509.DNSName(TLS_SNI), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                   critical=False)
+               .sign(pkey, hashes.SHA256()))
+        with open(key, "wb") as f:
+            os.chmod(key, 0o600)
+            f.write(pkey.private_bytes(serialization.Encoding.PEM,
+                                       serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+        with open(cert, "wb") as f:
+            f.write(crt.public_bytes(serialization.Encoding.PEM))
+        how = "cryptography %s" % cryptography.__version__
+    else:
+        openssl = shutil.which("openssl")
+        if not openssl:
+            raise RuntimeError("no way to make a certificate: neither the cryptography package "
+                               "nor the openssl command is here")
+        proc = subprocess.run(
+            [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+             "-nodes", "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=" + TLS_SNI,
+             "-addext", "subjectAltName=DNS:%s,IP:127.0.0.1" % TLS_SNI],
+            capture_output=True, text=True, timeout=60)
+        if proc.returncode != 0:
+            raise RuntimeError("openssl req failed: %s" % proc.stderr.strip()[-300:])
+        how = subprocess.run([openssl, "version"], capture_output=True, text=True,
+                             timeout=30).stdout.strip() + " (openssl req)"
+    return cert, key, how
 
 
 # ---------------------------------------------------------------------------
@@ -392,23 +555,41 @@ def raise_nofile(want):
 class Runner:
     def __init__(self, opts, bins, env):
         self.opts = opts
+        self.bins = bins
         self.loadgen = bins["loadgen"]
-        self.c_echo = bins["c_echo"]
         self.env = env
         self.server_cpus, self.workers_cpus, self.loadgen_cpus = cpu_plan()
         if opts.no_pin:
             self.server_cpus = self.workers_cpus = self.loadgen_cpus = set()
         self.workers = max(2, len(self.workers_cpus))
         self.tmpdir = tempfile.mkdtemp(prefix="csb", dir="/tmp")
+        #: why the TLS rows cannot run (None: they can); see tls_files()
+        self.tls_missing = bins.get("tls_missing")
+        self.tls_how = None
+        self._tls_files = None
 
     def close(self):
         shutil.rmtree(self.tmpdir, ignore_errors=True)
+
+    def tls_files(self):
+        """(certificate, key) for the TLS servers, made once per run in the
+        run's temporary directory (removed by close()); None, with
+        ``tls_missing`` set, when they cannot be made."""
+        if self._tls_files is None and self.tls_missing is None:
+            try:
+                d = os.path.join(self.tmpdir, "tls")
+                os.mkdir(d, 0o700)
+                cert, key, self.tls_how = make_certificate(d)
+                self._tls_files = (cert, key)
+            except (RuntimeError, OSError, ValueError) as exc:
+                self.tls_missing = "no certificate: %s" % exc
+        return self._tls_files
 
     def round(self, server, wl, index):
         """Run one round; returns a record (dict)."""
         opts = self.opts
         rec = {"type": "round", "server": server.key, "workload": wl.name, "round": index}
-        unix = opts.unix and wl.transport != "udp"
+        unix = opts.unix and wl.transport == "tcp"   # TLS runs on TCP loopback
         if unix:
             path = os.path.join(self.tmpdir, "s%d" % index)
             if os.path.exists(path):
@@ -420,7 +601,12 @@ class Runner:
         errlog = open(os.path.join(self.tmpdir, "server.err"), "w+b")
         proc = None
         try:
-            proc = spawn(server.command(address_args, self.workers, self.c_echo), cpus,
+            tls_files = self.tls_files() if server.transport == "tls" else None
+            if server.transport == "tls" and tls_files is None:
+                rec["status"] = "skip"
+                rec["note"] = "TLS not measured: %s" % self.tls_missing
+                return rec
+            proc = spawn(server.command(address_args, self.workers, self.bins, tls_files), cpus,
                          server.env or self.env,
                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errlog)
             status, where = wait_ready(proc, opts.ready_timeout)
@@ -437,6 +623,8 @@ class Runner:
                 target = ["--udp", "127.0.0.1:%s" % where]
             elif unix:
                 target = ["--unix", where]
+            elif wl.transport == "tls":
+                target = ["--tcp", "127.0.0.1:%s" % where, "--tls", "--sni", TLS_SNI]
             else:
                 target = ["--tcp", "127.0.0.1:%s" % where]
             cmd = [self.loadgen] + target + [
@@ -509,6 +697,15 @@ class Runner:
             notes.append("only %d of %d connections ready" % (res["ready"], res["conns"]))
         if res["mismatches"]:
             notes.append("%d MISMATCHED replies" % res["mismatches"])
+        tls = res.get("tls")
+        if tls:
+            if tls.get("failed"):
+                notes.append("%d TLS handshakes failed (first: %s)" % (tls["failed"],
+                                                                        tls.get("error")))
+            elif tls.get("error"):
+                notes.append("TLS: %s" % tls["error"])
+            if tls.get("resumed"):
+                notes.append("%d TLS sessions resumed (expected none)" % tls["resumed"])
         if notes:
             rec["note"] = "; ".join(notes)
         rec["server_cpu_s"] = round(cpu1 - cpu0, 3)
@@ -605,7 +802,40 @@ def summarize(records, wl, server):
     s["starved"] = max(x["starved"] for x in lg)
     s["server_cpu_pct"] = statistics.median(r["server_cpu_pct"] for r in ok)
     s["loadgen_cpu_pct"] = statistics.median(x["cpu_pct"] for x in lg)
+    tls = [x["tls"] for x in lg if x.get("tls")]
+    if tls:
+        s["tls"] = {"handshakes": sum(t["handshakes"] for t in tls),
+                    "resumed": sum(t["resumed"] for t in tls),
+                    "failed": sum(t["failed"] for t in tls),
+                    "negotiated": sorted({"%s %s %s" % (t["version"], t["cipher"], t["group"])
+                                          for t in tls if t.get("version")})}
     return s
+
+
+def plain_twin(key):
+    """The plaintext server of a TLS server's key (c-tls: c-epoll;
+    KEY-tls: KEY; KEY-tls@before: KEY@before), or None."""
+    base, at, rest = key.partition("@")
+    if base == C_REF["tls"]:
+        twin = C_REF["tcp"]
+    elif base.endswith("-tls"):
+        twin = base[:-len("-tls")]
+    else:
+        return None
+    return twin + at + rest
+
+
+def add_plain_ratios(summ):
+    """``x_plain`` on each TLS summary: its requests/s over those of the
+    same server without TLS on the same workload, when both ran (what TLS
+    costs that server)."""
+    for (key, wname), s in summ.items():
+        twin = plain_twin(key)
+        if not twin or not wname.startswith("tls-") or s.get("status") != "ok":
+            continue
+        p = summ.get((twin, wname[len("tls-"):]))
+        if p and p.get("status") == "ok" and p.get("value") and s.get("value"):
+            s["x_plain"] = s["value"] / p["value"]
 
 
 def add_ratios(summaries, wl):
@@ -684,15 +914,30 @@ def markdown(meta, wls, srvs, summ):
                  "`x std` = ratio to the stdlib (ThreadingTCPServer for TCP, UDPServer for "
                  "UDP); higher is better except RSS/conn" % (
                      meta["rounds"], meta["warmup"], meta["duration"]))
+    tls = meta.get("tls") or {}
+    if any(w.transport == "tls" for w in wls):
+        if tls.get("missing"):
+            lines.append("- **TLS: NOT MEASURED: %s**" % tls["missing"])
+        else:
+            lines.append(
+                "- TLS rows: TLS 1.3 only, TLS_AES_128_GCM_SHA256 with X25519 (set by the load "
+                "generator), SNI `%s`, no session resumption (tls-churn: a full handshake per "
+                "request); certificate: EC P-256, self-signed, made for this run (%s); load "
+                "generator: %s; the Python servers' ssl: %s; `x C` = ratio to the C OpenSSL "
+                "epoll echo, `x std` = to the stdlib ThreadingTCPServer with wrap_socket, "
+                "`x plain` = to the same server without TLS on the same workload" % (
+                    TLS_SNI, tls.get("certificate") or "?", tls.get("loadgen_openssl") or "?",
+                    tls.get("python_openssl") or "?"))
     lines.append("")
     lines.append("## Summary: requests/s (median) and ratios; idle: server RSS per connection")
     lines.append("")
-    for transport in ("tcp", "udp"):
+    for transport in ("tcp", "udp", "tls"):
         cols = [w for w in wls if w.transport == transport]
         rows = [srv for srv in srvs if srv.transport == transport]
         if not cols or not rows:
             continue
         lines.append("| %s server | " % ("UDP" if transport == "udp" else
+                                        "TLS" if transport == "tls" else
                                         "Unix" if meta["transport"] == "unix" else "TCP")
                      + " | ".join(w.name for w in cols) + " |")
         lines.append("|---|" + "---|" * len(cols))
@@ -722,20 +967,27 @@ def markdown(meta, wls, srvs, summ):
                     fmt_ratio(s.get("x_stdlib"))))
             lines.append("")
             continue
-        lines.append("| server | req/s | spread | x C | x std | p50 us | p99 us | p99.9 us "
-                     "| server CPU | loadgen CPU | mismatches/errors |")
-        lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
+        tls = w.transport == "tls"
+        lines.append("| server | req/s | spread | x C | x std |%s p50 us | p99 us | p99.9 us "
+                     "| server CPU | loadgen CPU | mismatches/errors |" % (
+                         " x plain |" if tls else ""))
+        lines.append("|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if tls else ""))
         for srv, s in rows:
             if s.get("status") != "ok":
-                lines.append("| %s | %s | | | | | | | | | |" % (srv.title, cell_text(s, w)))
+                lines.append("| %s | %s | | | | | | | | | |%s" % (srv.title, cell_text(s, w),
+                                                               " |" if tls else ""))
                 continue
             bad = "%d/%d" % (s["mismatches"], s["errors"])
             if s.get("lost"):
                 bad += " (%d lost)" % s["lost"]
-            row = "| %s | %s | %s | %s | %s | %.0f | %.0f | %.0f | %.0f%% | %.0f%% | %s |"
+            if s.get("tls", {}).get("failed"):
+                bad += " (%d handshakes failed)" % s["tls"]["failed"]
+            row = "| %s | %s | %s | %s | %s |%s %.0f | %.0f | %.0f | %.0f%% | %.0f%% | %s |"
             lines.append(row % (
                 srv.title, fmt_num(s["value"]), spread(s), fmt_ratio(s.get("x_c")),
-                fmt_ratio(s.get("x_stdlib")), s["p50_us"], s["p99_us"], s["p999_us"],
+                fmt_ratio(s.get("x_stdlib")),
+                " %s |" % fmt_ratio(s.get("x_plain")) if tls else "",
+                s["p50_us"], s["p99_us"], s["p999_us"],
                 s["server_cpu_pct"], s["loadgen_cpu_pct"], bad))
         lines.append("")
     lines.append("## Where cserver is not ahead of every Python peer")
@@ -873,6 +1125,9 @@ def python_version(python):
 
 
 _importable = {}
+#: The peers whose versions the report gives (distribution names).
+PEERS = ("uvloop", "twisted", "gevent", "rloop", "aiofastnet", "pyOpenSSL", "service-identity",
+         "cryptography")
 
 
 def importable(module):
@@ -904,11 +1159,13 @@ def machine_info(opts, cserver_version, cserver_build, pin):
         from importlib.metadata import version
     except ImportError:  # pragma: no cover
         version = None
-    for name in ("uvloop", "twisted", "gevent", "matplotlib"):
+    for name in PEERS + ("matplotlib",):
         try:
             peers[name] = version(name) if version else "?"
         except Exception:
             peers[name] = "not installed"
+    import ssl
+    python_openssl = ssl.OPENSSL_VERSION
     if PYTHON != sys.executable:
         # the servers' interpreter has its own packages (matplotlib stays
         # the harness's: it draws the chart)
@@ -919,12 +1176,16 @@ def machine_info(opts, cserver_version, cserver_build, pin):
              "for name in sys.argv[1:]:\n"
              "    try: out[name] = version(name)\n"
              "    except Exception: out[name] = 'not installed'\n"
-             "print(json.dumps(out))", "uvloop", "twisted", "gevent"],
+             "import ssl\n"
+             "out['ssl'] = ssl.OPENSSL_VERSION\n"
+             "print(json.dumps(out))"] + list(PEERS),
             capture_output=True, text=True, timeout=60, cwd=SERVERS_DIR)
         try:
             peers.update(json.loads(probe.stdout))
-        except ValueError:
-            peers.update(uvloop="?", twisted="?", gevent="?")
+            python_openssl = peers.pop("ssl")
+        except (ValueError, KeyError):
+            peers.update((name, "?") for name in PEERS)
+            python_openssl = "?"
     try:
         git = subprocess.run(["git", "-C", ROOT, "describe", "--always", "--dirty"],
                              capture_output=True, text=True, timeout=10).stdout.strip() or "?"
@@ -951,6 +1212,7 @@ def machine_info(opts, cserver_version, cserver_build, pin):
         "warmup": opts.warmup,
         "duration": opts.duration,
         "transport": "unix" if opts.unix else "tcp loopback",
+        "tls": {"python_openssl": python_openssl},
     }
 
 
@@ -1032,7 +1294,8 @@ def run_cells(runner, cells, opts, records, jsonl, log, started):
         elif srv.requires and not importable(srv.requires):
             records[key] = [{"type": "round", "server": srv.key, "workload": w.name,
                              "status": "skip",
-                             "note": "%s is not installed (pip install .[bench])" % srv.requires}]
+                             "note": "%s is not installed (pip install -r "
+                                     "bench/requirements.txt)" % srv.requires}]
         if key in records:
             given_up.add(key)
     for i in range(opts.rounds):
@@ -1139,6 +1402,13 @@ def main(argv=None):
     meta = machine_info(opts, cs_version, cs_build,
                         (runner.server_cpus, runner.workers_cpus, runner.loadgen_cpus))
     meta["workers"] = runner.workers
+    tls_cells = any(w.transport == "tls" for _, w in cells)
+    if tls_cells:
+        runner.tls_files()   # the certificate, once, before the first round
+        meta["tls"].update(missing=runner.tls_missing, certificate=runner.tls_how,
+                           loadgen_openssl=subprocess.run(
+                               [bins["loadgen"], "--features"], capture_output=True, text=True,
+                               timeout=30).stdout.strip().partition(" ")[2] or None)
     out_dir = opts.out or os.path.join(HERE, "results", datetime.datetime.now().strftime(
         "%Y%m%d-%H%M%S"))
     os.makedirs(out_dir, exist_ok=True)
@@ -1150,6 +1420,9 @@ def main(argv=None):
     if "NOT COMPILED" in cs_build:
         log.write("WARNING: cserver runs as pure Python here; build it first "
                   "(python setup.py build_ext --inplace, or pip install .)\n")
+    tls_warning = ("WARNING: THE TLS ROWS ARE SKIPPED (not measured): %s\n" % runner.tls_missing
+                   if tls_cells and runner.tls_missing else "")
+    log.write(tls_warning)
     summ = {}
     started = time.monotonic()
     records = {}
@@ -1164,6 +1437,7 @@ def main(argv=None):
             summ[(srv.key, w.name)] = summarize(records[(srv.key, w.name)], w, srv)
     for w in wls:
         add_ratios([s for (k, wn), s in summ.items() if wn == w.name], w)
+    add_plain_ratios(summ)
     meta["loadavg_end"] = "%.2f %.2f %.2f" % os.getloadavg()
     meta["elapsed_s"] = round(time.monotonic() - started, 1)
     for s in summ.values():
@@ -1181,6 +1455,7 @@ def main(argv=None):
         log.write("chart: %s\n" % png)
     else:
         log.write("no chart (matplotlib is not installed)\n")
+    log.write(tls_warning)
     log.write("results: %s (%.0f s)\n" % (out_dir, meta["elapsed_s"]))
     bad = [s for s in summ.values() if s.get("mismatches")]
     return 1 if bad else 0

@@ -7,7 +7,8 @@
 ``handle_frame(frame)``; a non-None return value is sent back as a frame.
 A peer that breaks the framing (oversized or impossible length, stream cut
 inside a frame) gets its connection closed, with the reason logged on the
-``cserver.framing`` logger.
+``cserver.framing`` logger.  A peer that vanishes (a reset, a broken pipe)
+between frames has ended its connection, as a close there does: no error.
 
 ``FramedClient`` is the other side: a blocking client over TCP or a Unix
 socket with ``send_frame``, ``recv_frame`` and ``request``.
@@ -94,6 +95,17 @@ _BATCH_FRAMES = 256
 _BATCH_BYTES = 1 << 20
 
 
+def _vanished(exc):
+    """Whether the socket error ``exc`` says that the peer is gone: it reset
+    the connection, a write found it closed (EPIPE: over a Unix socket, or
+    OpenSSL's alert after a TLS EOF without close_notify), the local stack
+    aborted it, or a TLS EOF without close_notify surfaced as an error."""
+    if isinstance(exc, (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)):
+        return True
+    ssl = sys.modules.get("ssl")  # not imported: no SSLSocket exists
+    return ssl is not None and isinstance(exc, ssl.SSLEOFError)
+
+
 class _FrameReader:
     """``recv_frame`` for FramedRequestHandler and FramedClient: frames
     read from the blocking socket ``self._stream`` (a property: the socket
@@ -128,6 +140,15 @@ class FramedRequestHandler(FramingAttributes, _FrameReader, BaseRequestHandler):
 
     - recv_frame() -> bytes, or None at end of stream
     - send_frame(payload)
+
+    A peer that vanishes (reset, broken pipe, aborted, TLS EOF without
+    close_notify) between frames has ended the connection, as a close
+    between frames has: recv_frame() returns None, a reply returned by
+    handle_frame() that can no longer be sent is dropped, and nothing
+    reaches the server's handle_error() (a DEBUG line on
+    ``cserver.framing``).  Inside a frame it cut that frame short, as a
+    close there does: IncompleteFrame, through frame_error().  An error of
+    send_frame() called by the handler's own code still propagates.
 
     Class variables that may be overridden (the header description, as for
     ``FrameDecoder``, inherited from ``cserver.framing.FramingAttributes``;
@@ -177,10 +198,10 @@ class FramedRequestHandler(FramingAttributes, _FrameReader, BaseRequestHandler):
                 if frame is None:
                     break
                 reply = self.handle_frame(frame)
-                if reply is not None:
-                    self._queue_reply(reply)
-                if not frames and self._replies:
-                    self._flush_replies()
+                if reply is not None and not self._queue_reply(reply):
+                    return  # the peer vanished: no one reads or sends any more
+                if not frames and self._replies and not self._send_replies():
+                    return
         except FrameError as exc:
             # the replies to the good frames before the bad one go first
             try:
@@ -189,9 +210,34 @@ class FramedRequestHandler(FramingAttributes, _FrameReader, BaseRequestHandler):
                 pass
             self.frame_error(exc)
             return
-        self._flush_replies()
+        self._send_replies()
+
+    def recv_frame(self):
+        """The next frame (``bytes``), or None when the peer ended the
+        connection between frames: closed it, or vanished (see the class).
+        Raises FrameError on a bad frame (IncompleteFrame when the stream
+        ended, or the peer vanished, inside one)."""
+        try:
+            return _FrameReader.recv_frame(self)
+        except OSError as exc:
+            if not _vanished(exc):
+                raise
+            self._peer_vanished(exc)
+            return None
+
+    def _peer_vanished(self, exc):
+        """The peer is gone (``exc``, raised by this connection's socket):
+        between frames that ends the connection (logged at DEBUG); inside
+        a frame the decoder raises the IncompleteFrame that a close there
+        gives (its context: ``exc``)."""
+        self.decoder.eof()
+        logger.debug("connection from %r ended by the peer: %s: %s",
+                     self.client_address, type(exc).__name__, exc)
 
     def _queue_reply(self, payload):
+        """Queue a reply of handle(), sent with the others of its batch;
+        False when the batch was full and the peer had vanished (see
+        _send_replies)."""
         view = _as_bytes_view(payload)
         header = self.encoder.header(view.nbytes)
         replies = self._replies
@@ -199,7 +245,23 @@ class FramedRequestHandler(FramingAttributes, _FrameReader, BaseRequestHandler):
         replies.append(view)
         self._reply_bytes += len(header) + view.nbytes
         if len(replies) >= 2 * _BATCH_FRAMES or self._reply_bytes >= _BATCH_BYTES:
+            return self._send_replies()
+        return True
+
+    def _send_replies(self):
+        """_flush_replies() for handle(): False when the peer had vanished
+        (the replies are dropped, there is no one to read them).  Only
+        handle()'s own writes are judged so: an OSError raised by
+        handle_frame() (the handler's send_frame(), or another socket of
+        its own) is the handler's and propagates."""
+        try:
             self._flush_replies()
+        except OSError as exc:
+            if not _vanished(exc):
+                raise
+            self._peer_vanished(exc)
+            return False
+        return True
 
     def _flush_replies(self):
         replies, total = self._replies, self._reply_bytes

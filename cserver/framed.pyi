@@ -27,7 +27,8 @@ class FramedRequestHandler(FramingAttributes, BaseRequestHandler):
     (TCPServer, UnixStreamServer and their Threading/Forking/ThreadPool
     variants).  Override ``handle_frame(frame)`` (its non-None result is
     sent back) or ``handle()`` with ``recv_frame()``/``send_frame()``.  A
-    bad frame is logged on ``cserver.framing`` and the connection closed."""
+    bad frame is logged on ``cserver.framing`` and the connection closed; a
+    peer that vanishes (reset, broken pipe) between frames ends it quietly."""
 
     buffer_pool: ClassVar[BufferPool | None]
     timeout: ClassVar[float | None]
@@ -42,7 +43,8 @@ class FramedRequestHandler(FramingAttributes, BaseRequestHandler):
     def frame_error(self, exc: FrameError) -> None:
         """A bad frame: log it (the connection then closes)."""
     def recv_frame(self) -> bytes | None:
-        """The next frame, or None when the peer closed between frames."""
+        """The next frame, or None when the peer closed or vanished (reset,
+        broken pipe) between frames."""
     def send_frame(self, payload: ReadableBuffer) -> None:
         """Send ``payload`` as one frame."""
 

@@ -1261,7 +1261,8 @@ class ProxyProtocolMixIn:
         it is being served (verify_request, finish_request, the handler);
         None before its header was read and once it has ended.  Found by
         the socket's descriptor, so a socket object made on it after the
-        header (a TLS ``wrap_socket()`` in finish_request) finds it too."""
+        header finds it too (TLSMixIn's SSLSocket, on a duplicate of the
+        descriptor, is registered as well)."""
         requests = vars(self).get("_cserver_proxy_requests")
         if not requests:
             return None
@@ -1415,10 +1416,19 @@ class ProxyProtocolMixIn:
 # finish_request(), which every request runner of this module calls from
 # _finish() in the request's own thread, pool worker or forked child (after
 # the PROXY header on a ProxyProtocolMixIn server): one hook for both mixins.
-# The SSLSocket is made on the request's own descriptor (a second socket
-# object, detached again once the handler is done), so the runner, the pool's
-# request_timeout watchdog and shutdown_request() keep working on the socket
-# they were given, and ProxyProtocolMixIn.proxy_info() finds the request.
+# The SSLSocket is made on a duplicate of the request's descriptor (closed
+# once the handler is done), so the runner, the pool's request_timeout
+# watchdog and shutdown_request() keep working on the socket they were given
+# (shutdown() acts on the connection, whichever descriptor names it), and
+# ProxyProtocolMixIn.proxy_info() finds the request through either
+# descriptor.  Never the request's own descriptor: ssl's wrap_socket() owns
+# the descriptor it is given from its first steps, and some of its failures
+# close it (a peer that reset the connection first: "closed before TLS
+# handshake with data in recv buffer", or the ECONNRESET of its probe read,
+# which leaves a half-made SSLSocket to close it when collected).  On the
+# request's own descriptor the runner then closed it a second time: EBADF
+# raised out of the request's thread, or, had another connection been
+# accepted onto that number meanwhile, that connection closed.
 # ---------------------------------------------------------------------------
 
 
@@ -1470,6 +1480,9 @@ class TLSMixIn:
     on the ``cserver.tls`` logger (at most 10 lines per 10 s, the rest
     counted).  When the handler is done, a TLS close_notify is sent
     (without waiting for the peer's), then the runner closes the socket.
+    The handler's SSLSocket is made on a duplicate of the request's
+    descriptor (closed when the handler is done: two descriptors a
+    connection while it is served).
     """
 
     __module__ = "cserver"
@@ -1533,21 +1546,30 @@ class TLSMixIn:
         return log
 
     def _cserver_tls_handshake(self, request, peer, context, timeout):
-        """The request's SSLSocket (same descriptor, the caller detaches it),
-        handshaken within ``timeout`` seconds; None (logged) when the
-        connection must be closed."""
+        """The request's SSLSocket (on a duplicate of its descriptor, which
+        the caller closes), handshaken within ``timeout`` seconds; None
+        (logged) when the connection must be closed."""
         import ssl
         deadline = time() + timeout
         saved = request.gettimeout()
         tls = None
         try:
-            raw = _socket_module.socket(request.family, request.type, request.proto,
-                                        request.fileno())
+            # A peer that reset the connection before its handshake: said
+            # here (ENOTCONN), not by wrap_socket()'s failure for it, which
+            # closes its descriptor from a finalizer (an "unclosed" warning).
+            request.getpeername()
+        except OSError as exc:
+            self._cserver_tls_log().warning(
+                "connection from %r closed: gone before its TLS handshake began: %s",
+                peer, exc)
+            return None
+        try:
+            raw = request.dup()
             try:
                 tls = context.wrap_socket(raw, server_side=True,
                                           do_handshake_on_connect=False)
             finally:
-                raw.detach()  # a no-op once wrap_socket() took it over
+                raw.close()  # a no-op once wrap_socket() took the descriptor over
             tls.setblocking(False)
             # Non-blocking steps, each wait bounded by what is left of the
             # one deadline.
@@ -1572,7 +1594,7 @@ class TLSMixIn:
         except (OSError, ValueError) as exc:
             reason = "closed during the TLS handshake: %s" % (exc,)
         if tls is not None:
-            tls.detach()
+            tls.close()  # the duplicate; the runner closes the request
         self._cserver_tls_log().warning("connection from %r %s", peer, reason)
         return None
 
@@ -1588,9 +1610,18 @@ class TLSMixIn:
         tls = self._cserver_tls_handshake(request, client_address, context, timeout)
         if tls is None:
             return  # logged; the runner shuts the request down
+        # proxy_info() and ProxyProtocolMixIn.finish_request() find the
+        # request by descriptor: the SSLSocket's names it too
+        proxied = vars(self).get("_cserver_proxy_requests")
+        info = proxied.get(request.fileno()) if proxied else None
+        fd = tls.fileno()
+        if info is not None:
+            proxied[fd] = info
         try:
             super().finish_request(tls, client_address)
         finally:
+            if info is not None:
+                proxied.pop(fd, None)
             try:
                 # close_notify (OpenSSL 3 clients call a close without it
                 # an error), sent without waiting: the socket is made
@@ -1600,8 +1631,9 @@ class TLSMixIn:
                 tls.unwrap()
             except (OSError, ValueError):
                 pass  # SSLWantReadError (no answer yet), the peer gone, ...
-            # the runner closes the descriptor, through the request it holds
-            tls.detach()
+            # the duplicate; the runner shuts the connection down and closes
+            # the request
+            tls.close()
 
 
 class BaseRequestHandler:

@@ -313,6 +313,7 @@ def test_sdist_carries_the_licence_tests_and_docs(tmp_path):
                    "tests/conftest.py",
                    "tests/test_docs.py", "tests/compat/oracle_runner.py", "docs/compat-tests.md",
                    "tools/build_wheels.sh", "bench/run.py", "bench/loadgen.c",
+                   "bench/c_tls_echo.c", "bench/requirements.txt",
                    "cserver/_loop.pyx", "cserver/socketserver.py"):
         assert wanted in names, (wanted, names)
     assert not [n for n in names if n.endswith((".so", ".pyc")) or

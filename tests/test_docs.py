@@ -64,6 +64,10 @@ RUN_ELSEWHERE = {
         "where no compiler is reachable",
     "python bench/run.py":
         "by hand: the full benchmark (~25 min) behind the README's table",
+    "python bench/run.py --servers tls --workloads tls-1c-d1,tls-50c-d1,tls-50c-d16,"
+    "tls-10c-d4-64k,tls-churn":
+        "by hand: the TLS rows of the benchmark (~8 min); tests/unit/test_bench_harness.py "
+        "runs TLS rounds and the harness's TLS rows on short rounds",
     "python bench/run.py --quick":
         "by hand (~2 min of two busy cores); tests/unit/test_bench_harness.py "
         "runs the harness's pieces on short rounds",

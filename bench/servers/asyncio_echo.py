@@ -2,28 +2,49 @@
 
 Default: one ``transport.write`` per message, as most users write it.
 ``--batched``: the replies to the frames of one ``data_received`` call are
-joined and written once.  ``--loop uvloop`` runs the same protocol on
-uvloop.  ``--udp`` runs a ``DatagramProtocol`` echo instead.
+joined and written once.  ``--loop uvloop`` / ``--loop rloop`` runs the same
+protocol on uvloop / rloop (an event loop in Rust).  ``--aiofastnet``: the
+server is made by ``aiofastnet.create_server(loop, ...)`` (its transports,
+and its SSL engine, on that loop).  ``--tls-cert``/``--tls-key``: TLS with
+``create_server(..., ssl=context)``.  ``--udp`` runs a ``DatagramProtocol``
+echo instead.
 """
 import asyncio
 from struct import pack, unpack_from
 
-from _common import parser, ready, skip
+from _common import parser, ready, skip, ssl_context
 
 p = parser(__doc__.splitlines()[0])
-p.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
+p.add_argument("--loop", choices=("asyncio", "uvloop", "rloop"), default="asyncio")
+p.add_argument("--aiofastnet", action="store_true")
 p.add_argument("--batched", action="store_true")
 args = p.parse_args()
+ctx = ssl_context(args)
 
 if args.loop == "uvloop":
     try:
         import uvloop
     except ImportError as exc:
-        skip("uvloop is not installed (pip install .[bench]): %s" % exc)
+        skip("uvloop is not installed (pip install -r bench/requirements.txt): %s" % exc)
     loop = uvloop.new_event_loop()
+elif args.loop == "rloop":
+    try:
+        import rloop
+    except ImportError as exc:
+        skip("rloop is not installed (pip install -r bench/requirements.txt): %s" % exc)
+    if ctx is not None or args.unix:
+        skip("rloop has no SSL and no Unix sockets (its README)")
+    loop = rloop.new_event_loop()
 else:
     loop = asyncio.new_event_loop()
 asyncio.set_event_loop(loop)
+if args.aiofastnet:
+    try:
+        import aiofastnet
+    except ImportError as exc:
+        skip("aiofastnet is not installed (pip install -r bench/requirements.txt): %s" % exc)
+    if args.udp:
+        skip("the aiofastnet rows are TCP")
 
 
 class FramedEcho(asyncio.Protocol):
@@ -75,11 +96,17 @@ async def main():
         ready(transport.get_extra_info("sockname")[1])
         return
     protocol = BatchedFramedEcho if args.batched else FramedEcho
-    if args.unix:
+    if args.unix and args.aiofastnet:
+        await aiofastnet.create_unix_server(loop, protocol, args.unix)
+        ready(args.unix)
+    elif args.unix:
         await loop.create_unix_server(protocol, args.unix)
         ready(args.unix)
     else:
-        server = await loop.create_server(protocol, args.host, args.port)
+        if args.aiofastnet:
+            server = await aiofastnet.create_server(loop, protocol, args.host, args.port, ssl=ctx)
+        else:
+            server = await loop.create_server(protocol, args.host, args.port, ssl=ctx)
         ready(server.sockets[0].getsockname()[1])
 
 

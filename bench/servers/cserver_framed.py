@@ -1,13 +1,15 @@
 """Framed echo on cserver's blocking servers with its C framing layer:
 ``FramedRequestHandler.handle_frame`` answering with ``send_frame``, on a
-``ThreadingTCPServer`` (``--kind threadpool``: ``ThreadPoolTCPServer``)."""
-from _common import parser, ready, skip
+``ThreadingTCPServer`` (``--kind threadpool``: ``ThreadPoolTCPServer``);
+``--tls-cert``/``--tls-key``: with ``cserver.TLSMixIn`` (``ssl_context``)."""
+from _common import parser, ready, skip, ssl_context
 
 p = parser(__doc__.splitlines()[0])
 p.add_argument("--kind", choices=("threading", "threadpool"), default="threading")
 args = p.parse_args()
 if args.udp:
     skip("no datagram variant")
+ctx = ssl_context(args)
 
 try:
     import cserver
@@ -25,6 +27,15 @@ if args.kind == "threading":
     base = cserver.ThreadingUnixStreamServer if args.unix else cserver.ThreadingTCPServer
 else:
     base = cserver.ThreadPoolUnixStreamServer if args.unix else cserver.ThreadPoolTCPServer
+
+if ctx is not None:
+    if not hasattr(cserver, "TLSMixIn"):
+        skip("cserver.TLSMixIn is not in this cserver")
+
+    class TLSServer(cserver.TLSMixIn, base):
+        ssl_context = ctx
+
+    base = TLSServer
 
 
 class Server(base):

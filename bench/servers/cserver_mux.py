@@ -6,9 +6,10 @@ Default: framed, ``FrameHandler.frame_received`` answering with
 read).  ``--workers N``: N processes with their own ``SO_REUSEPORT``
 listeners.  ``--udp``: a datagram handler echoing with ``sendto``.
 ``--proxy-protocol v1|v2|any``: ``proxy_protocol`` set (the load generator's
-``--proxy``).
+``--proxy``).  ``--tls-cert``/``--tls-key``: ``ssl_context=`` a server-side
+``ssl.SSLContext`` (TLS in the loop), the handler unchanged.
 """
-from _common import parser, ready, skip
+from _common import parser, ready, skip, ssl_context
 
 p = parser(__doc__.splitlines()[0])
 p.add_argument("--raw", action="store_true")
@@ -16,6 +17,7 @@ p.add_argument("--workers", type=int, default=0)
 p.add_argument("--proxy-protocol", choices=("v1", "v2", "any"),
                help="every connection starts with a PROXY header (loopback is trusted)")
 args = p.parse_args()
+ctx = ssl_context(args)
 
 try:
     import cserver
@@ -52,9 +54,13 @@ address = args.unix if args.unix else (args.host, args.port)
 kwargs = {"workers": args.workers} if args.workers else {}
 if args.proxy_protocol:
     kwargs["proxy_protocol"] = args.proxy_protocol
+if ctx is not None:
+    kwargs["ssl_context"] = ctx
 try:
     server = ServerClass(address, Echo, **kwargs)
 except TypeError as exc:
+    if "ssl_context" in kwargs and "ssl_context" in str(exc):
+        skip("ssl_context not supported by this cserver (%s: %s)" % (ServerClass.__name__, exc))
     if not kwargs:
         raise
     skip("this SelectorTCPServer does not take %s: %s" % (", ".join(kwargs), exc))

@@ -1,9 +1,11 @@
 """Framed echo on gevent's ``StreamServer``: one greenlet per connection
 reading the header and payload from ``sock.makefile("rb")`` and answering
-with ``sendall``.  ``--udp`` runs a ``DatagramServer`` echo instead."""
+with ``sendall``.  ``--udp`` runs a ``DatagramServer`` echo instead.
+``--tls-cert``/``--tls-key``: ``StreamServer(..., ssl_context=context)``, the
+context made with ``gevent.ssl`` (the stdlib's would block the hub)."""
 import struct
 
-from _common import parser, ready, skip, unlink_stale
+from _common import parser, ready, skip, ssl_context, unlink_stale
 
 args = parser(__doc__.splitlines()[0]).parse_args()
 
@@ -12,6 +14,11 @@ try:
     from gevent.server import DatagramServer, StreamServer
 except ImportError as exc:
     skip("gevent is not installed (pip install .[bench]): %s" % exc)
+if args.tls_cert:
+    import gevent.ssl   # its SSLContext makes cooperative SSL sockets
+    ctx = ssl_context(args, gevent.ssl)
+else:
+    ctx = None
 
 
 def framed_echo(sock, address):
@@ -48,7 +55,8 @@ elif args.unix:
     server.start()
     ready(args.unix)
 else:
-    server = StreamServer((args.host, args.port), framed_echo)
+    tls = {"ssl_context": ctx} if ctx is not None else {}
+    server = StreamServer((args.host, args.port), framed_echo, **tls)
     server.start()
     ready(server.address[1])
 server.serve_forever()

@@ -7,15 +7,24 @@ a time), ``threading`` the ``ThreadingTCPServer``, ``threadpool`` cserver's
 ``ThreadPoolTCPServer`` (64 workers).  Framing: read a 4-byte big-endian
 length with ``rfile.read`` and ``struct``, then the payload, then write the
 reply.  ``--udp`` runs the ``UDPServer`` datagram echo instead.
+
+``--tls-cert``/``--tls-key``: TLS, the way each library's users do it.  The
+stdlib has no TLS server class: its usual recipe wraps the listening socket,
+``server.socket = context.wrap_socket(server.socket, server_side=True)``, so
+every handshake runs inside ``accept()`` on the serving thread.  cserver has
+``TLSMixIn`` (``class S(cserver.TLSMixIn, cserver.ThreadingTCPServer)`` with
+``ssl_context``), whose handshakes run in the request's thread.  The handler
+is the same in both.
 """
 import struct
 
-from _common import parser, ready, skip
+from _common import parser, ready, skip, ssl_context
 
 p = parser(__doc__.splitlines()[0])
 p.add_argument("--impl", choices=("stdlib", "cserver"), default="stdlib")
 p.add_argument("--kind", choices=("tcp", "threading", "threadpool"), default="threading")
 args = p.parse_args()
+ctx = ssl_context(args)
 
 if args.impl == "cserver":
     try:
@@ -64,6 +73,16 @@ else:
     handler = FramedEcho
 
 
+if ctx is not None and args.impl == "cserver":
+    if not hasattr(socketserver, "TLSMixIn"):
+        skip("cserver.TLSMixIn is not in this cserver")
+
+    class TLSServer(socketserver.TLSMixIn, base):
+        ssl_context = ctx
+
+    base = TLSServer
+
+
 class Server(base):
     allow_reuse_address = True
     daemon_threads = True
@@ -71,6 +90,8 @@ class Server(base):
 
 
 server = Server(args.unix if args.unix else (args.host, args.port), handler)
+if ctx is not None and args.impl == "stdlib":
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
 with server:
     ready(args.unix if args.unix else server.server_address[1])
     server.serve_forever()

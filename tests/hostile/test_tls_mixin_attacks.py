@@ -8,6 +8,7 @@ import logging
 import select
 import socket
 import ssl
+import struct
 import threading
 import time
 
@@ -96,6 +97,30 @@ def test_plaintext_and_garbage_are_closed_and_logged(kind, payload, tls, serve, 
     assert server.handled == [] and server.errors == []
     # and the server still serves
     assert request_line(server.server_address, tls.client_context(), TIMEOUT) == b"echo hello\n"
+
+
+@pytest.mark.parametrize("sent", ["nothing", "client hello"])
+@pytest.mark.parametrize("kind", ["ThreadingTCPServer", "ThreadPoolTCPServer", "TCPServer"])
+def test_a_reset_inside_the_handshake_is_a_failed_handshake(kind, sent, tls, serve, caplog,
+                                                             wait_until):
+    # A peer that vanishes before its handshake is complete: logged as any
+    # failed handshake is (a close there is one too), never handle_error.
+    caplog.set_level(logging.WARNING, logger="cserver.tls")
+    server = make(kind, tls.server_context())
+    serve(server)
+    sock = socket.create_connection(server.server_address, TIMEOUT)
+    if sent == "client hello":
+        sock.sendall(client_hello(tls.client_context()))
+        # the server's answer arrived (left unread): it waits for the rest
+        readable, _, _ = select.select([sock], [], [], TIMEOUT)
+        assert readable
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+    assert wait_until(lambda: tls_lines(caplog))
+    assert "closed" in tls_lines(caplog)[0] and "127.0.0.1" in tls_lines(caplog)[0]
+    # the next client is served (on TCPServer: once the first has ended)
+    assert request_line(server.server_address, tls.client_context(), TIMEOUT) == b"echo hello\n"
+    assert len(server.handled) == 1 and server.errors == []
 
 
 def test_trickled_handshake_is_cut_at_the_deadline(tls, serve, caplog, wait_until):

@@ -457,3 +457,173 @@ def test_harness_proxy_runs_the_same_server_with_and_without_proxy(bins, tmp_pat
     assert {k: v["status"] for k, v in summaries.items()} == {
         "cserver-mux-raw": "ok", "cserver-mux-raw+proxy-v2": "ok"}
     assert all(v["mismatches"] == 0 for v in summaries.values())
+
+
+# ---------------------------------------------------------------------------
+# TLS: loadgen --tls, c_tls_echo, the servers' --tls-cert/--tls-key, the
+# harness's TLS rows (and how they are skipped without OpenSSL's headers)
+# ---------------------------------------------------------------------------
+
+
+def tls_or_skip(bins):
+    if bins.get("tls_missing"):
+        pytest.skip("no TLS build here: %s" % bins["tls_missing"])
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory):
+    cert, key, _ = load_run_module().make_certificate(str(tmp_path_factory.mktemp("tls")))
+    return cert, key
+
+
+TLS_SERVERS = {
+    "c_tls_echo": lambda bins, cert, key: [bins["c_tls_echo"], "--port", "0",
+                                           "--tls-cert", cert, "--tls-key", key],
+    "asyncio": lambda bins, cert, key: python_server("asyncio_echo.py", "--tls-cert", cert,
+                                                     "--tls-key", key),
+}
+TLS_SHAPES = {
+    "pipelined": ["--conns", "4", "--depth", "4", "--size", "100"],
+    "64k": ["--conns", "2", "--depth", "2", "--size", "65536"],
+    "churn": ["--kind", "churn", "--conns", "2"],
+}
+
+
+def assert_tls(res):
+    tls = res["tls"]
+    assert tls["version"] == "TLSv1.3" and tls["cipher"] == "TLS_AES_128_GCM_SHA256", tls
+    assert tls["group"] in ("X25519", ""), tls      # "" before OpenSSL 3.0
+    assert tls["sni"] == "localhost", tls
+    assert tls["resumed"] == 0 and tls["failed"] == 0 and tls["error"] == "", tls
+
+
+@pytest.mark.parametrize("shape", sorted(TLS_SHAPES))
+@pytest.mark.parametrize("kind", sorted(TLS_SERVERS))
+def test_tls_round(bins, tls_files, kind, shape):
+    tls_or_skip(bins)
+    with Server(TLS_SERVERS[kind](bins, *tls_files)) as srv:
+        rc, res = run_loadgen(bins, "--tcp", "127.0.0.1:" + srv.where, "--tls",
+                              *TLS_SHAPES[shape], *ROUND)
+    assert_clean(res, rc)
+    assert_tls(res)
+    if shape == "churn":
+        # a full handshake per request (none resumed: asserted above)
+        assert res["connects"] >= res["tls"]["handshakes"] >= res["replies_total"] > 2, res
+    else:
+        assert res["tls"]["handshakes"] == res["ready"] == res["conns"], res
+
+
+def test_tls_load_against_a_plain_server_fails_its_handshakes(bins):
+    """It really speaks TLS: a byte echo sends the ClientHello back, which
+    is no ServerHello; every handshake fails, with the reason reported."""
+    tls_or_skip(bins)
+    with Server(SERVER_KINDS["c_echo"](bins)) as srv:
+        rc, res = run_loadgen(bins, "--tcp", "127.0.0.1:" + srv.where, "--tls", "--conns", "1",
+                              "--warmup", "0", "--duration", "0.3", "--connect-timeout", "2")
+    assert res["replies_total"] == 0 and res["tls"]["handshakes"] == 0, res
+    assert res["tls"]["failed"] >= 1 and res["tls"]["error"].startswith("handshake"), res
+
+
+def test_plain_load_against_the_tls_server_gets_no_reply(bins, tls_files):
+    tls_or_skip(bins)
+    with Server(TLS_SERVERS["c_tls_echo"](bins, *tls_files)) as srv:
+        rc, res = run_loadgen(bins, "--tcp", "127.0.0.1:" + srv.where, "--conns", "1",
+                              "--warmup", "0", "--duration", "0.3", "--connect-timeout", "2")
+    assert res["replies_total"] == 0 and res["tls"] is None, res
+
+
+def test_loadgen_tls_refused_where_it_does_not_apply(bins):
+    tls_or_skip(bins)
+    proc = subprocess.run([bins["loadgen"], "--udp", "127.0.0.1:9", "--tls"],
+                          capture_output=True, timeout=30)
+    assert proc.returncode == 2 and b"--tls does not apply to --udp" in proc.stderr
+    proc = subprocess.run([bins["loadgen"], "--tcp", "127.0.0.1:9", "--tls", "--proxy", "v2"],
+                          capture_output=True, timeout=30)
+    assert proc.returncode == 2 and b"--tls with --proxy" in proc.stderr
+    proc = subprocess.run([bins["loadgen"], "--features"], capture_output=True, text=True,
+                          timeout=30)
+    assert proc.returncode == 0 and proc.stdout.startswith("tls "), proc.stdout
+
+
+def test_harness_tls_rows(bins, tmp_path):
+    """TLS cells beside plain ones: the C and stdlib TLS baselines, x plain
+    against the same server without TLS; cserver's multiplexing TLS row is
+    measured, or says plainly that this cserver has no ssl_context."""
+    tls_or_skip(bins)
+    import cserver
+    out = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(BENCH, "run.py"), "--quick",
+         "--only", "asyncio/1c-d1", "--only", "asyncio-tls/tls-1c-d1",
+         "--only", "cserver-mux-tls/tls-1c-d1", "--warmup", "0.1", "--duration", "0.3",
+         "--out", str(out), "--bin", os.path.dirname(bins["loadgen"])],
+        capture_output=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert records[0]["tls"]["certificate"] and not records[0]["tls"]["missing"], records[0]
+    summaries = {(r["server"], r["workload"]): r for r in records if r["type"] == "summary"}
+    assert set(summaries) == {
+        ("c-epoll", "1c-d1"), ("stdlib-threading", "1c-d1"), ("asyncio", "1c-d1"),
+        ("c-tls", "tls-1c-d1"), ("stdlib-threading-tls", "tls-1c-d1"),
+        ("asyncio-tls", "tls-1c-d1"), ("cserver-mux-tls", "tls-1c-d1")}, summaries
+    for key in [k for k in summaries if k[0] != "cserver-mux-tls"]:
+        assert summaries[key]["status"] == "ok", summaries[key]
+        assert summaries[key]["mismatches"] == 0 and summaries[key]["errors"] == 0
+    tls = summaries[("asyncio-tls", "tls-1c-d1")]
+    assert tls["tls"]["negotiated"] == ["TLSv1.3 TLS_AES_128_GCM_SHA256 X25519"], tls
+    assert tls["tls"]["resumed"] == 0 and tls["tls"]["failed"] == 0, tls
+    assert summaries[("c-tls", "tls-1c-d1")]["x_c"] == 1.0
+    assert summaries[("stdlib-threading-tls", "tls-1c-d1")]["x_stdlib"] == 1.0
+    assert tls["x_plain"] == tls["value"] / summaries[("asyncio", "1c-d1")]["value"]
+    mux = summaries[("cserver-mux-tls", "tls-1c-d1")]
+    if "ssl_context" in getattr(cserver.SelectorTCPServer, "__dict__", {}) or \
+            hasattr(cserver.SelectorTCPServer, "ssl_context"):
+        assert mux["status"] == "ok" and mux["mismatches"] == 0, mux
+    else:
+        assert mux["status"] == "skip", mux
+        assert "ssl_context not supported by this cserver" in mux["note"], mux
+    table = (out / "table.md").read_text()
+    assert "| TLS server |" in table and "x plain" in table and "TLS_AES_128_GCM_SHA256" in table
+
+
+def test_without_openssl_the_tls_rows_are_skipped_loudly(tmp_path):
+    """A compiler that cannot find OpenSSL's headers: the load generator is
+    built without TLS (and refuses --tls), no c_tls_echo, and the harness
+    skips only the TLS rows, saying why on stderr and in the table."""
+    real = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+    fake = tmp_path / "cc"
+    fake.write_text(
+        "#!/bin/sh\n"
+        "for a in \"$@\"; do\n"
+        "  if [ \"$a\" = -lssl ]; then\n"
+        "    echo 'probe.c:2:10: fatal error: openssl/ssl.h: No such file or directory' >&2\n"
+        "    exit 1\n"
+        "  fi\n"
+        "done\n"
+        "exec '%s' \"$@\"\n" % real)
+    fake.chmod(0o755)
+    env = dict(os.environ, CC=str(fake))
+    bindir = tmp_path / "bin"
+    out = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(BENCH, "run.py"), "--quick",
+         "--only", "asyncio-batched/1c-d1", "--only", "asyncio-tls/tls-1c-d1", "--no-baselines",
+         "--warmup", "0.1", "--duration", "0.3", "--out", str(out), "--bin", str(bindir)],
+        capture_output=True, timeout=180, env=env)
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    err = proc.stderr.decode()
+    assert err.count("THE TLS ROWS ARE SKIPPED") == 2, err     # at the start and at the end
+    assert "openssl/ssl.h" in err and "libssl-dev" in err, err
+    assert not (bindir / "c_tls_echo").exists()
+    features = subprocess.run([str(bindir / "loadgen"), "--features"], capture_output=True,
+                              text=True, timeout=30)
+    assert features.stdout.strip() == "no-tls"
+    refused = subprocess.run([str(bindir / "loadgen"), "--tcp", "127.0.0.1:9", "--tls"],
+                             capture_output=True, text=True, timeout=30)
+    assert refused.returncode == 2 and "built without OpenSSL" in refused.stderr
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    summaries = {r["server"]: r for r in records if r["type"] == "summary"}
+    assert summaries["asyncio-batched"]["status"] == "ok"
+    assert summaries["asyncio-tls"]["status"] == "skip"
+    assert "TLS not measured" in summaries["asyncio-tls"]["note"]
+    assert "TLS: NOT MEASURED" in (out / "table.md").read_text()

@@ -2,8 +2,10 @@
 import contextlib
 import logging
 import os
+import select
 import shutil
 import socket
+import struct
 import sys
 import tempfile
 import threading
@@ -11,6 +13,7 @@ import threading
 import pytest
 
 import cserver
+import support
 from cserver import FramedClient, FramedRequestHandler
 
 HAS_FORK = hasattr(os, "fork")
@@ -46,14 +49,15 @@ def server_class(name):
 
 
 @contextlib.contextmanager
-def running(name, unix, handler):
+def running(name, unix, handler, cls=None):
+    """The server kind ``name`` (or its subclass ``cls``) serving ``handler``."""
     tmp = None
     if unix:
         tmp = tempfile.mkdtemp(prefix="cf", dir="/tmp")
         address = os.path.join(tmp, "s")
     else:
         address = ("127.0.0.1", 0)
-    server = server_class(name)(address, handler)
+    server = (cls or server_class(name))(address, handler)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
     thread.start()
     try:
@@ -138,6 +142,128 @@ def test_stream_cut_inside_a_frame_is_logged(name, unix, caplog):
     messages = [r.getMessage() for r in caplog.records if r.name == "cserver.framing"]
     assert len(messages) == 1 and "IncompleteFrame" in messages[0]
     assert "7 of 13" in messages[0]
+
+
+# -- a peer that vanishes (a reset, a broken pipe) -----------------------------------
+#
+# Not a server error at a frame boundary: the end of that connection, as a
+# close there is (no handle_error, a DEBUG line at most).  Inside a frame it
+# is the truncated frame a close there is (IncompleteFrame, frame_error).
+# The forking kinds are left out: their handle_error runs in the child.
+
+THREADED_KINDS = [k for k in KINDS if "Forking" not in k.id]
+
+
+def recording(name):
+    """A subclass of the server kind ``name`` that records what reaches
+    handle_error (``errors``) and every request it shut down (``ended``:
+    after handle_error, in every runner of these kinds)."""
+
+    class Recording(server_class(name)):
+        def __init__(self, *args, **kwargs):
+            self.errors, self.ended = [], []
+            super().__init__(*args, **kwargs)
+
+        def handle_error(self, request, client_address):
+            self.errors.append(sys.exc_info()[1])
+
+        def shutdown_request(self, request):
+            super().shutdown_request(request)
+            self.ended.append(request)
+
+    return Recording
+
+
+def vanish(sock):
+    """Close ``sock`` so that the peer sees a vanished client, not an end
+    of stream: over TCP a reset (SO_LINGER 0); over a Unix socket the read
+    after this close fails with ECONNRESET when the closed side left bytes
+    unread (the caller leaves its reply unread), a send with EPIPE."""
+    if sock.family != socket.AF_UNIX:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def peek_reply(sock, size):
+    """Wait (bounded) until ``size`` bytes of reply are in ``sock``'s queue,
+    without taking them: the server has handled the frame and written its
+    reply, so its next step is the read of the next frame."""
+    for _ in range(1000):
+        if len(sock.recv(size, socket.MSG_PEEK)) >= size:
+            return
+    raise AssertionError("no reply of %d bytes" % size)
+
+
+def framing_records(caplog, level):
+    return [r.getMessage() for r in caplog.records
+            if r.name == "cserver.framing" and r.levelno == level]
+
+
+@pytest.mark.parametrize("name,unix", THREADED_KINDS)
+def test_peer_vanishing_between_frames_ends_the_connection_quietly(name, unix, caplog):
+    caplog.set_level(logging.DEBUG, logger="cserver.framing")
+    with running(name, unix, Reverser, recording(name)) as server:
+        sock = raw_connect(server, unix)
+        sock.sendall(cserver.encode_frame(b"abc"))
+        peek_reply(sock, 7)     # left unread
+        vanish(sock)
+        # the next client is served (on TCPServer: once the first has ended)
+        with FramedClient(server.server_address, timeout=10) as client:
+            assert client.request(b"next") == b"txen"
+        assert support.wait_for(lambda: len(server.ended) == 2)
+        assert server.errors == []
+    assert framing_records(caplog, logging.WARNING) == []
+    ended = framing_records(caplog, logging.DEBUG)
+    assert len(ended) == 1 and "ended by the peer" in ended[0], ended
+    assert "ConnectionResetError" in ended[0]
+
+
+@pytest.mark.parametrize("name,unix", THREADED_KINDS)
+def test_peer_vanishing_inside_a_frame_is_a_truncated_frame(name, unix, caplog):
+    caplog.set_level(logging.DEBUG, logger="cserver.framing")
+    with running(name, unix, Reverser, recording(name)) as server:
+        sock = raw_connect(server, unix)
+        # a whole frame and 7 bytes of the next, in one write: the server
+        # has both once it has replied to the first
+        sock.sendall(cserver.encode_frame(b"abc") + b"\x00\x00\x00\x09abc")
+        peek_reply(sock, 7)
+        vanish(sock)
+        assert support.wait_for(lambda: server.ended)
+        assert server.errors == []
+        with FramedClient(server.server_address, timeout=10) as client:
+            assert client.request(b"next") == b"txen"
+    # what a close at that point gives: IncompleteFrame through frame_error
+    warned = framing_records(caplog, logging.WARNING)
+    assert len(warned) == 1 and "IncompleteFrame" in warned[0], warned
+    assert "7 of 13" in warned[0]
+
+
+class Late(FramedRequestHandler):
+    """Replies once the peer's end (a reset or a close) is readable: the
+    reply is sent to a client that is gone."""
+
+    def handle_frame(self, frame):
+        ready, _, _ = select.select([self.request], [], [], 10)
+        assert ready, "the client did not go"
+        return frame
+
+
+@pytest.mark.parametrize("name,unix", THREADED_KINDS)
+def test_peer_gone_before_its_reply_ends_the_connection_quietly(name, unix, caplog):
+    caplog.set_level(logging.DEBUG, logger="cserver.framing")
+    with running(name, unix, Late, recording(name)) as server:
+        sock = raw_connect(server, unix)
+        sock.sendall(cserver.encode_frame(b"abc"))
+        vanish(sock)
+        assert support.wait_for(lambda: server.ended)
+        assert server.errors == []
+        with FramedClient(server.server_address, timeout=10) as client:
+            client.send_frame(b"next")
+            client.socket.shutdown(socket.SHUT_WR)   # Late's select() returns
+            assert client.recv_frame() == b"next"
+    assert framing_records(caplog, logging.WARNING) == []
+    ended = framing_records(caplog, logging.DEBUG)
+    assert len(ended) == 1 and "ended by the peer" in ended[0], ended
 
 
 class Chatty(FramedRequestHandler):
