@@ -14,8 +14,13 @@ other, so everything shared lives here, as fixtures.
 * ``fd_count``, ``wait_until``: leak checks and bounded polling.
 * ``tls``: certificates made for the session with ``cryptography`` (a CA, a
   server certificate for 127.0.0.1/localhost, an expired one, one from an
-  unknown CA, a client certificate) in a temporary directory, and
-  ``ssl.SSLContext`` makers for both sides.
+  unknown CA, one for another name, a client certificate and one from the
+  unknown CA) in a temporary directory, and ``ssl.SSLContext`` makers for
+  both sides.
+* ``tls_engine``: parametrizes a test over the multiplexing loop's two TLS
+  engines ("openssl": libssl from C, the default; "python": ssl.SSLObject,
+  forced by ``CSERVER_TLS_ENGINE=python``), setting the variable for the
+  test's duration (build the server inside the test).
 """
 import importlib
 import os
@@ -257,16 +262,21 @@ class _TLSFiles:
             server, now - day, now + 30 * day))
         self.client = write("client", *leaf("a client", ca_cert, ca_key, None, client,
                                             now - day, now + 30 * day))
+        self.client_unknown = write("client-unknown", *leaf(
+            "a stranger", other_cert, other_key, None, client, now - day, now + 30 * day))
 
-    def server_context(self, chain=None, require_client_cert=False):
+    def server_context(self, chain=None, require_client_cert=False, version=None):
         """A server-side context with ``chain`` (``self.server`` unless
-        given); client certificates required (signed by the CA) if asked."""
+        given); client certificates required (signed by the CA) if asked;
+        pinned to ``version`` (an ``ssl.TLSVersion``) if given."""
         import ssl
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.load_cert_chain(*(chain or self.server))
         if require_client_cert:
             ctx.verify_mode = ssl.CERT_REQUIRED
             ctx.load_verify_locations(self.ca)
+        if version is not None:
+            ctx.minimum_version = ctx.maximum_version = version
         return ctx
 
     def client_context(self, ca=None, chain=None, version=None):
@@ -282,7 +292,32 @@ class _TLSFiles:
         return ctx
 
 
+    def lax_client_context(self):
+        """A client context that verifies nothing (to reach a server whose
+        certificate a verifying client refuses)."""
+        import ssl
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+
+
 @pytest.fixture(scope="session")
 def tls(tmp_path_factory):
     """Certificates for the TLS tests (see _TLSFiles), made once a session."""
     return _TLSFiles(tmp_path_factory.mktemp("tls"))
+
+
+#: the multiplexing loop's TLS engines (what ``stats()["tls_engine"]`` says)
+TLS_ENGINES = ("openssl", "python")
+
+
+@pytest.fixture(params=TLS_ENGINES)
+def tls_engine(request, monkeypatch):
+    """The TLS engine the servers built in this test use: the default
+    ("openssl") with ``CSERVER_TLS_ENGINE`` unset, "python" with it set."""
+    if request.param == "python":
+        monkeypatch.setenv("CSERVER_TLS_ENGINE", "python")
+    else:
+        monkeypatch.delenv("CSERVER_TLS_ENGINE", raising=False)
+    return request.param
