@@ -208,7 +208,26 @@ cdef class Transport(Handle):
         cdef Py_ssize_t pending
         if self.state != S_OPEN:
             return 0
-        if pn < DIRECT_WRITE or (self.events & EPOLLOUT) or self.tls is not None:
+        if self.tls is not None:
+            if pn < DIRECT_WRITE:
+                self._buffer(h, hn)
+                self._buffer(p, pn)
+                return 0
+            # a large payload is encrypted now, straight from the caller's
+            # buffer (after what is buffered, and its header): no copy into
+            # the write buffer; the flush sends the records
+            self._buffer(h, hn)
+            try:
+                self.tls.write(self.wbuf + self.wstart, self.wend - self.wstart)
+                self.loop.bytes_out += self.wend - self.wstart
+                self.wstart = self.wend = 0
+                self.tls.write(p, pn)
+                self.loop.bytes_out += pn
+            except (_ssl_mod.SSLError, MemoryError) as exc:
+                return self._tls_failed(exc)
+            self._schedule_flush()
+            return 0
+        if pn < DIRECT_WRITE or (self.events & EPOLLOUT):
             self._buffer(h, hn)
             self._buffer(p, pn)
             return 0
