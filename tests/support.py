@@ -314,3 +314,17 @@ def short_path(tag):
     """A short, unique path under the temporary directory (a Unix socket
     path must fit in 108 bytes)."""
     return os.path.join(tempfile.gettempdir(), "cs-%s-%s" % (tag, uuid.uuid4().hex[:8]))
+
+
+def openssl_program():
+    """The ``openssl`` command line (Debian's openssl package): its path;
+    a failure in CI (``.ci/run`` installs it), else a skip."""
+    import shutil
+    path = shutil.which("openssl") or ("/usr/bin/openssl" if os.path.exists("/usr/bin/openssl")
+                                       else None)
+    if path is None:
+        import pytest
+        if os.environ.get("CI"):
+            pytest.fail("openssl (Debian's openssl package) is required in CI")
+        pytest.skip("openssl is not installed")
+    return path

@@ -16,6 +16,7 @@ from support import fd_count as fds  # noqa: F401
 from support import wait_for as wait_until  # noqa: F401
 
 import cserver
+import support
 from cserver import selectorserver
 
 from proxyhelp import KINDS  # noqa: F401  (the pollers of this build)
@@ -124,18 +125,11 @@ def running(server):
 
 
 def raw_connect(address, timeout=TIMEOUT):
-    """A plain stream socket connected to ``address`` (a server address)."""
-    if isinstance(address, (str, bytes)):
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(timeout)
-            sock.connect(address)
-        except BaseException:
-            sock.close()
-            raise
-        return sock
-    sock = socket.create_connection(address[:2], timeout=timeout)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    """A plain stream socket connected to ``address`` (a server address),
+    Nagle off on TCP."""
+    sock = support.connect_to(address, timeout)
+    if not isinstance(address, (str, bytes)):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
 
 

@@ -122,6 +122,19 @@ def test_an_untrusted_balancer_is_refused(haproxy, proxy_echo, wait_for):
     assert server.stats()["proxy_headers"] == 0 and server.seen == []
 
 
+def _haproxy_crt(openssl, crt, name):
+    """A self-signed EC certificate for ``name`` made with ``openssl req``:
+    ``crt`` holds the key and the certificate (HAProxy's ``crt``), ``crt +
+    ".crt"`` the certificate alone (a client's CA file)."""
+    subprocess.run([openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1", "-subj",
+                    "/CN=" + name, "-keyout", crt, "-out", crt + ".crt"],
+                   check=True, capture_output=True, timeout=30)
+    with open(crt, "a") as pem, open(crt + ".crt") as cert:
+        pem.write(cert.read())
+    return crt
+
+
 TLS_FRONTEND = """
 frontend fe
     bind 127.0.0.1:{port} ssl crt {crt}
@@ -136,14 +149,7 @@ def test_send_proxy_v2_ssl_tells_the_tls_details(haproxy, proxy_echo, need, tmp_
     cipher, the SNI (AUTHORITY) and a CRC32C of the header: the server
     verifies the CRC32C and exposes the SSL TLV as ``proxy.ssl``."""
     import ssl
-    openssl = need.program("openssl")
-    crt = str(tmp_path / "haproxy.pem")
-    subprocess.run([openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt",
-                    "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1", "-subj",
-                    "/CN=echo.test", "-keyout", crt, "-out", crt + ".crt"],
-                   check=True, capture_output=True, timeout=30)
-    with open(crt, "a") as pem, open(crt + ".crt") as cert:
-        pem.write(cert.read())          # HAProxy's crt: the key and the certificate
+    crt = _haproxy_crt(need.program("openssl"), str(tmp_path / "haproxy.pem"), "echo.test")
     server = proxy_echo(proxy_protocol="v2")
     balancer = haproxy(TLS_FRONTEND, backend_port=server.server_address[1], crt=crt,
                        options="proxy-v2-options ssl-cipher,authority,crc32c")
@@ -191,14 +197,7 @@ def test_tls_to_a_tls_backend_with_the_proxy_header_first(haproxy, proxy_echo, n
     checks (``check-ssl check-send-proxy``: a LOCAL header, then a
     handshake) mark the server UP only if both work."""
     import ssl
-    openssl = need.program("openssl")
-    crt = str(tmp_path / "front.pem")
-    subprocess.run([openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt",
-                    "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1", "-subj",
-                    "/CN=front.test", "-keyout", crt, "-out", crt + ".crt"],
-                   check=True, capture_output=True, timeout=30)
-    with open(crt, "a") as pem, open(crt + ".crt") as cert:
-        pem.write(cert.read())
+    crt = _haproxy_crt(need.program("openssl"), str(tmp_path / "front.pem"), "front.test")
     server = proxy_echo(proxy_protocol="v2", ssl_context=tls.server_context())
     server.logger.setLevel(logging.DEBUG)   # every handshake failure, not one per 10 s
     balancer = haproxy(REENCRYPT, backend_port=server.server_address[1], crt=crt, ca=tls.ca)

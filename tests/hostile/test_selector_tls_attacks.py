@@ -27,6 +27,7 @@ import time
 import pytest
 
 import cserver
+import support
 
 import tlsloop as tl
 
@@ -348,15 +349,6 @@ def test_renegotiation_is_refused_pyopenssl(kind, tls_engine, context, tls):
     assert rec.frames == [6, 4]
 
 
-def _openssl():
-    import shutil
-    path = shutil.which("openssl") or ("/usr/bin/openssl" if os.path.exists("/usr/bin/openssl")
-                                       else None)
-    if path is None:
-        if CI:
-            pytest.fail("openssl (Debian's openssl package) is required in CI")
-        pytest.skip("openssl is not installed")
-    return path
 
 
 class LineEcho(cserver.ConnectionHandler):
@@ -370,7 +362,7 @@ def test_renegotiation_is_refused_s_client(kind, tls_engine, tls):
     host, port = server.server_address
     with tl.running(server):
         proc = subprocess.Popen(
-            [_openssl(), "s_client", "-connect", "%s:%d" % (host, port), "-tls1_2",
+            [support.openssl_program(), "s_client", "-connect", "%s:%d" % (host, port), "-tls1_2",
              "-CAfile", tls.ca, "-verify_return_error", "-servername", "localhost"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:

@@ -14,7 +14,6 @@ Certificates come from the ``tls`` fixture (tests/conftest.py)."""
 import asyncio
 import json
 import os
-import shutil
 import signal
 import ssl
 import subprocess
@@ -26,6 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import cserver
+import support
 from cserver import selectorserver
 from support import child_env, cli
 
@@ -352,21 +352,13 @@ def test_a_protocol_mismatch_is_a_handshake_error(kind, tls_engine, server_versi
 # -- other clients ---------------------------------------------------------------
 
 
-def _openssl():
-    path = shutil.which("openssl") or ("/usr/bin/openssl" if os.path.exists("/usr/bin/openssl")
-                                       else None)
-    if path is None:
-        if CI:
-            pytest.fail("openssl (Debian's openssl package) is required in CI")
-        pytest.skip("openssl is not installed")
-    return path
 
 
 def s_client_args(server, tls, *flags):
     address = server.server_address
     where = (["-unix", address] if isinstance(address, str)
              else ["-connect", "%s:%d" % address[:2]])
-    return [_openssl(), "s_client"] + where + list(flags) + [
+    return [support.openssl_program(), "s_client"] + where + list(flags) + [
         "-CAfile", tls.ca, "-verify_return_error", "-verify_hostname", "localhost",
         "-servername", "localhost"]
 

@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import select
-import shutil
 import socket
 import ssl
 import struct
@@ -513,19 +512,11 @@ def test_proxy_and_tls_failures_each_close_with_their_reason(tls, serve, caplog,
     assert server.errors == []
 
 
-def _openssl():
-    path = shutil.which("openssl") or ("/usr/bin/openssl" if os.path.exists("/usr/bin/openssl")
-                                       else None)
-    if path is None:
-        if CI:
-            pytest.fail("openssl (Debian's openssl package) is required in CI")
-        pytest.skip("openssl is not installed")
-    return path
 
 
 @pytest.mark.parametrize("flag, version", [("-tls1_3", "TLSv1.3"), ("-tls1_2", "TLSv1.2")])
 def test_openssl_s_client(flag, version, tls, serve):
-    openssl = _openssl()
+    openssl = support.openssl_program()
     server = make("ThreadingTCPServer", tls.server_context())
     serve(server)
     host, port = server.server_address
