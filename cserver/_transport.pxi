@@ -89,7 +89,11 @@ cdef class Transport(Handle):
         if self.wend > self.wstart:
             want |= EPOLLOUT
         if self.tls is not None:
-            if self.flags & (T_HANDSHAKE | T_TLS_SHUT):
+            # closing, the peer's close_notify is awaited: read for it,
+            # unless the peer's side already ended (then only the flush
+            # is left: a level-triggered end of stream would end it early)
+            if self.flags & T_HANDSHAKE or (self.flags & T_TLS_SHUT and not (
+                    self.flags & T_EOF or self.tls.eof)):
                 want |= EPOLLIN
             if self.tls.out_pending() > 0:
                 want |= EPOLLOUT
@@ -913,6 +917,7 @@ cdef class Transport(Handle):
         cdef Loop loop = self.loop
         cdef Py_ssize_t got
         cdef ssize_t r
+        cdef int err
         if ev & EPOLLOUT:
             self._flush()
             if self.state == S_CLOSED:
@@ -920,21 +925,29 @@ cdef class Transport(Handle):
         if not (ev & (EPOLLIN | EPOLLHUP | EPOLLERR)):
             return 0
         r = recv(self.fd, loop.tls_slab, loop.slab_size, 0)
-        if r == 0 or (r < 0 and errno != EAGAIN and errno != EWOULDBLOCK and errno != EINTR):
-            return self._finish_close(self.close_exc)
         if r < 0:
-            return 0
-        try:
-            self.tls.feed(loop.tls_slab, r)
-            got = self.tls.read(loop.slab, loop.slab_size)
-            while got > 0:
+            err = errno
+            if err == EAGAIN or err == EWOULDBLOCK or err == EINTR:
+                return 0
+            return self._finish_close(self.close_exc)   # reset: nothing more goes out
+        if r > 0:
+            try:
+                self.tls.feed(loop.tls_slab, r)
                 got = self.tls.read(loop.slab, loop.slab_size)
-        except (_ssl_mod.SSLError, MemoryError):
-            return self._finish_close(self.close_exc)
-        if got < 0:
-            # the peer's close_notify
-            return self._finish_close(self.close_exc)
-        return 0
+                while got > 0:
+                    got = self.tls.read(loop.slab, loop.slab_size)
+            except (_ssl_mod.SSLError, MemoryError):
+                return self._finish_close(self.close_exc)
+            if got >= 0:
+                return 0
+        # the peer's close_notify (got < 0) or its end of stream (r == 0):
+        # what is still queued for it goes out first (as on a plain
+        # connection, the end of the peer's side does not cut what we
+        # still owe it), then the connection closes (_tls_flush)
+        if self.tls.out_pending() > 0:
+            self.flags |= T_EOF
+            return self._update()
+        return self._finish_close(self.close_exc)
 
     # -- the transport API (asyncio's words) ---------------------------------------
 

@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -1136,3 +1137,50 @@ def test_cli_tls_mistakes_are_one_line(which, tls, short_tmpdir):
     assert err.count("\n") == 1 and "Traceback" not in err, err
     assert "--tls" in err, err
     assert "unrecognized arguments" not in err, err       # known options, a bad use
+
+
+# -- the end of a connection, when the peer's end and ours cross -----------------
+
+
+@pytest.mark.parametrize("eof_result", [None, True])
+def test_a_large_reply_survives_the_peers_close_notify_and_fin(kind, tls_engine, eof_result,
+                                                               tls):
+    # the client sends a request, its close_notify and its FIN, then reads
+    # slowly; the reply is far more than the socket buffers hold, so the
+    # server is still sending when it closes (eof_received: None closes at
+    # once, True closes later): all of the reply arrives, then close_notify
+    # (a plain connection delivers it all too: the end of the peer's side
+    # does not cut what is still owed to it)
+    size = 16 << 20
+    reply = os.urandom(size)
+    lost = []
+
+    class Big(cserver.ConnectionHandler):
+        def data_received(self, data):
+            self.write(reply)
+
+        def eof_received(self):
+            if eof_result:
+                self.server.call_later(0.1, self.close)
+            return eof_result
+
+        def connection_lost(self, exc):
+            lost.append(exc)
+
+    server = tl.build(kind, "tcp", None, Big, tls.server_context(), ssl_shutdown_timeout=30.0)
+    with tl.running(server):
+        with tl.BioClient(server.server_address, tls.client_context()) as c:
+            c.handshake()
+            time.sleep(0.2)                       # the handshake done on the server too
+            c.obj.write(b"go")
+            c.send_close_notify()                 # the request and close_notify, one send
+            time.sleep(0.4)                       # the server fills the buffers, closes
+            c.sock.shutdown(socket.SHUT_WR)       # then the FIN, while it still sends
+            time.sleep(0.2)
+            data, how = c.read_end()
+        assert tl.wait_until(lambda: lost)
+        stats = server.stats()
+    assert (len(data), how) == (size, "close_notify")
+    assert data == reply
+    assert lost == [None]
+    no_tls_trouble(stats, 1)
