@@ -576,6 +576,8 @@ cdef class Transport(Handle):
         if self.flags & T_PAUSED_WRITE:
             if pending <= self.low_water:
                 self.flags &= ~T_PAUSED_WRITE
+                if self.tls is not None and self.state == S_OPEN:
+                    self._tls_wake()
                 try:
                     self.handler.resume_writing()
                 except Exception:
@@ -763,6 +765,17 @@ cdef class Transport(Handle):
             return 0
         cs_set_errno(EAGAIN)
         return -1
+
+    cdef int _tls_wake(self) except -1:
+        """Reading goes on (resume_reading, resume_writing): what the TLS
+        buffers already hold (records, decrypted bytes, the peer's
+        close_notify read with the last bytes) is read on the next pass,
+        since no readiness event will announce it."""
+        cdef TLSConn tls = self.tls
+        if tls is not None and not (self.flags & T_TLS_READY) and (tls.eof or tls.more()):
+            self.flags |= T_TLS_READY
+            self.loop.tls_ready.append(self)
+        return 0
 
     cdef int _tls_failed(self, object exc) except -1:
         """A TLS failure after the handshake (bad record, alert, a
@@ -1037,10 +1050,7 @@ cdef class Transport(Handle):
         if (self.held is not None or self.partial) and not (self.flags & T_RESUMED):
             self.flags |= T_RESUMED
             loop.resumed.append(self)
-        if self.tls is not None and not (self.flags & T_TLS_READY) and self.tls.more():
-            # decrypted bytes wait in the TLS buffers: no event will say so
-            self.flags |= T_TLS_READY
-            loop.tls_ready.append(self)
+        self._tls_wake()
         self._update()
 
     def is_reading(self):

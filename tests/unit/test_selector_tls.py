@@ -1184,3 +1184,69 @@ def test_a_large_reply_survives_the_peers_close_notify_and_fin(kind, tls_engine,
     assert data == reply
     assert lost == [None]
     no_tls_trouble(stats, 1)
+
+
+def test_pause_reading_then_the_peers_close_notify_in_the_same_read(kind, tls_engine, tls):
+    # frames and the client's close_notify arrive in one segment (a client
+    # that half-closes TLS and waits for the server's close_notify: no FIN);
+    # the handler pauses on the first frame and resumes later: the rest of
+    # the frames, then eof_received, then the server's close_notify, though
+    # no new byte arrives to wake the loop
+    events = []
+
+    class Pausing(cserver.FrameHandler):
+        def frame_received(self, payload):
+            events.append(payload)
+            self.send_frame(payload)
+            if payload == payloads[0]:
+                self.transport.pause_reading()
+                self.server.call_later(0.2, self.transport.resume_reading)
+
+        def eof_received(self):
+            events.append("eof")
+
+    payloads = [b"f%d" % i for i in range(5)]
+    data = b"".join(tl.frame(p) for p in payloads)
+    server = tl.build(kind, "tcp", None, Pausing, tls.server_context())
+    with tl.running(server):
+        with tl.BioClient(server.server_address, tls.client_context()) as c:
+            c.handshake()
+            c.obj.write(data)
+            c.send_close_notify()
+            got, how = c.read_end()
+    assert (got, how) == (data, "close_notify")
+    assert events == payloads + ["eof"]
+
+
+def test_resume_writing_reads_the_close_notify_already_received(kind, tls_engine, tls):
+    # the client's Finished, a request and its close_notify in one segment,
+    # no FIN (it waits for the server's close_notify); the reply is far
+    # more than high_water, so the server pauses writing (and reading)
+    # before it has read that close_notify: once the client has read it
+    # all, resume_writing must read what the TLS buffers hold, the end of
+    # stream included (no event will announce it)
+    size = 4 << 20
+    reply = os.urandom(size)
+    lost = []
+
+    class Big(cserver.ConnectionHandler):
+        def data_received(self, data):
+            self.write(reply)
+
+        def connection_lost(self, exc):
+            lost.append(exc)
+
+    server = tl.build(kind, "tcp", None, Big, tls.server_context())
+    with tl.running(server):
+        with tl.BioClient(server.server_address,
+                          tls.client_context(version=ssl.TLSVersion.TLSv1_3)) as c:
+            c.handshake(flush=False)
+            c.obj.write(b"go")
+            c.send_close_notify()                 # Finished, request, close_notify
+            time.sleep(0.3)
+            data, how = c.read_end()
+        assert tl.wait_until(lambda: lost)
+        stats = server.stats()
+    assert (len(data), how) == (size, "close_notify")
+    assert data == reply
+    no_tls_trouble(stats, 1)
