@@ -913,6 +913,16 @@ cdef class Transport(Handle):
             self.last_active = loop.now
         pending = tls.out_pending()
         if self.flags & T_TLS_SHUT and pending == 0:
+            if self.dkind != D_TLS_SHUT and not (self.flags & T_EOF or tls.eof):
+                # what the peer sent before it saw our close_notify may be
+                # in the TLS buffers already, its close_notify too (read
+                # with the handshake, or left by a read that filled the
+                # buffer): no event will announce it, so look now
+                try:
+                    while tls.read(loop.slab, loop.slab_size) > 0:
+                        pass
+                except (_ssl_mod.SSLError, MemoryError):
+                    return self._finish_close(self.close_exc)
             if self.flags & T_EOF or tls.eof:
                 # the peer already closed its side: nothing to wait for
                 return self._finish_close(self.close_exc)

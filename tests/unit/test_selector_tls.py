@@ -1218,6 +1218,41 @@ def test_pause_reading_then_the_peers_close_notify_in_the_same_read(kind, tls_en
     assert events == payloads + ["eof"]
 
 
+def test_close_in_connection_made_sees_the_close_notify_already_received(kind, tls_engine,
+                                                                         tls):
+    # the client's Finished, a request and its close_notify come in one
+    # segment; connection_made answers and closes: the peer's close_notify
+    # is already in the TLS buffers (no event will announce it), so the
+    # connection ends at once, not at ssl_shutdown_timeout
+    lost = []
+
+    class Busy(cserver.FrameHandler):
+        def connection_made(self):
+            self.send_frame(b"busy")
+            self.close()
+
+        def connection_lost(self, exc):
+            lost.append(time.monotonic())
+
+    server = tl.build(kind, "tcp", None, Busy, tls.server_context(), ssl_shutdown_timeout=5.0)
+    with tl.running(server):
+        with tl.BioClient(server.server_address,
+                          tls.client_context(version=ssl.TLSVersion.TLSv1_3)) as c:
+            c.handshake(flush=False)
+            c.obj.write(tl.frame(b"request"))
+            c.send_close_notify()                 # Finished, request, close_notify
+            start = time.monotonic()
+            got, how = c.read_end()
+            assert (got, how) == (tl.frame(b"busy"), "close_notify")
+            c.sock.settimeout(tl.TIMEOUT)
+            assert c.sock.recv(10) == b""         # the TCP close
+            closed = time.monotonic() - start
+        assert tl.wait_until(lambda: lost)
+        stats = server.stats()
+    assert closed < 2.0, closed
+    no_tls_trouble(stats, 1)
+
+
 def test_resume_writing_reads_the_close_notify_already_received(kind, tls_engine, tls):
     # the client's Finished, a request and its close_notify in one segment,
     # no FIN (it waits for the server's close_notify); the reply is far
