@@ -118,7 +118,7 @@ cdef class Waker(Handle):
 cdef class TLSConn:
     # the TLS state of a connection (_tls.pxi)
     cdef object sslobj        # ssl.SSLObject
-    cdef object inbio, outbio # ssl.MemoryBIO
+    cdef object inbio, outbio  # ssl.MemoryBIO
     cdef bint fast            # the "openssl" engine: the pointers below
     cdef void *ssl
     cdef void *rbio

@@ -886,8 +886,8 @@ cdef class Loop:
             "tls_handshake_timeouts": self.tls_handshake_timeouts,
             "tls_errors": self.tls_errors,
             "tls_shutdown_timeouts": self.tls_shutdown_timeouts,
-            "tls_engine": None if self.ssl_context is None else
-                          ("openssl" if self.tls_fast else "python"),
+            "tls_engine": (None if self.ssl_context is None else
+                           "openssl" if self.tls_fast else "python"),
             "accepting": any((<Listener>ls).events != 0 for ls in self.listeners),
             "timers": len(self.timers.heap),
             "pool": {

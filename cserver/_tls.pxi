@@ -279,6 +279,7 @@ cdef int _configure_tls(Loop loop, object ctx, double handshake_timeout,
             raise ValueError("ssl_shutdown_timeout must be a positive number of seconds, "
                              "not %r" % (shutdown_timeout,))
         loop.tls_fast = _choose_tls_engine() == "openssl"
+        _refuse_renegotiation(ctx)
         if loop.tls_slab == NULL:
             loop.tls_slab = <char *>PyMem_Malloc(loop.slab_size)
             if loop.tls_slab == NULL:
@@ -287,6 +288,24 @@ cdef int _configure_tls(Loop loop, object ctx, double handshake_timeout,
     loop.ssl_handshake_timeout = handshake_timeout
     loop.ssl_shutdown_timeout = shutdown_timeout
     return 0
+
+
+# OpenSSL 3's SSL_OP_ALLOW_CLIENT_RENEGOTIATION (ssl does not name it)
+cdef long long _OP_ALLOW_CLIENT_RENEGOTIATION = 1 << 8
+
+
+def _refuse_renegotiation(ctx):
+    """No client-initiated renegotiation on this context (a full handshake
+    at the peer's will, mid-stream; TLS 1.3 has none): OpenSSL 3 refuses it
+    unless SSL_OP_ALLOW_CLIENT_RENEGOTIATION is set, which is cleared here
+    (the attempt is then a fatal no_renegotiation alert: tls_errors);
+    OpenSSL 1.1.1 allows it by default, so ssl.OP_NO_RENEGOTIATION is set
+    there (a warning alert, the connection goes on un-renegotiated)."""
+    if _ssl_mod.OPENSSL_VERSION_INFO >= (3,):
+        if ctx.options & _OP_ALLOW_CLIENT_RENEGOTIATION:
+            ctx.options &= ~_OP_ALLOW_CLIENT_RENEGOTIATION
+    elif hasattr(_ssl_mod, "OP_NO_RENEGOTIATION"):
+        ctx.options |= _ssl_mod.OP_NO_RENEGOTIATION
 
 
 cdef object _ssl_error(const char *why):
