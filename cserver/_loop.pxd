@@ -187,6 +187,7 @@ cdef class Transport(Handle):
     cdef int _tls_flush(self) except -1
     cdef int _tls_shut_events(self, uint32_t ev) except -1
     cdef int _tls_failed(self, object exc) except -1
+    cdef int _tls_wake(self) except -1
     cdef Py_ssize_t _write_pending(self) except -1
     cdef int _open(self) except -1
     cdef int _read_raw(self) except -1

@@ -82,6 +82,7 @@ cdef extern from *:
         void (*ERR_clear_error)(void);
     } cs_ossl_t;
     static cs_ossl_t cs_ossl;
+    static int cs_ossl_loaded = 0;
 
     /* Look the functions up in the object at `path` (already loaded: the
        ssl module's _ssl extension; NULL: the program itself, where _ssl is
@@ -98,8 +99,14 @@ cdef extern from *:
         CS_SYM(BIO_ctrl_pending) CS_SYM(ERR_get_error) CS_SYM(ERR_error_string_n)
         CS_SYM(ERR_clear_error)
     #undef CS_SYM
+        cs_ossl_loaded = 1;
         return NULL;
     }
+
+    /* Empty this thread's OpenSSL error queue before a call into the ssl
+       module (the "python" engine, the handshake), where libssl is
+       reachable: CPython does not, and SSL_get_error reads the queue. */
+    static void cs_ossl_clear(void) { if (cs_ossl_loaded) cs_ossl.ERR_clear_error(); }
 
     /* The C layout of the ssl module's objects (Modules/_ssl.c), the
        leading fields only: unchanged from CPython 3.9 to 3.15. */
@@ -124,6 +131,10 @@ cdef extern from *:
         Py_ssize_t total = 0;
         size_t got;
         int e;
+        /* SSL_get_error reads this thread's error queue first: an error
+           other code on the loop's thread left there (a C extension, a
+           handler) would read as a failure of this connection */
+        cs_ossl.ERR_clear_error();
         while (total < n) {
             if (cs_ossl.SSL_read_ex(ssl, buf + total, (size_t)(n - total), &got)) {
                 total += (Py_ssize_t)got;
@@ -148,6 +159,7 @@ cdef extern from *:
     static int cs_ossl_write(void *ssl, const char *p, Py_ssize_t n, char *why, size_t whylen) {
         size_t done;
         int e;
+        cs_ossl.ERR_clear_error();   /* as in cs_ossl_read */
         while (n > 0) {
             if (cs_ossl.SSL_write_ex(ssl, p, (size_t)n, &done)) {
                 p += done;
@@ -211,6 +223,7 @@ cdef extern from *:
     int cs_ossl_write(void *ssl, const char *p, Py_ssize_t n, char *why, size_t whylen)
     Py_ssize_t cs_ossl_send(void *wbio, int fd, char *scratch, Py_ssize_t scratch_len)
     void cs_set_errno(int e)
+    void cs_ossl_clear()
 
 from cpython.memoryview cimport PyMemoryView_FromMemory
 from cpython.buffer cimport PyBUF_WRITE, PyBUF_READ
@@ -355,6 +368,7 @@ cdef class TLSConn:
                 raise _ssl_error(why)
             self.drained = r < n
             return r
+        cs_ossl_clear()
         read = self.sslobj.read
         while total < n:
             try:
@@ -386,6 +400,7 @@ cdef class TLSConn:
             if cs_ossl_write(self.ssl, p, n, why, sizeof(why)) < 0:
                 raise _ssl_error(why)
             return 0
+        cs_ossl_clear()
         self.sslobj.write(PyMemoryView_FromMemory(<char *>p, n, PyBUF_READ))
         return 0
 
@@ -423,6 +438,7 @@ cdef class TLSConn:
     cdef bint handshake(self) except -1:
         """One step of the handshake: True once done; ssl.SSLError (or
         OSError) if it failed."""
+        cs_ossl_clear()
         try:
             self.sslobj.do_handshake()
         except _ssl_mod.SSLWantReadError:
@@ -435,6 +451,7 @@ cdef class TLSConn:
             cs_ossl.SSL_shutdown(self.ssl)
             cs_ossl.ERR_clear_error()
             return 0
+        cs_ossl_clear()
         try:
             self.sslobj.unwrap()
         except (_ssl_mod.SSLWantReadError, _ssl_mod.SSLError, ValueError):

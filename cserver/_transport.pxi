@@ -89,7 +89,11 @@ cdef class Transport(Handle):
         if self.wend > self.wstart:
             want |= EPOLLOUT
         if self.tls is not None:
-            if self.flags & (T_HANDSHAKE | T_TLS_SHUT):
+            # closing, the peer's close_notify is awaited: read for it,
+            # unless the peer's side already ended (then only the flush
+            # is left: a level-triggered end of stream would end it early)
+            if self.flags & T_HANDSHAKE or (self.flags & T_TLS_SHUT and not (
+                    self.flags & T_EOF or self.tls.eof)):
                 want |= EPOLLIN
             if self.tls.out_pending() > 0:
                 want |= EPOLLOUT
@@ -591,6 +595,8 @@ cdef class Transport(Handle):
         if self.flags & T_PAUSED_WRITE:
             if pending <= self.low_water:
                 self.flags &= ~T_PAUSED_WRITE
+                if self.tls is not None and self.state == S_OPEN:
+                    self._tls_wake()
                 try:
                     self.handler.resume_writing()
                 except Exception:
@@ -779,6 +785,17 @@ cdef class Transport(Handle):
         cs_set_errno(EAGAIN)
         return -1
 
+    cdef int _tls_wake(self) except -1:
+        """Reading goes on (resume_reading, resume_writing): what the TLS
+        buffers already hold (records, decrypted bytes, the peer's
+        close_notify read with the last bytes) is read on the next pass,
+        since no readiness event will announce it."""
+        cdef TLSConn tls = self.tls
+        if tls is not None and not (self.flags & T_TLS_READY) and (tls.eof or tls.more()):
+            self.flags |= T_TLS_READY
+            self.loop.tls_ready.append(self)
+        return 0
+
     cdef int _tls_failed(self, object exc) except -1:
         """A TLS failure after the handshake (bad record, alert, a
         renegotiation refused): this connection closes, without
@@ -915,6 +932,16 @@ cdef class Transport(Handle):
             self.last_active = loop.now
         pending = tls.out_pending()
         if self.flags & T_TLS_SHUT and pending == 0:
+            if self.dkind != D_TLS_SHUT and not (self.flags & T_EOF or tls.eof):
+                # what the peer sent before it saw our close_notify may be
+                # in the TLS buffers already, its close_notify too (read
+                # with the handshake, or left by a read that filled the
+                # buffer): no event will announce it, so look now
+                try:
+                    while tls.read(loop.slab, loop.slab_size) > 0:
+                        pass
+                except (_ssl_mod.SSLError, MemoryError):
+                    return self._finish_close(self.close_exc)
             if self.flags & T_EOF or tls.eof:
                 # the peer already closed its side: nothing to wait for
                 return self._finish_close(self.close_exc)
@@ -932,6 +959,7 @@ cdef class Transport(Handle):
         cdef Loop loop = self.loop
         cdef Py_ssize_t got
         cdef ssize_t r
+        cdef int err
         if ev & EPOLLOUT:
             self._flush()
             if self.state == S_CLOSED:
@@ -939,21 +967,29 @@ cdef class Transport(Handle):
         if not (ev & (EPOLLIN | EPOLLHUP | EPOLLERR)):
             return 0
         r = recv(self.fd, loop.tls_slab, loop.slab_size, 0)
-        if r == 0 or (r < 0 and errno != EAGAIN and errno != EWOULDBLOCK and errno != EINTR):
-            return self._finish_close(self.close_exc)
         if r < 0:
-            return 0
-        try:
-            self.tls.feed(loop.tls_slab, r)
-            got = self.tls.read(loop.slab, loop.slab_size)
-            while got > 0:
+            err = errno
+            if err == EAGAIN or err == EWOULDBLOCK or err == EINTR:
+                return 0
+            return self._finish_close(self.close_exc)   # reset: nothing more goes out
+        if r > 0:
+            try:
+                self.tls.feed(loop.tls_slab, r)
                 got = self.tls.read(loop.slab, loop.slab_size)
-        except (_ssl_mod.SSLError, MemoryError):
-            return self._finish_close(self.close_exc)
-        if got < 0:
-            # the peer's close_notify
-            return self._finish_close(self.close_exc)
-        return 0
+                while got > 0:
+                    got = self.tls.read(loop.slab, loop.slab_size)
+            except (_ssl_mod.SSLError, MemoryError):
+                return self._finish_close(self.close_exc)
+            if got >= 0:
+                return 0
+        # the peer's close_notify (got < 0) or its end of stream (r == 0):
+        # what is still queued for it goes out first (as on a plain
+        # connection, the end of the peer's side does not cut what we
+        # still owe it), then the connection closes (_tls_flush)
+        if self.tls.out_pending() > 0:
+            self.flags |= T_EOF
+            return self._update()
+        return self._finish_close(self.close_exc)
 
     # -- the transport API (asyncio's words) ---------------------------------------
 
@@ -1043,10 +1079,7 @@ cdef class Transport(Handle):
         if (self.held is not None or self.partial) and not (self.flags & T_RESUMED):
             self.flags |= T_RESUMED
             loop.resumed.append(self)
-        if self.tls is not None and not (self.flags & T_TLS_READY) and self.tls.more():
-            # decrypted bytes wait in the TLS buffers: no event will say so
-            self.flags |= T_TLS_READY
-            loop.tls_ready.append(self)
+        self._tls_wake()
         self._update()
 
     def is_reading(self):

@@ -489,3 +489,58 @@ def test_hundreds_of_handshakes_leak_nothing_and_count_exactly(kind, tls_engine,
     assert stats["frames_in"] == 1 + good
     assert len(rec.made) == 1 + good + broken
     assert rec.lost.count(None) == 1 + good
+
+
+# -- OpenSSL's error queue -------------------------------------------------------
+
+
+def _queue_dirtier():
+    """A call that leaves an error in this thread's OpenSSL error queue (as a
+    C extension on the loop's thread may: OpenSSL asks that the queue be
+    empty before each I/O call, and SSL_get_error reads it); None if the
+    ssl module's libcrypto is not reachable."""
+    import ctypes
+    import _ssl
+    path = getattr(_ssl, "__file__", None)
+    try:
+        lib = ctypes.CDLL(path)
+        fn = lib.BIO_new_file
+    except (OSError, AttributeError, TypeError):
+        return None
+    fn.restype = ctypes.c_void_p
+    fn.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+    return lambda: fn(b"/nonexistent/cserver-test/x", b"r")
+
+
+def test_an_error_other_code_left_in_openssls_queue_breaks_no_connection(kind, tls_engine,
+                                                                          tls):
+    dirty = _queue_dirtier()
+    if dirty is None:
+        pytest.skip("the ssl module's libcrypto is not reachable with ctypes")
+    lost = []
+
+    class Dirty(cserver.FrameHandler):
+        def frame_received(self, payload):
+            assert dirty() is None          # failed: an error is queued
+            self.send_frame(payload)
+
+        def connection_lost(self, exc):
+            lost.append(exc)
+            dirty()                         # before the next handshake
+
+    server = tl.build(kind, "tcp", None, Dirty, tls.server_context())
+    with tl.running(server):
+        for round in range(2):              # and the next connection too
+            conn = tl.connect(server, tls.client_context())
+            try:
+                for i in range(3):
+                    conn.sendall(tl.frame(b"x%d" % i))
+                    assert tl.recv_frame(conn) == b"x%d" % i
+                conn.unwrap()
+            finally:
+                conn.close()
+        assert tl.wait_until(lambda: len(lost) == 2)
+        counters = tls_counters(server)
+    assert lost == [None, None]
+    assert counters == dict(tls_handshakes=2, tls_handshake_errors=0, tls_handshake_timeouts=0,
+                            tls_errors=0, tls_shutdown_timeouts=0)

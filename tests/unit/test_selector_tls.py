@@ -15,6 +15,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -1128,3 +1129,151 @@ def test_cli_tls_mistakes_are_one_line(which, tls, short_tmpdir):
     assert err.count("\n") == 1 and "Traceback" not in err, err
     assert "--tls" in err, err
     assert "unrecognized arguments" not in err, err       # known options, a bad use
+
+
+# -- the end of a connection, when the peer's end and ours cross -----------------
+
+
+@pytest.mark.parametrize("eof_result", [None, True])
+def test_a_large_reply_survives_the_peers_close_notify_and_fin(kind, tls_engine, eof_result,
+                                                               tls):
+    # the client sends a request, its close_notify and its FIN, then reads
+    # slowly; the reply is far more than the socket buffers hold, so the
+    # server is still sending when it closes (eof_received: None closes at
+    # once, True closes later): all of the reply arrives, then close_notify
+    # (a plain connection delivers it all too: the end of the peer's side
+    # does not cut what is still owed to it)
+    size = 16 << 20
+    reply = os.urandom(size)
+    lost = []
+
+    class Big(cserver.ConnectionHandler):
+        def data_received(self, data):
+            self.write(reply)
+
+        def eof_received(self):
+            if eof_result:
+                self.server.call_later(0.1, self.close)
+            return eof_result
+
+        def connection_lost(self, exc):
+            lost.append(exc)
+
+    server = tl.build(kind, "tcp", None, Big, tls.server_context(), ssl_shutdown_timeout=30.0)
+    with tl.running(server):
+        with tl.BioClient(server.server_address, tls.client_context()) as c:
+            c.handshake()
+            time.sleep(0.2)                       # the handshake done on the server too
+            c.obj.write(b"go")
+            c.send_close_notify()                 # the request and close_notify, one send
+            time.sleep(0.4)                       # the server fills the buffers, closes
+            c.sock.shutdown(socket.SHUT_WR)       # then the FIN, while it still sends
+            time.sleep(0.2)
+            data, how = c.read_end()
+        assert tl.wait_until(lambda: lost)
+        stats = server.stats()
+    assert (len(data), how) == (size, "close_notify")
+    assert data == reply
+    assert lost == [None]
+    no_tls_trouble(stats, 1)
+
+
+def test_pause_reading_then_the_peers_close_notify_in_the_same_read(kind, tls_engine, tls):
+    # frames and the client's close_notify arrive in one segment (a client
+    # that half-closes TLS and waits for the server's close_notify: no FIN);
+    # the handler pauses on the first frame and resumes later: the rest of
+    # the frames, then eof_received, then the server's close_notify, though
+    # no new byte arrives to wake the loop
+    events = []
+
+    class Pausing(cserver.FrameHandler):
+        def frame_received(self, payload):
+            events.append(payload)
+            self.send_frame(payload)
+            if payload == payloads[0]:
+                self.transport.pause_reading()
+                self.server.call_later(0.2, self.transport.resume_reading)
+
+        def eof_received(self):
+            events.append("eof")
+
+    payloads = [b"f%d" % i for i in range(5)]
+    data = b"".join(tl.frame(p) for p in payloads)
+    server = tl.build(kind, "tcp", None, Pausing, tls.server_context())
+    with tl.running(server):
+        with tl.BioClient(server.server_address, tls.client_context()) as c:
+            c.handshake()
+            c.obj.write(data)
+            c.send_close_notify()
+            got, how = c.read_end()
+    assert (got, how) == (data, "close_notify")
+    assert events == payloads + ["eof"]
+
+
+def test_close_in_connection_made_sees_the_close_notify_already_received(kind, tls_engine,
+                                                                         tls):
+    # the client's Finished, a request and its close_notify come in one
+    # segment; connection_made answers and closes: the peer's close_notify
+    # is already in the TLS buffers (no event will announce it), so the
+    # connection ends at once, not at ssl_shutdown_timeout
+    lost = []
+
+    class Busy(cserver.FrameHandler):
+        def connection_made(self):
+            self.send_frame(b"busy")
+            self.close()
+
+        def connection_lost(self, exc):
+            lost.append(time.monotonic())
+
+    server = tl.build(kind, "tcp", None, Busy, tls.server_context(), ssl_shutdown_timeout=5.0)
+    with tl.running(server):
+        with tl.BioClient(server.server_address,
+                          tls.client_context(version=ssl.TLSVersion.TLSv1_3)) as c:
+            c.handshake(flush=False)
+            c.obj.write(tl.frame(b"request"))
+            c.send_close_notify()                 # Finished, request, close_notify
+            start = time.monotonic()
+            got, how = c.read_end()
+            assert (got, how) == (tl.frame(b"busy"), "close_notify")
+            c.sock.settimeout(tl.TIMEOUT)
+            assert c.sock.recv(10) == b""         # the TCP close
+            closed = time.monotonic() - start
+        assert tl.wait_until(lambda: lost)
+        stats = server.stats()
+    assert closed < 2.0, closed
+    no_tls_trouble(stats, 1)
+
+
+def test_resume_writing_reads_the_close_notify_already_received(kind, tls_engine, tls):
+    # the client's Finished, a request and its close_notify in one segment,
+    # no FIN (it waits for the server's close_notify); the reply is far
+    # more than high_water, so the server pauses writing (and reading)
+    # before it has read that close_notify: once the client has read it
+    # all, resume_writing must read what the TLS buffers hold, the end of
+    # stream included (no event will announce it)
+    size = 4 << 20
+    reply = os.urandom(size)
+    lost = []
+
+    class Big(cserver.ConnectionHandler):
+        def data_received(self, data):
+            self.write(reply)
+
+        def connection_lost(self, exc):
+            lost.append(exc)
+
+    server = tl.build(kind, "tcp", None, Big, tls.server_context())
+    with tl.running(server):
+        with tl.BioClient(server.server_address,
+                          tls.client_context(version=ssl.TLSVersion.TLSv1_3)) as c:
+            c.handshake(flush=False)
+            c.obj.write(b"go")
+            c.send_close_notify()                 # Finished, request, close_notify
+            time.sleep(0.3)
+            data, how = c.read_end()
+        assert tl.wait_until(lambda: lost)
+        stats = server.stats()
+    assert (len(data), how) == (size, "close_notify")
+    assert data == reply
+    no_tls_trouble(stats, 1)
