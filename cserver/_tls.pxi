@@ -229,6 +229,13 @@ from cpython.memoryview cimport PyMemoryView_FromMemory
 from cpython.buffer cimport PyBUF_WRITE, PyBUF_READ
 
 TLS_ENGINES = ("openssl", "python")
+
+# Ciphertext is fed to a connection's incoming BIO at most this much at a
+# time (a full record and its header), and plaintext encrypted while its
+# outgoing BIO holds less than TLS_OUT_MAX: OpenSSL's memory BIOs never give
+# memory back, so these bound what an idle TLS connection keeps.
+cdef Py_ssize_t TLS_FEED = 16384 + 2048
+cdef Py_ssize_t TLS_OUT_MAX = 131072
 # None: not tried yet; "": loaded; else why the "openssl" engine is not here
 cdef object _ossl_state = None
 

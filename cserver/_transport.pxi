@@ -217,6 +217,12 @@ cdef class Transport(Handle):
                 self._buffer(h, hn)
                 self._buffer(p, pn)
                 return 0
+            if self.wend - self.wstart + self.tls.out_pending() + pn > TLS_OUT_MAX:
+                # more than the outgoing BIO may hold: plaintext, encrypted
+                # by the flush as the kernel takes the records
+                self._buffer(h, hn)
+                self._buffer(p, pn)
+                return 0
             # a large payload is encrypted now, straight from the caller's
             # buffer (after what is buffered, and its header): no copy into
             # the write buffer; the flush sends the records
@@ -751,7 +757,7 @@ cdef class Transport(Handle):
         connection and reads as EAGAIN."""
         cdef Loop loop = self.loop
         cdef TLSConn tls = self.tls
-        cdef Py_ssize_t got
+        cdef Py_ssize_t got, k, off, res
         cdef ssize_t r
         if tls.eof:
             return 0        # the peer's close_notify came with the last bytes read
@@ -763,8 +769,27 @@ cdef class Transport(Handle):
                 r = recv(self.fd, loop.tls_slab, loop.slab_size, 0)
                 if r <= 0:
                     return r
-                tls.feed(loop.tls_slab, r)
-                got = tls.read(buf, n)
+                # fed to the incoming BIO a record's worth at a time and
+                # decrypted as it goes: the BIO's buffer, which OpenSSL
+                # never shrinks, stays near TLS_FEED bytes (one read of
+                # 256 KiB fed at once kept that much per connection)
+                off = 0
+                while off < r:
+                    k = r - off if r - off <= TLS_FEED else TLS_FEED
+                    tls.feed(loop.tls_slab + off, k)
+                    off += k
+                    res = tls.read(buf + got, n - got)
+                    if res < 0:
+                        break       # the close_notify: what follows it is not read
+                    got += res
+                    if got == n:
+                        if off < r:
+                            # the caller's buffer is full: the rest waits in
+                            # the BIO for the next pass (T_TLS_READY below)
+                            tls.feed(loop.tls_slab + off, r - off)
+                        break
+                if got == 0 and tls.eof:
+                    got = -1
         except (_ssl_mod.SSLError, MemoryError) as exc:
             self._tls_failed(exc)
             cs_set_errno(EAGAIN)
@@ -907,30 +932,46 @@ cdef class Transport(Handle):
         close_notify (bounded by ssl_shutdown_timeout)."""
         cdef Loop loop = self.loop
         cdef TLSConn tls = self.tls
-        cdef Py_ssize_t pending = self.wend - self.wstart
+        cdef Py_ssize_t pending, room
         cdef Py_ssize_t r
         if self.flags & T_HANDSHAKE:
             return 0
-        try:
-            if pending > 0:
-                tls.write(self.wbuf + self.wstart, pending)
-                # bytes_in/out count application bytes (what the handlers
-                # read and wrote), not the records on the wire
-                loop.bytes_out += pending
-                self.wstart = self.wend = 0
-                if self.wcap > KEEP_WBUF:
-                    self._free_wbuf()
-            if self.state == S_CLOSING and not (self.flags & T_TLS_SHUT):
-                tls.shutdown()
-                self.flags |= T_TLS_SHUT
-        except (_ssl_mod.SSLError, MemoryError) as exc:
-            return self._tls_failed(exc)
-        r = tls.send_out(self.fd, loop.tls_slab, loop.slab_size)
-        if r < 0:
-            return self._finish_close(_oserror(errno))
-        if r > 0:
-            self.last_active = loop.now
-        pending = tls.out_pending()
+        while True:
+            # plaintext is encrypted while the outgoing BIO holds less than
+            # TLS_OUT_MAX (OpenSSL never shrinks its buffer: a 4 MiB reply
+            # encrypted at once kept 5.5 MiB per connection); the rest stays
+            # plaintext in the write buffer (freed once drained) until the
+            # kernel has taken what was encrypted
+            pending = self.wend - self.wstart
+            try:
+                if pending > 0:
+                    room = TLS_OUT_MAX - tls.out_pending()
+                    if room > 0:
+                        if room < pending:
+                            pending = room
+                        tls.write(self.wbuf + self.wstart, pending)
+                        # bytes_in/out count application bytes (what the
+                        # handlers read and wrote), not the records on the wire
+                        loop.bytes_out += pending
+                        self.wstart += pending
+                        if self.wstart == self.wend:
+                            self.wstart = self.wend = 0
+                            if self.wcap > KEEP_WBUF:
+                                self._free_wbuf()
+                if self.state == S_CLOSING and self.wend == self.wstart and \
+                        not (self.flags & T_TLS_SHUT):
+                    tls.shutdown()
+                    self.flags |= T_TLS_SHUT
+            except (_ssl_mod.SSLError, MemoryError) as exc:
+                return self._tls_failed(exc)
+            r = tls.send_out(self.fd, loop.tls_slab, loop.slab_size)
+            if r < 0:
+                return self._finish_close(_oserror(errno))
+            if r > 0:
+                self.last_active = loop.now
+            if r == 0 or self.wend == self.wstart or tls.out_pending() > 0:
+                break   # the kernel is full, or everything is encrypted
+        pending = tls.out_pending() + self.wend - self.wstart
         if self.flags & T_TLS_SHUT and pending == 0:
             if self.dkind != D_TLS_SHUT and not (self.flags & T_EOF or tls.eof):
                 # what the peer sent before it saw our close_notify may be

@@ -224,8 +224,11 @@ def test_tls_to_a_tls_backend_with_the_proxy_header_first(haproxy, proxy_echo, n
         assert reply["proxy"]["ssl"]["ssl"] is True, reply                # client -> HAProxy
         assert reply["proxy"]["ssl"]["cipher"] == front_cipher, reply
         assert isinstance(reply["proxy"]["crc32c"], int), reply
-    assert wait_for(lambda: server.stats()["tls_handshakes"] >= 3)
+    # the data connection's handshake (HAProxy may reuse it for all three
+    # requests); the checks' are cut by HAProxy's reset (below)
+    assert wait_for(lambda: server.stats()["tls_handshakes"] >= 1)
     stats = server.stats()
+    assert stats["tls_handshakes"] + stats["tls_handshake_errors"] >= 3, stats
     # the checks' LOCAL headers count as headers
     assert stats["proxy_headers"] >= 3 and stats["proxy_errors"] == 0, stats
     assert stats["tls_errors"] == 0, stats
