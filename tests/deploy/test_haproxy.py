@@ -228,9 +228,9 @@ def test_tls_to_a_tls_backend_with_the_proxy_header_first(haproxy, proxy_echo, n
     # requests); the checks' are cut by HAProxy's reset (below)
     assert wait_for(lambda: server.stats()["tls_handshakes"] >= 1)
     stats = server.stats()
-    assert stats["tls_handshakes"] + stats["tls_handshake_errors"] >= 3, stats
-    # the checks' LOCAL headers count as headers
-    assert stats["proxy_headers"] >= 3 and stats["proxy_errors"] == 0, stats
+    # the data connection's header (the checks' LOCAL headers count as
+    # headers too, as many as HAProxy has sent by now)
+    assert stats["proxy_headers"] >= 1 and stats["proxy_errors"] == 0, stats
     assert stats["tls_errors"] == 0, stats
     # HAProxy ends each check with a reset as soon as its side of the
     # handshake is done, which discards its last flight in our kernel: the
