@@ -662,9 +662,17 @@ cdef class Loop:
         return 0
 
     cdef int _close_stages(self) except -1:
-        """Close the connections still reading their PROXY header (the loop
-        stops: they never had a handler)."""
+        """Close the connections still reading their PROXY header or still
+        in their TLS handshake (the loop stops: they never had a handler,
+        and must not get one now)."""
         cdef ProxyStage st
+        cdef Transport t
+        if self.ssl_context is not None:
+            for t in self._transports():
+                if t.flags & T_HANDSHAKE:
+                    t.flags &= ~T_HANDSHAKE
+                    t._discard()
+                    t.tls.release()
         if self.proxy_pending:
             for obj in [obj for obj in self.objs if type(obj) is ProxyStage]:
                 st = <ProxyStage>obj

@@ -228,6 +228,8 @@ cdef extern from *:
 from cpython.memoryview cimport PyMemoryView_FromMemory
 from cpython.buffer cimport PyBUF_WRITE, PyBUF_READ
 
+from _ssl import _SSLSocket
+
 TLS_ENGINES = ("openssl", "python")
 
 # Ciphertext is fed to a connection's incoming BIO at most this much at a
@@ -331,8 +333,10 @@ cdef class TLSConn:
         self.outbio = _ssl_mod.MemoryBIO()
         self.sslobj = loop.ssl_context.wrap_bio(self.inbio, self.outbio, server_side=True)
         self.fast = False
-        if loop.tls_fast:
-            c = self.sslobj._sslobj
+        c = getattr(self.sslobj, "_sslobj", None)
+        if loop.tls_fast and type(c) is _SSLSocket:
+            # (a context's own sslobject_class may hold anything there: then
+            # this connection takes the "python" engine)
             self.ssl = cs_ssl_of(c)
             rb = cs_bio_of(self.inbio)
             wb = cs_bio_of(self.outbio)

@@ -702,6 +702,12 @@ cdef class Transport(Handle):
                 return 1
         if self.last_active < idle_limit:
             loop.idle_timeouts += 1
+            if self.flags & T_HANDSHAKE:
+                # no handler yet: logged as the other handshake failures
+                # are (rate-limited), not once per connection
+                self._tls_handshake_failed("silent for %.1f s in its TLS handshake (idle_timeout)"
+                                           % (now - self.last_active), True)
+                return 1
             loop.logger.info("closing idle connection from %r (silent for %.1f s)",
                              self.client_address, now - self.last_active)
             self._expire(TimeoutError("idle for more than %r s" % loop.idle_timeout))

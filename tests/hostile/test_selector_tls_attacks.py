@@ -616,3 +616,144 @@ def test_idle_tls_connections_keep_no_large_buffers(kind, tls_engine, traffic, t
         child.kill()
         child.wait(tl.TIMEOUT)
         child.stdout.close()
+
+
+# -- review findings: idle handshakes, a stop, a context's own SSLObject ------------
+
+def test_idle_handshakes_are_logged_as_handshake_failures_not_one_line_each(kind, tls, caplog):
+    # idle_timeout shorter than ssl_handshake_timeout: silent handshakes are
+    # closed as idle, counted there, and logged through the rate-limited
+    # handshake log (one INFO line per connection before)
+    caplog.set_level(logging.INFO, logger=tl.LOGGER)
+    server = tl.build(kind, "tcp", None, tl.handlers(tl.Recorder())[0], tls.server_context(),
+                      idle_timeout=0.2)
+    with tl.running(server):
+        silent = [tl.raw_connect(server.server_address) for _ in range(30)]
+        try:
+            assert tl.wait_until(lambda: server.stats()["idle_timeouts"] == 30)
+            assert all(tl.closed_by_server(c)[1] for c in silent)
+        finally:
+            for c in silent:
+                c.close()
+        stats = server.stats()
+    assert stats["connections"] == 0 and stats["tls_handshakes"] == 0, stats
+    lines = [r for r in caplog.records if r.name == tl.LOGGER and r.levelno >= logging.INFO]
+    assert 1 <= len(lines) <= 3, [r.getMessage() for r in lines]
+
+
+def test_a_stop_closes_the_handshakes_in_progress_without_making_handlers(kind, tls):
+    # a handshake still running when the server stops is closed with the
+    # other connections: it never gets a handler (it used to be able to
+    # finish during the drain, then get verify_request, the handler and
+    # connection_made, and be closed at once)
+    rec = tl.Recorder()
+    server = tl.build(kind, "tcp", None, tl.handlers(rec)[0], tls.server_context(),
+                      drain_timeout=2.0)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,))
+    thread.start()
+    busy = raw = None
+    try:
+        # a connection whose 4 MiB of replies it never reads: the drain
+        # lasts its drain_timeout
+        busy = tls.client_context().wrap_socket(tl.raw_connect(server.server_address),
+                                                server_hostname="localhost")
+        busy.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        for _ in range(4):
+            busy.sendall(tl.frame(b"b" * (1 << 20)))
+        assert tl.wait_until(lambda: len(rec.made) == 1)
+        # a handshake driven by hand, up to the client's Finished, not sent
+        inb, outb = ssl.MemoryBIO(), ssl.MemoryBIO()
+        client = tls.client_context().wrap_bio(inb, outb, server_hostname="localhost")
+        raw = tl.raw_connect(server.server_address)
+        try:
+            client.do_handshake()
+        except ssl.SSLWantReadError:
+            pass
+        raw.sendall(outb.read())                      # the ClientHello
+        while True:                                   # the server's flight
+            data = raw.recv(65536)
+            assert data
+            inb.write(data)
+            try:
+                client.do_handshake()
+                break                                 # our Finished is in outb
+            except ssl.SSLWantReadError:
+                continue
+        stopper = threading.Thread(target=server.shutdown)
+        stopper.start()
+        time.sleep(0.3)                               # the stop is draining `busy`
+        try:
+            raw.sendall(outb.read())                  # our Finished, during the drain
+        except OSError:
+            pass                                      # already closed: as it should
+        time.sleep(0.3)
+        stopper.join(tl.TIMEOUT)
+        thread.join(tl.TIMEOUT)
+        assert not thread.is_alive()
+    finally:
+        for sock in (busy, raw):
+            if sock is not None:
+                sock.close()
+        if thread.is_alive():
+            server.shutdown()
+            thread.join(tl.TIMEOUT)
+        server.server_close()
+    assert len(rec.made) == 1, rec.made               # `busy` only
+    assert server.stats()["tls_handshakes"] == 1, server.stats()
+
+
+_CUSTOM_SSLOBJECT_SERVER = r"""
+import ssl, sys
+import cserver
+
+class Wrapped:
+    # what a context's own sslobject_class may keep in _sslobj: not the
+    # ssl module's C object
+    def __init__(self, inner):
+        self._inner = inner
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+class Custom(ssl.SSLObject):
+    @classmethod
+    def _create(cls, *args, **kwargs):
+        obj = super()._create(*args, **kwargs)
+        obj._sslobj = Wrapped(obj._sslobj)
+        return obj
+
+class Echo(cserver.FrameHandler):
+    def frame_received(self, payload):
+        self.send_frame(payload)
+
+ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+ctx.load_cert_chain(sys.argv[1], sys.argv[2])
+ctx.sslobject_class = Custom
+server = cserver.SelectorTCPServer(("127.0.0.1", 0), Echo, ssl_context=ctx, loop=sys.argv[3])
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"""
+
+
+def test_a_contexts_own_sslobject_class_gets_the_python_engine_quietly(kind, tls):
+    # the "openssl" engine reads the C layout of ssl's own _SSLSocket: an
+    # sslobject_class that keeps something else in _sslobj gets the
+    # "python" engine for its connections, its type checked first (before,
+    # the engine read that object as an _SSLSocket: only the BIO check that
+    # followed caught the garbage, turned the engine off for the whole
+    # loop, and warned)
+    cert, key = tls.server
+    child = subprocess.Popen([sys.executable, "-c", _CUSTOM_SSLOBJECT_SERVER, cert, key, kind],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             env=support.child_env())
+    try:
+        port = int(child.stdout.readline())
+        for _ in range(3):
+            with tls.client_context().wrap_socket(support.connect_to(("127.0.0.1", port)),
+                                                  server_hostname="localhost") as conn:
+                conn.sendall(tl.frame(b"custom"))
+                assert support.recv_exactly(conn, 10) == tl.frame(b"custom")
+        assert child.poll() is None, "the server died: %r" % child.returncode
+    finally:
+        child.kill()
+        _, err = child.communicate(timeout=tl.TIMEOUT)
+    assert b"not laid out" not in err, err
