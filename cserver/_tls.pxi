@@ -407,6 +407,9 @@ cdef class TLSConn:
     cdef int write(self, const char *p, Py_ssize_t n) except -1:
         """Encrypt ``p[:n]`` into the outgoing BIO."""
         cdef char why[256]
+        if n <= 0:
+            # (Python 3.9's SSLObject.write(b"") raises SSLEOFError)
+            return 0
         if self.fast:
             if cs_ossl_write(self.ssl, p, n, why, sizeof(why)) < 0:
                 raise _ssl_error(why)
