@@ -1444,6 +1444,23 @@ def _wait_fd(fd, write, timeout):
     return bool(r or w)
 
 
+def _close_half_made_sslsocket(exc, ssl):
+    """``wrap_socket()`` failed: if the ``SSLSocket`` it was making had
+    already taken the descriptor over (a reset reaching its ``recv(1)``
+    between the peer check and the handshake), close it now rather than
+    leave it to the garbage collector (a ResourceWarning, and the
+    descriptor open until then).  It is found in the traceback's frames."""
+    tb = exc.__traceback__
+    while tb is not None:
+        obj = tb.tb_frame.f_locals.get("self")
+        if isinstance(obj, ssl.SSLSocket):
+            try:
+                obj.close()
+            except OSError:
+                pass
+        tb = tb.tb_next
+
+
 class TLSMixIn:
     """Mix-in class for TLS on a stream server: the handler gets the
     connection as an ``ssl.SSLSocket`` (``self.request``), so http.server,
@@ -1580,6 +1597,9 @@ class TLSMixIn:
             try:
                 tls = context.wrap_socket(raw, server_side=True,
                                           do_handshake_on_connect=False)
+            except OSError as exc:
+                _close_half_made_sslsocket(exc, ssl)
+                raise
             finally:
                 raw.close()  # a no-op once wrap_socket() took the descriptor over
             tls.setblocking(False)
